@@ -1,0 +1,137 @@
+"""The default PURER configuration (METHOD.md) and the variants the config files share.
+
+Scenario files in `configs/` call `build(scenario, arg)`; `arg` is a comma-separated list of
+variants: `smoke`, `quick`, `1shot`, `5shot` (for example `configs/ss.py:smoke,5shot`).
+"""
+import ml_collections
+
+VARIANTS = ('smoke', 'quick', '1shot', '5shot')
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.scenario = 'ss'
+  c.seed = 0
+  c.workdir = ''
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'cifar_fs'
+  c.data.data_dir = '../shared/data/cifar-fs'
+  c.data.source = 'auto'                      # auto | npz | folders | tfds
+  # MH: the second dataset teachers may come from.
+  c.data.extra_dataset = ''
+  c.data.extra_data_dir = ''
+
+  c.teachers = ml_collections.ConfigDict()
+  c.teachers.source = 'pretrain'             # pretrain | torch
+  c.teachers.torch_dir = ''                  # folder of model_{i}.pth for source=torch
+  c.teachers.archs = ('conv4',)              # teacher i gets archs[i % len(archs)]
+  c.teachers.assignment = 'disjoint'         # disjoint (64/5 -> 13) | random (PURER-Plus)
+  c.teachers.num = 13                        # pool size; `disjoint` needs ceil(64/ways)
+  c.teachers.per_iter = 13                   # teachers sampled per meta-iteration
+  c.teachers.ways = 5
+  c.teachers.epochs = 60
+  c.teachers.batch_size = 128
+  c.teachers.milestones = (30, 40, 50)
+  c.teachers.gamma = 0.2
+  c.teachers.clip = 50.0
+  c.teachers.heldout_frac = 0.2
+  c.teachers.max_per_class = 0               # 0: all images (smoke runs cap it)
+
+  c.meta = ml_collections.ConfigDict()
+  c.meta.algo = 'maml'                       # maml | protonet | anil
+  c.meta.arch = 'conv4'
+  c.meta.init = 'random'                     # random | average
+  c.meta.ways = 5
+  c.meta.shots = 1
+  c.meta.queries = 15
+  c.meta.inner_lr = 0.01
+  c.meta.inner_steps = 1
+  c.meta.test_inner_steps = 1
+  c.meta.second_order = True
+  c.meta.meta_batch = 4
+  c.meta.outer_lr = 1e-3
+
+  c.inversion = ml_collections.ConfigDict()
+  c.inversion.spc = 16                       # bank images per class (20 for 5-shot)
+  c.inversion.lr = 0.25
+  c.inversion.ce = 1.0
+  c.inversion.bn = 0.01
+  c.inversion.tv = 1e-4
+  c.inversion.l2 = 1e-5
+  c.inversion.jitter = 2
+  c.inversion.strategy = 'auto'              # loop | vmap | auto
+  c.inversion.steps = 200                    # `purer_jax.invert` only
+
+  c.eci = ml_collections.ConfigDict()
+  c.eci.adv_start = 4000
+  c.eci.patience = 6
+  c.eci.adv_scale = 10.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.iterations = 60000
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.val_every = 500
+  c.train.png_every = 2000
+  c.train.val_tasks = 200
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = 600
+  c.eval.seed = 1234                         # fixed task seeds: every method sees the same tasks
+  c.eval.val_seed = 4321
+  c.eval.batch = 25                          # tasks per compiled call
+  c.eval.methods = ('random', 'average', 'purer')
+
+  c.icfil = ml_collections.ConfigDict()
+  c.icfil.enabled = False
+  c.icfil.tau = 0.1
+  c.icfil.images_per_class = 4
+  c.icfil.inv_steps = 50
+  c.icfil.cal_steps = 5
+  c.icfil.lr = 0.01
+  return c
+
+
+def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  for v in [v for v in (arg or '').split(',') if v]:
+    if v not in VARIANTS:
+      raise ValueError(f'unknown config variant {v!r}: choose from {VARIANTS}')
+    if v == '5shot':
+      c.meta.shots, c.inversion.spc = 5, 20
+    elif v == '1shot':
+      c.meta.shots, c.inversion.spc = 1, 16
+    elif v == 'smoke':  # minutes on a 2-core CPU: small teachers, few iterations
+      c.teachers.epochs = 3
+      c.teachers.milestones = (2,)
+      c.teachers.max_per_class = 200
+      c.train.iterations = 60
+      c.train.log_every = 10
+      c.train.ckpt_every = 20
+      c.train.val_every = 30
+      c.train.png_every = 30
+      c.train.val_tasks = 40
+      c.eci.adv_start = 20
+      c.eval.tasks = 100
+      c.inversion.steps = 50
+    elif v == 'quick':  # <= 60 min on a 2-core CPU, teachers included
+      c.teachers.epochs = 15
+      c.teachers.milestones = (8, 12)
+      c.train.iterations = 1000
+      c.train.val_every = 250
+      c.train.ckpt_every = 250
+      c.train.png_every = 500
+      c.eci.adv_start = 250
+  return c
+
+
+def build(scenario: str, arg: str = '') -> ml_collections.ConfigDict:
+  c = base()
+  c.scenario = scenario
+  if scenario == 'sh':
+    c.teachers.archs = ('conv4', 'resnet10', 'resnet18')
+  elif scenario == 'mh':
+    c.teachers.archs = ('conv4', 'resnet10', 'resnet18')
+    c.data.extra_dataset = 'mini_imagenet'
+    c.data.extra_data_dir = '../shared/data/mini-imagenet-100'
+  return apply_variants(c, arg)

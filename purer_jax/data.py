@@ -1,0 +1,232 @@
+"""Few-shot data: split loaders (.npz, class folders, TFDS), normalisation and episodes.
+
+Every split is held in memory as uint8 NHWC (METHOD.md §2); episodes are drawn from a
+per-task seed so the same `(seed, index)` always gives the same task (paired evaluation).
+"""
+import dataclasses
+import os
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+SPLITS = ('meta_train', 'meta_val', 'meta_test')
+DATASETS = ('cifar_fs', 'mini_imagenet')
+IMAGE_SIZE = {'cifar_fs': 32, 'mini_imagenet': 84}
+MEAN_STD = {
+    'cifar_fs': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    'mini_imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+# CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 fine labels per split, used to build the
+# splits from TFDS' cifar100.
+CIFAR_FS_CLASSES = {
+    'meta_train': (
+        'apple aquarium_fish bear bee bottle bowl boy bridge bus can castle caterpillar chair '
+        'clock cloud cockroach couch cup dinosaur dolphin elephant forest girl hamster house '
+        'kangaroo keyboard lawn_mower lion lizard lobster mountain mouse mushroom oak_tree '
+        'orange orchid palm_tree pear pine_tree plate porcupine possum rabbit raccoon ray road '
+        'seal shrew skunk skyscraper snake spider squirrel streetcar sunflower tank tiger train '
+        'trout tulip turtle willow_tree wolf').split(),
+    'meta_val': ('beaver beetle butterfly camel cattle crab crocodile flatfish lamp maple_tree '
+                 'motorcycle otter sea shark television tractor').split(),
+    'meta_test': ('baby bed bicycle chimpanzee fox leopard man pickup_truck plain poppy rocket '
+                  'rose snail sweet_pepper table telephone wardrobe whale woman worm').split(),
+}
+_HOW_TO_GET = (
+    'Expected either {split}.npz files (arrays images uint8 NHWC, labels, class_names) or '
+    'class folders {split}/<class>/*.jpg|png. This repository ships no data: point data_dir '
+    'at a prepared copy (for example ../shared/data/cifar-fs or ../shared/data/mini-imagenet-100), '
+    'or use source="tfds" with TFDS cifar100 prepared in data_dir.')
+_IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+class DataError(ValueError):
+  """A data folder is missing or not laid out as expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+  images: np.ndarray        # uint8 (N, H, W, 3)
+  labels: np.ndarray        # int32 (N,), in [0, C)
+  class_names: tuple
+  dataset: str = 'cifar_fs'
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def class_indices(self) -> list:
+    """Row indices of each class, in class order."""
+    order = np.argsort(self.labels, kind='stable')
+    bounds = np.searchsorted(self.labels[order], np.arange(self.num_classes + 1))
+    return [order[bounds[c]:bounds[c + 1]] for c in range(self.num_classes)]
+
+
+def load(name: str, split: str, data_dir: str, source: str = 'auto') -> SplitData:
+  """Loads `split` of dataset `name` from `data_dir` (the dataset's own folder).
+
+  source: 'auto' (a `{split}.npz` file, else `{split}/<class>/` folders), 'npz', 'folders'
+  or 'tfds' (CIFAR-FS built from TFDS' prepared cifar100, offline).
+  """
+  if name not in DATASETS:
+    raise DataError(f'unknown dataset {name!r}: choose one of {DATASETS}')
+  if split not in SPLITS:
+    raise DataError(f'unknown split {split!r}: choose one of {SPLITS}')
+  data_dir = os.path.expanduser(str(data_dir))
+  if source == 'tfds':
+    return _load_tfds(name, split, data_dir)
+  if not os.path.isdir(data_dir):
+    raise DataError(f'data folder {data_dir!r} (dataset {name}) does not exist. {_HOW_TO_GET}')
+  npz = os.path.join(data_dir, f'{split}.npz')
+  folder = os.path.join(data_dir, split)
+  if source in ('auto', 'npz') and os.path.isfile(npz):
+    images, labels, names = _load_npz(npz)
+  elif source in ('auto', 'folders') and os.path.isdir(folder):
+    images, labels, names = _load_folders(folder)
+  else:
+    raise DataError(f'{data_dir!r} has neither {split}.npz nor a {split}/ folder of classes '
+                    f'(source={source!r}). {_HOW_TO_GET}')
+  return _checked(SplitData(images, labels, tuple(names), name), f'{data_dir}/{split}')
+
+
+def _load_npz(path):
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      missing = {'images', 'labels', 'class_names'} - set(z.files)
+      if missing:
+        raise DataError(f'{path!r} lacks arrays {sorted(missing)}. {_HOW_TO_GET}')
+      return z['images'], z['labels'].astype(np.int32), [str(c) for c in z['class_names']]
+  except DataError:
+    raise
+  except Exception as e:  # zip/LZMA/pickle errors from a damaged file
+    raise DataError(f'cannot read {path!r} ({type(e).__name__}: {e}); the file is damaged or '
+                    f'not a numpy .npz. {_HOW_TO_GET}') from None
+
+
+def _load_folders(folder):
+  from PIL import Image
+  names = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+  if not names:
+    raise DataError(f'{folder!r} has no class sub-folders. {_HOW_TO_GET}')
+  images, labels = [], []
+  for c, cname in enumerate(names):
+    files = sorted(f for f in os.listdir(os.path.join(folder, cname))
+                   if f.lower().endswith(_IMAGE_EXTS))
+    if not files:
+      raise DataError(f'class folder {os.path.join(folder, cname)!r} has no images. {_HOW_TO_GET}')
+    for f in files:
+      path = os.path.join(folder, cname, f)
+      try:
+        with Image.open(path) as im:
+          images.append(np.asarray(im.convert('RGB'), np.uint8))
+      except Exception as e:
+        raise DataError(f'cannot decode image {path!r}: {e}') from None
+      labels.append(c)
+  shapes = {im.shape for im in images}
+  if len(shapes) != 1:
+    raise DataError(f'images under {folder!r} have different sizes {sorted(shapes)[:4]}; '
+                    'resize them to one size first.')
+  return np.stack(images), np.asarray(labels, np.int32), names
+
+
+def _load_tfds(name, split, data_dir):
+  if name != 'cifar_fs':
+    raise DataError(f'source="tfds" builds only cifar_fs (from cifar100), not {name!r}')
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder('cifar100', data_dir=data_dir)
+    sources = builder.as_data_source()
+  except Exception as e:
+    raise DataError(
+        f'TFDS cifar100 is not prepared under {data_dir!r} ({type(e).__name__}: {e}). Prepare it '
+        'where TFDS can download (tfds build cifar100 --file_format=array_record '
+        f'--data_dir={data_dir}); this loader never downloads.') from None
+  fine = builder.info.features['label'].names
+  wanted = CIFAR_FS_CLASSES[split]
+  to_split = {fine.index(c): i for i, c in enumerate(wanted)}
+  images, labels = [], []
+  for part in ('train', 'test'):  # CIFAR-FS pools both: 600 images per class
+    for ex in sources[part]:
+      c = to_split.get(int(ex['label']))
+      if c is not None:
+        images.append(np.asarray(ex['image'], np.uint8))
+        labels.append(c)
+  if not images:
+    raise DataError(f'TFDS cifar100 under {data_dir!r} holds no image of the {split} classes')
+  labels = np.asarray(labels, np.int32)
+  order = np.argsort(labels, kind='stable')
+  return _checked(SplitData(np.stack(images)[order], labels[order], tuple(wanted), name),
+                  f'tfds:{data_dir}')
+
+
+def _checked(d: SplitData, where: str) -> SplitData:
+  if d.images.dtype != np.uint8 or d.images.ndim != 4 or d.images.shape[-1] != 3:
+    raise DataError(f'{where}: images must be uint8 NHWC RGB, got {d.images.dtype} '
+                    f'{d.images.shape}')
+  if len(d.labels) != len(d.images):
+    raise DataError(f'{where}: {len(d.labels)} labels for {len(d.images)} images')
+  if len(d.labels) and (d.labels.min() < 0 or d.labels.max() >= d.num_classes):
+    raise DataError(f'{where}: labels outside [0, {d.num_classes})')
+  return d
+
+
+def normalize(images: np.ndarray, dataset: str) -> np.ndarray:
+  """uint8 NHWC -> float32, scaled to [0, 1] and standardised per channel."""
+  mean, std = MEAN_STD[dataset]
+  return ((images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
+          / np.asarray(std, np.float32))
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of float NHWC images (MH: teachers of other input sizes)."""
+  if images.shape[1] == size:
+    return images
+  import jax
+  return np.asarray(jax.image.resize(images, images.shape[:1] + (size, size, images.shape[3]),
+                                     'bilinear'))
+
+
+def task_rng(seed: int, index: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed), int(index)])
+
+
+def sample_episode(data: SplitData, ways: int, shots: int, queries: int,
+                   rng: np.random.Generator, class_indices: Optional[Sequence] = None,
+                   image_size: Optional[int] = None) -> dict:
+  """One N-way K-shot episode: normalised float32 images, labels 0..ways-1 in draw order."""
+  class_indices = data.class_indices() if class_indices is None else class_indices
+  if ways > data.num_classes:
+    raise ValueError(f'{ways}-way episodes need {ways} classes; the split has {data.num_classes}')
+  classes = rng.choice(data.num_classes, ways, replace=False)
+  sx, qx = [], []
+  for c in classes:
+    rows = class_indices[c]
+    if len(rows) < shots + queries:
+      raise ValueError(f'class {data.class_names[c]!r} has {len(rows)} images, fewer than '
+                       f'shots + queries = {shots + queries}')
+    pick = rng.choice(rows, shots + queries, replace=False)  # disjoint support and query
+    sx.append(pick[:shots])
+    qx.append(pick[shots:])
+  norm = lambda rows: normalize(data.images[np.concatenate(rows)], data.dataset)
+  support_x, query_x = norm(sx), norm(qx)
+  if image_size:
+    support_x, query_x = resize(support_x, image_size), resize(query_x, image_size)
+  return {
+      'support_x': support_x, 'support_y': np.repeat(np.arange(ways, dtype=np.int32), shots),
+      'query_x': query_x, 'query_y': np.repeat(np.arange(ways, dtype=np.int32), queries),
+      'classes': classes.astype(np.int32),
+  }
+
+
+def episodes(data: SplitData, ways: int, shots: int, queries: int = 15, seed: int = 0,
+             num: Optional[int] = None, start: int = 0, image_size: Optional[int] = None
+             ) -> Iterator[dict]:
+  """Episodes `start, start+1, ...`; episode i depends only on (seed, i)."""
+  ci = data.class_indices()
+  i = start
+  while num is None or i < start + num:
+    yield sample_episode(data, ways, shots, queries, task_rng(seed, i), ci, image_size)
+    i += 1
+
+
+def stack(eps: Sequence[dict]) -> dict:
+  return {k: np.stack([e[k] for e in eps]) for k in eps[0]}

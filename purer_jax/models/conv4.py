@@ -1,0 +1,23 @@
+"""Conv4: 4 x [conv3x3(32, bias) -> BN -> ReLU -> maxpool 2], flatten, linear (METHOD.md §3)."""
+import flax.linen as nn
+
+from purer_jax.models.layers import BatchNorm, conv
+
+
+class Conv4(nn.Module):
+  num_classes: int
+  image_size: int = 32
+  width: int = 32
+
+  def features(self, x, train: bool = False):
+    for i in range(4):
+      x = conv(self.width, 3, bias=True, name=f'conv{i}')(x)
+      x = BatchNorm(name=f'bn{i}')(x, use_running_average=not train)
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding='VALID')
+    # NHWC flatten: the importer permutes PyTorch's NCHW-ordered head columns to match.
+    return x.reshape(x.shape[0], -1)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features: bool = False):
+    f = self.features(x, train)
+    return f if features else nn.Dense(self.num_classes, name='head')(f)

@@ -1,0 +1,178 @@
+"""Trains the teacher pool (METHOD.md §3) into `W/teachers/` (manifest + orbax checkpoints).
+
+  python -m purer_jax.pretrain --config=configs/ss.py:smoke --workdir=W
+
+Resumable: teachers already in the manifest are skipped.
+"""
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from purer_jax import data as data_lib
+from purer_jax import models, utils, zoo
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/ss.py:smoke.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory.')
+
+
+def pool_plan(config, num_train_classes: dict) -> list:
+  """[(dataset, arch, classes)] per teacher: disjoint blocks or random subsets."""
+  t = config.teachers
+  datasets = [config.data.dataset] + ([config.data.extra_dataset]
+                                      if config.data.extra_dataset else [])
+  rng = np.random.default_rng([config.seed, 7])
+  plan = []
+  n = (math.ceil(num_train_classes[datasets[0]] / t.ways) if t.assignment == 'disjoint'
+       else t.num)
+  for i in range(n):
+    ds = datasets[0] if len(datasets) == 1 else datasets[rng.integers(len(datasets))]
+    arch = t.archs[i % len(t.archs)] if len(datasets) == 1 else t.archs[rng.integers(len(t.archs))]
+    if t.assignment == 'disjoint':
+      classes = list(range(t.ways * i, min(t.ways * (i + 1), num_train_classes[ds])))
+    elif t.assignment == 'random':
+      classes = sorted(rng.choice(num_train_classes[ds], t.ways, replace=False).tolist())
+    else:
+      raise ValueError(f'teachers.assignment must be disjoint or random, got {t.assignment!r}')
+    plan.append((ds, arch, classes))
+  return plan
+
+
+def split_heldout(split: data_lib.SplitData, classes, frac: float, max_per_class: int = 0):
+  """Per class: first (1-frac) of its images train, the rest held out; labels 0..n-1."""
+  ci = split.class_indices()
+  tr, ho = [], []
+  for new, c in enumerate(classes):
+    rows = ci[c][:max_per_class] if max_per_class else ci[c]
+    k = int(round(len(rows) * (1 - frac)))
+    tr.append((rows[:k], new))
+    ho.append((rows[k:], new))
+  def gather(parts):
+    rows = np.concatenate([r for r, _ in parts])
+    labels = np.concatenate([np.full(len(r), y, np.int32) for r, y in parts])
+    return data_lib.normalize(split.images[rows], split.dataset), labels
+  return gather(tr), gather(ho)
+
+
+def make_optimizer(arch: str, tc, steps_per_epoch: int):
+  schedule = optax.piecewise_constant_schedule(
+      0.01, {m * steps_per_epoch: tc.gamma for m in tc.milestones})
+  if arch == 'conv4':
+    opt = optax.adam(schedule)
+  else:
+    opt = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(schedule, momentum=0.9))
+  return optax.chain(optax.clip_by_global_norm(tc.clip), opt)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0, 1))
+def train_step(variables, opt_state, x, y, *, model, tx):
+  def loss_fn(params):
+    logits, new = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                              train=True, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+  (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables['params'])
+  updates, opt_state = tx.update(grads, opt_state, variables['params'])
+  params = optax.apply_updates(variables['params'], updates)
+  return {'params': params, 'batch_stats': new['batch_stats']}, opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def predict(variables, x, *, model):
+  return jnp.argmax(model.apply(variables, x, train=False), -1)
+
+
+def accuracy(variables, model, x, y, batch=500) -> float:
+  hits = sum(int(np.sum(np.asarray(predict(variables, x[i:i + batch], model=model))
+                        == y[i:i + batch])) for i in range(0, len(x), batch))
+  return hits / len(x)
+
+
+def train_teacher(model, train, heldout, tc, rng, log=None):
+  """Trains one teacher; returns (variables of the best held-out epoch, its accuracy)."""
+  x, y = train
+  bs = min(tc.batch_size, len(x))
+  steps = len(x) // bs
+  tx = make_optimizer(_arch_of(model), tc, steps)
+  key, rng = jax.random.split(rng)
+  variables = models.init(model, key)
+  opt_state = tx.init(variables['params'])
+  best, best_acc = None, -1.0
+  np_rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)))
+  for epoch in range(tc.epochs):
+    perm = np_rng.permutation(len(x))
+    for s in range(steps):
+      b = perm[s * bs:(s + 1) * bs]
+      variables, opt_state, loss = train_step(variables, opt_state, x[b], y[b], model=model, tx=tx)
+    acc = accuracy(variables, model, *heldout)
+    if not np.isfinite(float(loss)):
+      raise FloatingPointError(f'teacher training diverged at epoch {epoch} (loss {loss})')
+    if acc > best_acc:  # keep a copy, not a reference to the live state (the original's bug)
+      best, best_acc = jax.tree.map(np.array, variables), acc
+    if log:
+      log(epoch, float(loss), acc)
+  return best, best_acc
+
+
+def _arch_of(model) -> str:
+  if isinstance(model, models.Conv4):
+    return 'conv4'
+  return 'resnet'
+
+
+def run(config, workdir: str) -> list:
+  """Trains every teacher the manifest lacks; returns the zoo's entries."""
+  datasets = {config.data.dataset: config.data.data_dir}
+  if config.data.extra_dataset:
+    datasets[config.data.extra_dataset] = config.data.extra_data_dir
+  splits = {name: data_lib.load(name, 'meta_train', d, config.data.source if name ==
+                                config.data.dataset else 'auto')
+            for name, d in datasets.items()}
+  plan = pool_plan(config, {k: v.num_classes for k, v in splits.items()})
+  done = {t['index'] for t in zoo.read_manifest(workdir)['teachers']}
+  todo = [i for i in range(len(plan)) if i not in done]
+  if not todo:
+    print(f'teacher zoo complete: {len(plan)} teachers in {zoo.teachers_dir(workdir)}')
+  prog = utils.Progress(len(plan), 'teachers', start=len(plan) - len(todo))
+  for n, i in enumerate(todo):
+    ds, arch, classes = plan[i]
+    split = splits[ds]
+    model = models.create(arch, len(classes), data_lib.IMAGE_SIZE[ds])
+    train, heldout = split_heldout(split, classes, config.teachers.heldout_frac,
+                                   config.teachers.max_per_class)
+    t0 = time.time()
+    variables, acc = train_teacher(model, train, heldout, config.teachers,
+                                   jax.random.fold_in(jax.random.key(config.seed), i))
+    teacher = zoo.Teacher(index=i, arch=arch, num_classes=len(classes),
+                          image_size=data_lib.IMAGE_SIZE[ds], dataset=ds, classes=classes,
+                          class_names=[split.class_names[c] for c in classes],
+                          heldout_acc=float(acc), checkpoint='')
+    zoo.save_teacher(workdir, teacher, variables,
+                     meta={'source': 'pretrain', 'assignment': config.teachers.assignment})
+    prog.update(len(plan) - len(todo) + n + 1,
+                f'teacher {i} ({arch}, {ds}) held-out acc {acc:.3f} in {time.time() - t0:.0f}s',
+                force=True)
+  return zoo.read_manifest(workdir)['teachers']
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or config.workdir
+  if not workdir:
+    raise app.UsageError('--workdir is required')
+  utils.save_config(config, workdir)
+  teachers = run(config, workdir)
+  accs = [t['heldout_acc'] for t in teachers]
+  print(f'{len(teachers)} teachers, mean held-out accuracy {np.mean(accs):.3f} '
+        f'(min {np.min(accs):.3f}, max {np.max(accs):.3f})')
+
+
+if __name__ == '__main__':
+  app.run(main)

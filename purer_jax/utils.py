@@ -1,0 +1,52 @@
+"""Small helpers: progress with ETA, JSON-lines metrics, config loading."""
+import json
+import os
+import sys
+import time
+
+
+class Progress:
+  """`desc  i/total  [elapsed < ETA]  extra` on one line (a new line when not a TTY)."""
+
+  def __init__(self, total: int, desc: str, start: int = 0, stream=sys.stderr, every_s=2.0):
+    self.total, self.desc, self.start, self.stream = total, desc, start, stream
+    self.t0 = time.time()
+    self.every_s = every_s
+    self._last = 0.0
+
+  def update(self, i: int, extra: str = '', force: bool = False):
+    now = time.time()
+    if not force and now - self._last < self.every_s and i < self.total:
+      return
+    self._last = now
+    done = i - self.start
+    rate = done / max(now - self.t0, 1e-9)
+    eta = (self.total - i) / rate if rate > 0 else float('nan')
+    line = (f'{self.desc} {i}/{self.total} [{_fmt(now - self.t0)} < {_fmt(eta)}, '
+            f'{rate:.2f}/s] {extra}')
+    end = '\r' if self.stream.isatty() and i < self.total else '\n'
+    print(line, end=end, file=self.stream, flush=True)
+
+
+def _fmt(s: float) -> str:
+  if s != s:
+    return '?'
+  s = int(s)
+  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}' if s >= 3600 else f'{s // 60:02d}:{s % 60:02d}'
+
+
+def write_jsonl(path: str, record: dict):
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def write_json(path: str, obj):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def save_config(config, workdir: str):
+  write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))

@@ -132,20 +132,21 @@ def _load_tfds(name, split, data_dir):
   if name != 'cifar_fs':
     raise DataError(f'source="tfds" builds only cifar_fs (from cifar100), not {name!r}')
   import tensorflow_datasets as tfds
-  try:
-    builder = tfds.builder('cifar100', data_dir=data_dir)
-    sources = builder.as_data_source()
-  except Exception as e:
-    raise DataError(
-        f'TFDS cifar100 is not prepared under {data_dir!r} ({type(e).__name__}: {e}). Prepare it '
-        'where TFDS can download (tfds build cifar100 --file_format=array_record '
-        f'--data_dir={data_dir}); this loader never downloads.') from None
-  fine = builder.info.features['label'].names
   wanted = CIFAR_FS_CLASSES[split]
-  to_split = {fine.index(c): i for i, c in enumerate(wanted)}
   images, labels = [], []
   for part in ('train', 'test'):  # CIFAR-FS pools both: 600 images per class
-    for ex in sources[part]:
+    try:
+      source = tfds.data_source('cifar100', split=part, data_dir=data_dir, download=False)
+      fine = tfds.builder('cifar100', data_dir=data_dir).info.features['label'].names
+    except Exception as e:
+      raise DataError(
+          f'TFDS cifar100 is not prepared under {data_dir!r} ({type(e).__name__}: {e}). Prepare '
+          'it where TFDS can download (tfds build cifar100 --file_format=array_record '
+          f'--data_dir={data_dir}); this loader never downloads.') from None
+    if fine[0] == '0':  # names live in dataset_info.json; CIFAR-100's fine labels are alphabetical
+      fine = sorted(c for cs in CIFAR_FS_CLASSES.values() for c in cs)
+    to_split = {fine.index(c): i for i, c in enumerate(wanted)}
+    for ex in source:
       c = to_split.get(int(ex['label']))
       if c is not None:
         images.append(np.asarray(ex['image'], np.uint8))

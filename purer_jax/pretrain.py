@@ -12,15 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from purer_jax import data as data_lib
-from purer_jax import models, utils, zoo
+from purer_jax import cli, models, utils, zoo
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/ss.py:smoke.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory.')
 
 
 def pool_plan(config, num_train_classes: dict) -> list:
@@ -30,8 +26,9 @@ def pool_plan(config, num_train_classes: dict) -> list:
                                       if config.data.extra_dataset else [])
   rng = np.random.default_rng([config.seed, 7])
   plan = []
-  n = (math.ceil(num_train_classes[datasets[0]] / t.ways) if t.assignment == 'disjoint'
-       else t.num)
+  # `num` caps a disjoint pool (ceil(64 / ways) = 13 teachers at most) and sizes a random one.
+  n = (min(t.num, math.ceil(num_train_classes[datasets[0]] / t.ways))
+       if t.assignment == 'disjoint' else t.num)
   for i in range(n):
     ds = datasets[0] if len(datasets) == 1 else datasets[rng.integers(len(datasets))]
     arch = t.archs[i % len(t.archs)] if len(datasets) == 1 else t.archs[rng.integers(len(t.archs))]
@@ -163,11 +160,7 @@ def run(config, workdir: str) -> list:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or config.workdir
-  if not workdir:
-    raise app.UsageError('--workdir is required')
-  utils.save_config(config, workdir)
+  config, workdir = cli.config_and_workdir()
   teachers = run(config, workdir)
   accs = [t['heldout_acc'] for t in teachers]
   print(f'{len(teachers)} teachers, mean held-out accuracy {np.mean(accs):.3f} '

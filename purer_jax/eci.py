@@ -1,0 +1,82 @@
+"""ECI - Episode Curriculum Inversion (METHOD.md §8): pseudo tasks from the bank, the plateau
+switch I(Ω), and the adversarial term the inversion step adds while the switch is on.
+
+Pseudo tasks mix teachers: N classes drawn from all pseudo classes of the bank, K support +
+Q query images per class drawn without overlap from the class's `spc` images. The switch is
+a small pytree updated by a pure function, so the whole meta-iteration stays one program.
+"""
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+def sample_task(images, key, *, ways: int, shots: int, queries: int) -> dict:
+  """One pseudo task from bank `images` (P, spc, H, W, 3); labels 0..ways-1 in draw order.
+
+  Differentiable in `images` (a gather): build it from the non-detached bank for ECI's
+  adversarial term, from `lax.stop_gradient(images)` for the meta-batch.
+  """
+  num_pseudo, spc = images.shape[:2]
+  if ways > num_pseudo:
+    raise ValueError(f'{ways}-way pseudo tasks need {ways} pseudo classes; the bank has '
+                     f'{num_pseudo}')
+  if shots + queries > spc:
+    raise ValueError(f'pseudo tasks need shots + queries = {shots + queries} images per class '
+                     f'but the bank holds spc = {spc}: raise config.inversion.spc')
+  kc, kr = jax.random.split(key)
+  classes = jax.random.choice(kc, num_pseudo, (ways,), replace=False)
+  rows = jax.vmap(lambda k: jax.random.permutation(k, spc)[:shots + queries])(
+      jax.random.split(kr, ways))
+  x = images[classes[:, None], rows]                        # (ways, K + Q, H, W, 3)
+  flat = lambda a: a.reshape((-1,) + a.shape[2:])
+  label = lambda n: jnp.repeat(jnp.arange(ways, dtype=jnp.int32), n)
+  return {'support_x': flat(x[:, :shots]), 'support_y': label(shots),
+          'query_x': flat(x[:, shots:]), 'query_y': label(queries), 'classes': classes}
+
+
+def sample_tasks(images, key, *, num: int, ways: int, shots: int, queries: int) -> dict:
+  """`num` independent pseudo tasks stacked on a leading axis (task i from fold_in(key, i))."""
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(num))
+  return jax.vmap(lambda k: sample_task(images, k, ways=ways, shots=shots, queries=queries))(
+      keys)
+
+
+def adversarial_loss(images, params, key, *, learner, adv_scale: float, ways: int, shots: int,
+                     queries: int):
+  """−adv_scale · L_outer of one pseudo task built from the non-detached bank.
+
+  The meta-learner is held fixed (this term only moves the bank); the learner's inner loop is
+  second order so the gradient reaches support pixels through the adaptation.
+  """
+  task = sample_task(images, key, ways=ways, shots=shots, queries=queries)
+  loss, _ = learner._replace(second_order=True).task_loss(jax.lax.stop_gradient(params), task)
+  return -adv_scale * loss
+
+
+@flax.struct.dataclass
+class Switch:
+  """I(Ω). `on`: this meta-iteration's inversion step adds the adversarial term."""
+  on: jax.Array      # bool
+  best: jax.Array    # best mean pseudo-query accuracy since the last reset (-inf: none yet)
+  stale: jax.Array   # consecutive tracked meta-iterations without improvement
+
+
+def switch_init(adv_start: int) -> Switch:
+  return Switch(on=jnp.asarray(adv_start == 0), best=jnp.asarray(-jnp.inf, jnp.float32),
+                stale=jnp.asarray(0, jnp.int32))
+
+
+def switch_update(switch: Switch, it, acc, *, adv_start: int, patience: int) -> Switch:
+  """The switch for meta-iteration it + 1, given iteration it's mean pseudo-query accuracy.
+
+  On at it == adv_start. For it > adv_start, `patience` consecutive iterations without a new
+  best turn it on for one iteration and reset the best. Otherwise off (on lasts one step).
+  """
+  track = it > adv_start
+  improved = acc > switch.best
+  best = jnp.where(track & improved, acc, switch.best)
+  stale = jnp.where(track, jnp.where(improved, 0, switch.stale + 1), switch.stale)
+  fire = track & (stale >= patience)
+  return Switch(on=fire | (it + 1 == adv_start),
+                best=jnp.where(fire, -jnp.inf, best).astype(jnp.float32),
+                stale=jnp.where(fire, 0, stale).astype(jnp.int32))

@@ -1,0 +1,144 @@
+"""Meta-test evaluation on fixed, paired task seeds (METHOD.md §6).
+
+  python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
+
+scores the `random` and `average` baselines on `eval.tasks` 5-way K-shot meta-test tasks
+with MAML test-time adaptation and transductive BatchNorm, and writes W/results.json and
+W/results.md. Every method sees the same tasks: task i is drawn from (eval.seed, i).
+"""
+import os
+
+import jax
+import numpy as np
+from absl import app
+
+from purer_jax import data as data_lib
+from purer_jax import cli, models, utils, zoo
+from purer_jax.meta import maml
+
+
+
+def task_accuracies(params, *, model, split, ways, shots, queries, num_tasks, seed, inner_lr,
+                    steps, batch=25, image_size=None, progress=None) -> np.ndarray:
+  """Per-task query accuracy after `steps` inner steps on each task's support."""
+  accs = []
+  eps = data_lib.episodes(split, ways, shots, queries, seed, num=num_tasks,
+                          image_size=image_size)
+  for start in range(0, num_tasks, batch):
+    tasks = data_lib.stack([next(eps) for _ in range(min(batch, num_tasks - start))])
+    tasks.pop('classes')
+    accs.append(np.asarray(maml.evaluate_tasks(params, tasks, model=model, inner_lr=inner_lr,
+                                               steps=steps)))
+    if progress:
+      progress.update(start + len(accs[-1]))
+  return np.concatenate(accs)
+
+
+def summarize(accs) -> tuple:
+  """(mean, 95% CI half-width) over tasks."""
+  accs = np.asarray(accs, np.float64)
+  return float(accs.mean()), float(1.96 * accs.std() / np.sqrt(len(accs)))
+
+
+def paired(accs_a, accs_b) -> tuple:
+  """Mean per-task difference a - b on the same tasks, and its 95% CI half-width."""
+  return summarize(np.asarray(accs_a, np.float64) - np.asarray(accs_b, np.float64))
+
+
+def baseline_params(name: str, teachers, model, rng):
+  """Meta-learner parameters of the `random` or `average` baseline.
+
+  `average` is the mean of the teachers' parameters (all must share the meta-learner's
+  arch); each tensor counted once. A teacher whose head has fewer classes than the task's
+  ways (the pool's last, 4-class teacher) contributes its body but not its head.
+  """
+  init = models.init(model, rng)['params']
+  if name == 'random':
+    return init
+  if name != 'average':
+    raise ValueError(f'unknown baseline {name!r}: random | average')
+  if not can_average(teachers, model):
+    raise ValueError('the average baseline needs every teacher to be '
+                     f'{type(model).__name__} at {model.image_size}px')
+  def mean_of(path, ref):
+    vals = [_at(t.variables['params'], path) for t in teachers]
+    vals = [v for v in vals if v.shape == ref.shape]
+    if not vals:
+      raise ValueError(f'no teacher has parameter {jax.tree_util.keystr(path)} with shape '
+                       f'{ref.shape}')
+    return np.mean(np.stack(vals), 0)
+  return jax.tree_util.tree_map_with_path(mean_of, init)
+
+
+def can_average(teachers, model) -> bool:
+  return bool(teachers) and all(
+      t.model.__class__ is model.__class__ and t.image_size == model.image_size and
+      t.arch == teachers[0].arch for t in teachers)
+
+
+def _at(tree, path):
+  for k in path:
+    tree = tree[k.key]
+  return np.asarray(tree)
+
+
+def write_results(workdir: str, config, accs_by_method: dict, dataset=None, extra=None) -> dict:
+  """W/results.json (schema of the foundation issue, acc in [0, 1]) and W/results.md."""
+  res = {
+      'scenario': config.scenario, 'dataset': dataset or config.data.dataset,
+      'ways': config.meta.ways, 'shots': config.meta.shots,
+      'tasks': int(len(next(iter(accs_by_method.values())))),
+      'methods': {m: dict(zip(('acc', 'ci95'), summarize(a))) for m, a in accs_by_method.items()},
+  }
+  res.update(extra or {})
+  utils.write_json(os.path.join(workdir, 'results.json'), res)
+  lines = [f"# {res['scenario'].upper()} {res['dataset']}: {res['ways']}-way {res['shots']}-shot, "
+           f"{res['tasks']} meta-test tasks (seed {config.eval.seed})", '',
+           '| method | accuracy % | 95% CI |', '|---|---|---|']
+  lines += [f"| {m} | {100 * v['acc']:.2f} | ± {100 * v['ci95']:.2f} |"
+            for m, v in res['methods'].items()]
+  for m, v in res.get('paired', {}).items():
+    lines.append(f"\nPaired difference {m}: {100 * v['mean_diff']:+.2f} ± {100 * v['ci95']:.2f}")
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return res
+
+
+def meta_model(config):
+  return models.create(config.meta.arch, config.meta.ways,
+                       data_lib.IMAGE_SIZE['mini_imagenet' if config.data.extra_dataset
+                                           else config.data.dataset])
+
+
+def evaluate_params(params, config, split, seed=None, num_tasks=None, desc=None) -> np.ndarray:
+  """`task_accuracies` with the config's protocol (meta-test by default)."""
+  model = meta_model(config)
+  n = num_tasks or config.eval.tasks
+  return task_accuracies(
+      params, model=model, split=split, ways=config.meta.ways, shots=config.meta.shots,
+      queries=config.meta.queries, num_tasks=n,
+      seed=config.eval.seed if seed is None else seed, inner_lr=config.meta.inner_lr,
+      steps=config.meta.test_inner_steps, batch=config.eval.batch,
+      image_size=model.image_size, progress=utils.Progress(n, desc) if desc else None)
+
+
+def main(argv):
+  del argv
+  config, workdir = cli.config_and_workdir()
+  model = meta_model(config)
+  teachers = zoo.load(workdir) if zoo.read_manifest(workdir)['teachers'] else []
+  split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir, config.data.source)
+  accs = {}
+  for name in ('random', 'average'):
+    if name == 'average' and not can_average(teachers, model):
+      print('average: skipped (needs a teacher zoo of one arch at the meta-learner size)')
+      continue
+    params = baseline_params(name, teachers, model, jax.random.key(config.seed))
+    accs[name] = evaluate_params(params, config, split, desc=name)
+    print('{}: {:.4f} ± {:.4f}'.format(name, *summarize(accs[name])))
+  write_results(workdir, config, accs)
+  print(open(os.path.join(workdir, 'results.md')).read())
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,340 @@
+"""The inversion engine (METHOD.md §4): DeepInversion losses and one compiled bank update.
+
+Pure functions, bottom-up:
+  bn_statistics -> (logits, BN-input statistics) of an eval-mode teacher in one pass;
+  bn_loss, tv_loss, l2_loss, jitter -> the terms of §4;
+  deep_inversion_loss -> one teacher's loss on its (jittered) slice;
+  inversion_loss -> L_inv = sum over all teachers, group by group;
+  inversion_update -> one Adam step on the bank (optionally plus an extra loss, for ECI);
+and `make_inversion_step`, which picks an evaluation strategy per teacher group (by
+measurement for 'auto'), optionally shards teachers over a device mesh, and jits the update
+as one program.
+
+Teachers that share (arch, num_classes, image_size) form a group (see `bank.Layout`) whose
+variables are stacked on a leading axis. A group is evaluated either by a Python loop over
+its members inside the jit ('loop': one ordinary conv per teacher) or by `jax.vmap` ('vmap':
+XLA sees a batched program; on CPU vmapped convs over different weights become grouped
+convolutions, which are slow - see PITFALLS.md). 'auto' times both on the actual shapes.
+"""
+import functools
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from purer_jax import bank as bank_lib
+
+STRATEGIES = ('loop', 'vmap')
+
+
+class Weights(NamedTuple):
+  """Loss weights of §4 (config.inversion: ce, tv, bn, l2)."""
+  ce: float = 1.0
+  tv: float = 1e-4
+  bn: float = 0.01
+  l2: float = 1e-5
+
+  @classmethod
+  def from_config(cls, c) -> 'Weights':
+    return cls(float(c.ce), float(c.tv), float(c.bn), float(c.l2))
+
+
+def _norm(x):
+  """The plain L2 norm over all elements (torch.norm), with a finite gradient at 0."""
+  return optax.safe_norm(x, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss terms.
+
+def bn_statistics(model, variables, x):
+  """(logits, stats) of `model` in eval mode on NHWC `x`, in one forward pass.
+
+  stats has the tree structure of variables['batch_stats'] ({..., 'mean', 'var'} per BN
+  layer): the mean and biased variance over (N, H, W) of each BN layer's input.
+  """
+  logits, state = model.apply(variables, x, train=False, mutable=['bn_stats'])
+  return logits, state['bn_stats']
+
+
+def bn_loss(stats, batch_stats):
+  """Σ_layers ||μ − running_mean||₂ + ||σ² − running_var||₂ (plain norms, not squared)."""
+  return sum(jax.tree.leaves(jax.tree.map(lambda s, r: _norm(s - r), stats, batch_stats)))
+
+
+def tv_loss(x):
+  """The four plain-norm pixel differences of §4 on NHWC `x`: vertical, horizontal and both
+  diagonals (each norm taken over the whole batch)."""
+  return (_norm(x[:, 1:, :, :] - x[:, :-1, :, :]) + _norm(x[:, :, 1:, :] - x[:, :, :-1, :])
+          + _norm(x[:, 1:, 1:, :] - x[:, :-1, :-1, :])
+          + _norm(x[:, 1:, :-1, :] - x[:, :-1, 1:, :]))
+
+
+def l2_loss(x):
+  return _norm(x)
+
+
+def jitter(x, key, max_shift: int):
+  """Rolls NHWC `x` by one random offset in [-max_shift, max_shift] per axis (H and W)."""
+  if not max_shift:
+    return x
+  dh, dw = jax.random.randint(key, (2,), -max_shift, max_shift + 1)
+  return jnp.roll(x, (dh, dw), axis=(1, 2))
+
+
+def deep_inversion_loss(x, variables, targets, *, model, weights: Weights = Weights()):
+  """One teacher's DeepInversion loss on its (already jittered) slice `x` (NHWC).
+
+  TV and L2 act on `x` itself; the teacher sees `x` resized (bilinear) to its input size when
+  the bank's size differs (MH). Returns (loss, terms) with the unweighted terms 'ce', 'tv',
+  'bn', 'l2' and the target accuracy 'acc'.
+  """
+  size = model.image_size
+  xin = x if x.shape[1] == size else jax.image.resize(
+      x, (x.shape[0], size, size, x.shape[3]), 'bilinear')
+  logits, stats = bn_statistics(model, variables, xin)
+  terms = {
+      'ce': optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(),
+      'tv': tv_loss(x),
+      'bn': bn_loss(stats, variables['batch_stats']),
+      'l2': l2_loss(x),
+  }
+  loss = sum(getattr(weights, k) * v for k, v in terms.items())
+  terms['acc'] = jnp.mean(jnp.argmax(logits, -1) == targets)
+  return loss, terms
+
+
+# ---------------------------------------------------------------------------------------------
+# A stack of teachers (one group).
+
+def stack_losses(x, variables, keys, *, group: bank_lib.Group, weights: Weights,
+                 max_shift: int, strategy: str):
+  """Per-teacher (loss, terms) of a stack: x (T, N, H, W, 3), variables and keys stacked on T.
+
+  The result does not depend on `strategy` ('loop' or 'vmap'), only its speed does.
+  """
+  model = group.model
+  tgt = bank_lib.targets(group.num_classes, x.shape[1] // group.num_classes)
+
+  def one(xt, vt, kt):
+    return deep_inversion_loss(jitter(xt, kt, max_shift), vt, tgt, model=model, weights=weights)
+
+  if strategy == 'vmap':
+    return jax.vmap(one)(x, variables, keys)
+  if strategy != 'loop':
+    raise ValueError(f'inversion strategy must be one of {STRATEGIES} (or auto), got '
+                     f'{strategy!r}')
+  outs = [one(x[i], jax.tree.map(lambda a, i=i: a[i], variables), keys[i])
+          for i in range(x.shape[0])]
+  return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+
+def _teacher_keys(key, group):
+  # Per-teacher keys from the pool position: independent of grouping, strategy and sharding.
+  return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(group.members, jnp.uint32))
+
+
+def _group_losses(images, variables, key, *, group, weights, max_shift, strategy, mesh=None):
+  x = bank_lib.group_slice(images, group)
+  keys = _teacher_keys(key, group)
+  f = functools.partial(stack_losses, group=group, weights=weights, max_shift=max_shift,
+                        strategy=strategy)
+  if mesh is None:
+    return f(x, variables, keys)
+  # Shard the teacher axis: pad it to a multiple of the mesh size with copies of real
+  # teachers (variables are padded once by `place_teachers`), drop their results after.
+  axis = mesh.axis_names
+  tp = jax.tree.leaves(variables)[0].shape[0]
+  pad = tp - group.size
+  if pad:
+    rows = np.arange(tp) % group.size
+    x, keys = x[rows], keys[rows]
+  spec = P(axis)
+  out = jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(
+      x, variables, keys)
+  return jax.tree.map(lambda a: a[:group.size], out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pool.
+
+def inversion_loss(images, teachers, key, *, layout: bank_lib.Layout, weights: Weights,
+                   max_shift: int, strategies: Sequence[str], mesh=None):
+  """L_inv = Σ_t loss_t over every teacher of the pool (equal weights), and metrics.
+
+  images: the bank (layout.shape); teachers: per group, stacked variables (bank.stack_teachers
+  or InversionStep.place_teachers); key: this step's key (each teacher's jitter is drawn from
+  fold_in(key, its pool position)); strategies: per group, 'loop' or 'vmap'.
+  Metrics: 'inv' (= L_inv), the unweighted per-term sums 'ce', 'tv', 'bn', 'l2', the mean target
+  accuracy 'acc', and per teacher (pool order) 'teacher_loss' and 'teacher_acc'.
+  """
+  per = [_group_losses(images, v, key, group=g, weights=weights, max_shift=max_shift,
+                       strategy=s, mesh=mesh)
+         for g, v, s in zip(layout.groups, teachers, strategies)]
+  order = np.argsort(np.concatenate([g.members for g in layout.groups]))
+  losses = jnp.concatenate([l for l, _ in per])[order]
+  terms = {k: jnp.concatenate([t[k] for _, t in per])[order] for k in per[0][1]}
+  total = jnp.sum(losses)
+  metrics = {k: jnp.sum(v) for k, v in terms.items() if k != 'acc'}
+  metrics.update(inv=total, acc=jnp.mean(terms['acc']), teacher_loss=losses,
+                 teacher_acc=terms['acc'])
+  return total, metrics
+
+
+def inversion_update(images, opt_state, teachers, key, *, tx, extra_loss=None, extra_args=None,
+                     **loss_kw):
+  """One optimiser step on the bank: images <- tx(∇ (L_inv + extra_loss(images, extra_args))).
+
+  Not jitted: call it inside your own jit (the meta-learning loop does), or use the compiled
+  `InversionStep`. extra_loss: optional `(images, extra_args) -> scalar`, differentiated
+  together with L_inv (ECI passes −adv_scale · L_outer of a pseudo task built from `images`).
+  loss_kw: the keyword arguments of `inversion_loss`. Returns (images, opt_state, metrics);
+  metrics as `inversion_loss` plus 'extra' and 'loss' (the total that was differentiated).
+  """
+  def total(x):
+    loss, metrics = inversion_loss(x, teachers, key, **loss_kw)
+    extra = jnp.zeros((), loss.dtype) if extra_loss is None else extra_loss(x, extra_args)
+    metrics.update(extra=extra, loss=loss + extra)
+    return loss + extra, metrics
+
+  grads, metrics = jax.grad(total, has_aux=True)(images)
+  updates, opt_state = tx.update(grads, opt_state, images)
+  return optax.apply_updates(images, updates), opt_state, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled step.
+
+_AUTO_CACHE = {}
+
+
+class InversionStep:
+  """The compiled inversion step for one bank layout.
+
+  step = make_inversion_step(layout, config.inversion, teachers=stacked)
+  images, opt_state = step.init(rng)
+  teachers = step.place_teachers(stacked)          # once (pads and shards on a mesh)
+  images, opt_state, metrics = step(images, opt_state, teachers, key)
+
+  `images` and `opt_state` are donated: use the returned ones. Calling with the same
+  `extra_loss` function object (and the same shapes) never recompiles.
+  """
+
+  def __init__(self, layout, weights, max_shift, lr, strategies, mesh=None):
+    self.layout, self.weights, self.max_shift = layout, weights, int(max_shift)
+    self.strategies, self.mesh = tuple(strategies), mesh
+    self.tx = optax.adam(lr)
+    self.loss_kw = dict(layout=layout, weights=weights, max_shift=self.max_shift,
+                        strategies=self.strategies, mesh=mesh)
+    self._step = jax.jit(self._update, static_argnames=('extra_loss',), donate_argnums=(0, 1))
+    self.loss = jax.jit(functools.partial(inversion_loss, **self.loss_kw))
+
+  def _update(self, images, opt_state, teachers, key, extra_args=None, *, extra_loss=None):
+    images, opt_state, metrics = inversion_update(
+        images, opt_state, teachers, key, tx=self.tx, extra_loss=extra_loss,
+        extra_args=extra_args, **self.loss_kw)
+    if self.mesh is not None:  # keep the bank's sharding fixed across steps
+      images, opt_state = jax.tree.map(self._constrain, (images, opt_state))
+    return images, opt_state, metrics
+
+  def __call__(self, images, opt_state, teachers, key, extra_loss: Optional[Callable] = None,
+               extra_args=None):
+    """One Adam step on the bank over all teachers; returns (images, opt_state, metrics)."""
+    if tuple(images.shape) != self.layout.shape:
+      raise ValueError(f'bank images have shape {tuple(images.shape)}, the layout expects '
+                       f'{self.layout.shape}: create them with InversionStep.init')
+    return self._step(images, opt_state, teachers, key, extra_args, extra_loss=extra_loss)
+
+  def bank_sharding(self):
+    """Where the bank lives: its class axis sharded over the mesh when it divides evenly."""
+    if self.mesh is None:
+      return None
+    n = self.mesh.devices.size
+    spec = P(self.mesh.axis_names) if self.layout.num_pseudo % n == 0 else P()
+    return NamedSharding(self.mesh, spec)
+
+  def _constrain(self, a):
+    if a.ndim != len(self.layout.shape):
+      return a
+    return jax.lax.with_sharding_constraint(a, self.bank_sharding())
+
+  def init(self, rng):
+    """(images, opt_state): a fresh N(0, 1) bank and its Adam state, placed on the mesh."""
+    images = bank_lib.init(self.layout, rng)
+    if self.mesh is not None:
+      images = _put(np.asarray(images), self.bank_sharding())
+    return images, self.tx.init(images)
+
+  def place_teachers(self, stacked):
+    """Stacked teacher variables ready for the step: on a mesh, each group's teacher axis is
+    padded to a multiple of the device count and sharded; otherwise unchanged."""
+    if self.mesh is None:
+      return tuple(stacked)
+    n = self.mesh.devices.size
+    sharding = NamedSharding(self.mesh, P(self.mesh.axis_names))
+    out = []
+    for v in stacked:
+      t = jax.tree.leaves(v)[0].shape[0]
+      tp = -(-t // n) * n
+      out.append(jax.tree.map(lambda a: _put(np.resize(np.asarray(a), (tp,) + a.shape[1:]),
+                                             sharding), v))
+    return tuple(out)
+
+
+def _put(a: np.ndarray, sharding):
+  # Works alike for one process and for many (jax.distributed): each device takes its block.
+  return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
+                        strategy: Optional[str] = None, mesh=None) -> InversionStep:
+  """Builds the compiled step for `layout` with config.inversion's weights, jitter and lr.
+
+  strategy: 'loop', 'vmap' or 'auto' (default config.strategy). 'auto' times both strategies
+  per group on the actual shapes (needs `teachers`, the stacked variables) and caches the
+  choice per backend and shape. mesh: a 1-axis jax.sharding.Mesh to shard teachers over.
+  """
+  strategy = strategy or config.strategy
+  if strategy not in STRATEGIES + ('auto',):
+    raise ValueError(f'config.inversion.strategy must be one of {STRATEGIES + ("auto",)}, '
+                     f'got {strategy!r}')
+  if mesh is not None and len(mesh.axis_names) != 1:
+    raise ValueError(f'the inversion mesh must have one axis (teachers), got {mesh.axis_names}')
+  weights, max_shift = Weights.from_config(config), int(config.jitter)
+  if strategy == 'auto':
+    if teachers is None:
+      raise ValueError("strategy 'auto' measures the strategies on the real teachers: pass "
+                       'teachers=bank.stack_teachers(...)')
+    strategies = tuple(choose_strategy(layout, g, v, weights, max_shift)
+                       for g, v in zip(layout.groups, teachers))
+  else:
+    strategies = (strategy,) * len(layout.groups)
+  return InversionStep(layout, weights, max_shift, float(config.lr), strategies, mesh)
+
+
+def choose_strategy(layout, group, variables, weights, max_shift, repeats: int = 3) -> str:
+  """The faster of 'loop' and 'vmap' for one group's loss + gradient, timed on this backend."""
+  cache_key = (jax.default_backend(), group.arch, group.num_classes, group.image_size,
+               group.size, layout.spc, layout.image_size, weights, max_shift)
+  if cache_key in _AUTO_CACHE:
+    return _AUTO_CACHE[cache_key]
+  x = jax.random.normal(jax.random.key(0), (group.size, layout.spc * group.num_classes,
+                                            layout.image_size, layout.image_size, 3))
+  keys = _teacher_keys(jax.random.key(1), group)
+  times = {}
+  for s in STRATEGIES:
+    f = jax.jit(jax.grad(lambda x, v, k, s=s: jnp.sum(stack_losses(
+        x, v, k, group=group, weights=weights, max_shift=max_shift, strategy=s)[0])))
+    jax.block_until_ready(f(x, variables, keys))  # compile
+    best = float('inf')
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(x, variables, keys))
+      best = min(best, time.perf_counter() - t0)
+    times[s] = best
+  _AUTO_CACHE[cache_key] = min(times, key=times.get)
+  return _AUTO_CACHE[cache_key]

@@ -1,0 +1,124 @@
+"""Meta-learners: MAML's meta-gradient against finite differences, ProtoNet, ANIL, mapping."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purer_jax import data, meta, models
+from purer_jax.meta import anil, maml, protonet
+
+
+def _tiny_tasks(cifar_train, num, ways=3, shots=2, queries=3, size=16, seed=0):
+  eps = list(data.episodes(cifar_train, ways, shots, queries, seed=seed, num=num,
+                           image_size=size))
+  tasks = data.stack(eps)
+  tasks.pop('classes')
+  return tasks
+
+
+def _outer(learner, tasks):
+  return lambda p: meta.batch_loss(p, tasks, learner=learner)[0]
+
+
+@pytest.mark.parametrize('steps', [1, 2])
+def test_maml_meta_gradient_matches_finite_differences(cifar_train, steps):
+  with jax.enable_x64(True):
+    model = models.Conv4(num_classes=3, image_size=16, width=4)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                          models.init(model, jax.random.key(0))['params'])
+    tasks = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == np.float32 else a,
+                         _tiny_tasks(cifar_train, 2))
+    # A large inner lr makes the second-order term big enough to tell apart from first order.
+    learner = meta.Learner('maml', model, inner_lr=0.5, steps=steps, second_order=True)
+    outer = jax.jit(_outer(learner, tasks))
+    grad = jax.grad(outer)(params)
+    grad_fo = jax.grad(_outer(learner._replace(second_order=False), tasks))(params)
+    rng = np.random.default_rng(1)
+    eps = 1e-7  # small: a random direction must not cross a ReLU or max-pool kink
+    so_err, fo_err = [], []
+    for _ in range(4):
+      v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+      shift = lambda s: jax.tree.map(lambda p, d: p + s * eps * d, params, v)
+      fd = (outer(shift(1.0)) - outer(shift(-1.0))) / (2 * eps)
+      dot = lambda g: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+      so_err.append(abs(float(dot(grad)) - float(fd)) / abs(float(fd)))
+      fo_err.append(abs(float(dot(grad_fo)) - float(fd)) / abs(float(fd)))
+  assert max(so_err) < 1e-5, so_err
+  assert min(fo_err) > 1e-3, fo_err  # the check can tell second from first order
+
+
+def test_strategies_agree(cifar_train):
+  model = models.Conv4(num_classes=3, image_size=16, width=4)
+  params = models.init(model, jax.random.key(0))['params']
+  tasks = _tiny_tasks(cifar_train, 3)
+  learner = meta.Learner('maml', model, inner_lr=0.1, steps=1)
+  out = {s: jax.jit(jax.value_and_grad(
+      lambda p, s=s: meta.batch_loss(p, tasks, learner=learner, strategy=s), has_aux=True))(params)
+         for s in meta.STRATEGIES}
+  for s in ('map', 'vmap'):
+    chex.assert_trees_all_close(out[s], out['loop'], rtol=2e-4, atol=1e-5)
+  # The sum of the per-task losses, each equal to task_loss on its own.
+  (total, (losses, accs)), _ = out['loop']
+  one = maml.task_loss(params, jax.tree.map(lambda a: a[1], tasks), model=model, inner_lr=0.1,
+                       steps=1)
+  np.testing.assert_allclose(losses[1], one[0], rtol=1e-5)
+  np.testing.assert_allclose(total, losses.sum(), rtol=1e-6)
+  with pytest.raises(ValueError, match='strategy'):
+    meta.batch_loss(params, tasks, learner=learner, strategy='pmap')
+
+
+def test_protonet_is_negative_squared_distance_to_prototypes(cifar_train):
+  model = models.Conv4(num_classes=3, image_size=16, width=4)
+  params = models.init(model, jax.random.key(0))['params']
+  task = jax.tree.map(lambda a: a[0], _tiny_tasks(cifar_train, 1, shots=2))
+  f = np.asarray(model.apply({'params': params},
+                             np.concatenate([task['support_x'], task['query_x']]),
+                             train=True, features=True), np.float64)
+  fs, fq = f[:6], f[6:]
+  protos = np.stack([fs[task['support_y'] == c].mean(0) for c in range(3)])
+  want = -((fq[:, None] - protos[None]) ** 2).sum(-1)
+  got = protonet.logits(params, task, model=model)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+  loss, acc = meta.Learner('protonet', model).task_loss(params, task)
+  assert np.isfinite(loss) and 0 <= acc <= 1
+
+
+def test_anil_adapts_only_the_head(cifar_train):
+  model = models.Conv4(num_classes=3, image_size=16, width=4)
+  params = models.init(model, jax.random.key(0))['params']
+  task = jax.tree.map(lambda a: a[0], _tiny_tasks(cifar_train, 1))
+  learner = meta.Learner('anil', model, inner_lr=0.5, steps=5)
+  # Zero steps: plain query loss of the meta-parameters.
+  zero = anil.task_loss(params, task, model=model, inner_lr=0.5, steps=0)
+  plain = maml.loss_and_acc(params, task['query_x'], task['query_y'], model=model)
+  np.testing.assert_allclose(zero[0], plain[0], rtol=1e-5)
+  # Inner steps lower the support loss of the head.
+  f = model.apply({'params': params}, task['support_x'], train=True, features=True)
+  head = anil.adapt_head(params['head'], f, task['support_y'], inner_lr=0.5, steps=5)
+  before = anil._loss_acc(params['head'], f, task['support_y'])[0]
+  after = anil._loss_acc(head, f, task['support_y'])[0]
+  assert after < before
+  # The meta-gradient reaches the backbone (through the features), second order in the head.
+  g = jax.grad(lambda p: learner.task_loss(p, task)[0])(params)
+  assert float(jnp.abs(g['conv0']['kernel']).sum()) > 0
+  with pytest.raises(ValueError, match='head'):
+    anil.task_loss({k: v for k, v in params.items() if k != 'head'}, task, model=model,
+                   inner_lr=0.5, steps=1)
+
+
+def test_from_config_and_evaluate(cifar_train, smoke_config):
+  model = models.Conv4(num_classes=3, image_size=16, width=4)
+  params = models.init(model, jax.random.key(0))['params']
+  tasks = _tiny_tasks(cifar_train, 3)
+  train = meta.from_config(smoke_config.meta, model)
+  test = meta.from_config(smoke_config.meta, model, test=True)
+  assert train.second_order and not test.second_order
+  assert test.steps == smoke_config.meta.test_inner_steps
+  accs = meta.evaluate_tasks(params, tasks, learner=test)
+  want = maml.evaluate_tasks(params, tasks, model=model, inner_lr=test.inner_lr, steps=test.steps)
+  np.testing.assert_allclose(accs, want)
+  bad = smoke_config.copy_and_resolve_references()
+  bad.meta.algo = 'reptile'
+  with pytest.raises(ValueError, match='config.meta.algo'):
+    meta.from_config(bad.meta, model)

@@ -58,10 +58,11 @@ def split_heldout(split: data_lib.SplitData, classes, frac: float, max_per_class
   return gather(tr), gather(ho)
 
 
-def make_optimizer(arch: str, tc, steps_per_epoch: int):
+def make_optimizer(model, tc, steps_per_epoch: int):
+  """Conv4: Adam; ResNets: SGD with momentum 0.9 and weight decay 5e-4 (METHOD.md §3)."""
   schedule = optax.piecewise_constant_schedule(
       0.01, {m * steps_per_epoch: tc.gamma for m in tc.milestones})
-  if arch == 'conv4':
+  if isinstance(model, models.Conv4):
     opt = optax.adam(schedule)
   else:
     opt = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(schedule, momentum=0.9))
@@ -96,7 +97,7 @@ def train_teacher(model, train, heldout, tc, rng, log=None):
   x, y = train
   bs = min(tc.batch_size, len(x))
   steps = len(x) // bs
-  tx = make_optimizer(_arch_of(model), tc, steps)
+  tx = make_optimizer(model, tc, steps)
   key, rng = jax.random.split(rng)
   variables = models.init(model, key)
   opt_state = tx.init(variables['params'])
@@ -115,12 +116,6 @@ def train_teacher(model, train, heldout, tc, rng, log=None):
     if log:
       log(epoch, float(loss), acc)
   return best, best_acc
-
-
-def _arch_of(model) -> str:
-  if isinstance(model, models.Conv4):
-    return 'conv4'
-  return 'resnet'
 
 
 def run(config, workdir: str) -> list:
@@ -144,8 +139,10 @@ def run(config, workdir: str) -> list:
     train, heldout = split_heldout(split, classes, config.teachers.heldout_frac,
                                    config.teachers.max_per_class)
     t0 = time.time()
-    variables, acc = train_teacher(model, train, heldout, config.teachers,
-                                   jax.random.fold_in(jax.random.key(config.seed), i))
+    epochs = utils.Progress(config.teachers.epochs, f'  teacher {i} epoch', every_s=30)
+    variables, acc = train_teacher(
+        model, train, heldout, config.teachers, jax.random.fold_in(jax.random.key(config.seed), i),
+        log=lambda e, loss, acc: epochs.update(e + 1, f'loss {loss:.3f} held-out {acc:.3f}'))
     teacher = zoo.Teacher(index=i, arch=arch, num_classes=len(classes),
                           image_size=data_lib.IMAGE_SIZE[ds], dataset=ds, classes=classes,
                           class_names=[split.class_names[c] for c in classes],

@@ -24,9 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from purer_jax import bank as bank_lib
+from purer_jax.models.conv4 import Conv4
+from purer_jax.models.layers import BatchNorm
 
 STRATEGIES = ('loop', 'vmap')
 
@@ -86,17 +89,94 @@ def jitter(x, key, max_shift: int):
   return jnp.roll(x, (dh, dw), axis=(1, 2))
 
 
-def deep_inversion_loss(x, variables, targets, *, model, weights: Weights = Weights()):
+@jax.custom_vjp
+def bn_pool_relu(y, scale, shift):
+  """relu(maxpool_2x2(y * scale + shift)) on NHWC `y` (even H, W) with a one-pass backward.
+
+  JAX's own gradient of a max-reduction (mask, counts, division) and of the affine map takes
+  several passes over the full-resolution tensor; this backward takes one. Where several
+  inputs tie for a window's maximum each gets the full gradient (PyTorch picks one;
+  JAX splits it): ties have probability zero for real-valued images.
+  """
+  n, h, w, c = y.shape
+  z = (y * scale + shift).reshape(n, h // 2, 2, w // 2, 2, c)
+  return jax.nn.relu(z.max((2, 4)))
+
+
+def _bn_pool_relu_fwd(y, scale, shift):
+  out = bn_pool_relu(y, scale, shift)
+  return out, (y, scale, shift, out)
+
+
+def _bn_pool_relu_bwd(res, g):
+  y, scale, shift, out = res
+  n, h, w, c = y.shape
+  z = (y * scale + shift).reshape(n, h // 2, 2, w // 2, 2, c)
+  up = lambda t: t[:, :, None, :, None, :]
+  dz = jnp.where(z == up(out), up(jnp.where(out > 0, g, 0.0)), 0.0).reshape(y.shape)
+  return dz * scale, jnp.sum(dz * y, (0, 1, 2)), jnp.sum(dz, (0, 1, 2))
+
+
+bn_pool_relu.defvjp(_bn_pool_relu_fwd, _bn_pool_relu_bwd)
+
+
+def _conv3x3_im2col(x, kernel):
+  # The 9 shifted copies side by side, then one matmul: under vmap a batched matmul.
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  cols = jnp.concatenate([xp[:, a:a + h, b:b + w] for a in range(3) for b in range(3)], -1)
+  return cols @ kernel.reshape(9 * c, -1)
+
+
+def conv4_forward(variables, x, *, conv: str = 'lax'):
+  """Conv4 (models/conv4.py) in eval mode: the (logits, stats) of `bn_statistics`, faster.
+
+  Written out for speed on CPU (measured in benchmarks/README.md): BN-input statistics in
+  one pass (E[y²] − E[y]², fused with the forward); eval BN, 2x2 max-pool and ReLU as one
+  op with a hand-written backward (`bn_pool_relu`); the first conv (3 input channels, which
+  XLA's conv handles poorly) as an im2col matmul. conv='im2col' does that for every conv,
+  so that `jax.vmap` over teachers gives batched matmuls instead of grouped convolutions.
+  Agrees with `bn_statistics(models.create('conv4', ...), ...)` to float32 rounding.
+  """
+  p, running = variables['params'], variables['batch_stats']
+  stats = {}
+  for i in range(4):
+    kernel = p[f'conv{i}']['kernel']
+    if conv == 'im2col' or i == 0:
+      y = _conv3x3_im2col(x, kernel)
+    else:
+      y = lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + p[f'conv{i}']['bias']
+    mean = jnp.mean(y, (0, 1, 2))
+    stats[f'bn{i}'] = {'mean': mean, 'var': jnp.mean(jnp.square(y), (0, 1, 2)) - mean * mean}
+    r, bn = running[f'bn{i}'], p[f'bn{i}']
+    scale = lax.rsqrt(r['var'] + BatchNorm.epsilon) * bn['scale']
+    h, w = y.shape[1] // 2 * 2, y.shape[2] // 2 * 2  # floor pooling drops an odd edge
+    x = bn_pool_relu(y[:, :h, :w], scale, bn['bias'] - r['mean'] * scale)
+  x = x.reshape(x.shape[0], -1)
+  return x @ p['head']['kernel'] + p['head']['bias'], stats
+
+
+def _forward(model, strategy):
+  if isinstance(model, Conv4):
+    return functools.partial(conv4_forward, conv='im2col' if strategy == 'vmap' else 'lax')
+  return functools.partial(bn_statistics, model)
+
+
+def deep_inversion_loss(x, variables, targets, *, model, weights: Weights = Weights(),
+                        strategy: str = 'loop'):
   """One teacher's DeepInversion loss on its (already jittered) slice `x` (NHWC).
 
   TV and L2 act on `x` itself; the teacher sees `x` resized (bilinear) to its input size when
-  the bank's size differs (MH). Returns (loss, terms) with the unweighted terms 'ce', 'tv',
-  'bn', 'l2' and the target accuracy 'acc'.
+  the bank's size differs (MH). `strategy` only picks the fastest equivalent forward pass.
+  Returns (loss, terms) with the unweighted terms 'ce', 'tv', 'bn', 'l2' and the target
+  accuracy 'acc'.
   """
   size = model.image_size
   xin = x if x.shape[1] == size else jax.image.resize(
       x, (x.shape[0], size, size, x.shape[3]), 'bilinear')
-  logits, stats = bn_statistics(model, variables, xin)
+  logits, stats = _forward(model, strategy)(variables, xin)
   terms = {
       'ce': optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(),
       'tv': tv_loss(x),
@@ -121,7 +201,8 @@ def stack_losses(x, variables, keys, *, group: bank_lib.Group, weights: Weights,
   tgt = bank_lib.targets(group.num_classes, x.shape[1] // group.num_classes)
 
   def one(xt, vt, kt):
-    return deep_inversion_loss(jitter(xt, kt, max_shift), vt, tgt, model=model, weights=weights)
+    return deep_inversion_loss(jitter(xt, kt, max_shift), vt, tgt, model=model, weights=weights,
+                               strategy=strategy)
 
   if strategy == 'vmap':
     return jax.vmap(one)(x, variables, keys)
@@ -224,14 +305,15 @@ class InversionStep:
   `extra_loss` function object (and the same shapes) never recompiles.
   """
 
-  def __init__(self, layout, weights, max_shift, lr, strategies, mesh=None):
+  def __init__(self, layout, weights, max_shift, lr, strategies, mesh=None, xla_options=None):
     self.layout, self.weights, self.max_shift = layout, weights, int(max_shift)
     self.strategies, self.mesh = tuple(strategies), mesh
     self.tx = optax.adam(lr)
     self.loss_kw = dict(layout=layout, weights=weights, max_shift=self.max_shift,
                         strategies=self.strategies, mesh=mesh)
-    self._step = jax.jit(self._update, static_argnames=('extra_loss',), donate_argnums=(0, 1))
-    self.loss = jax.jit(functools.partial(inversion_loss, **self.loss_kw))
+    jit = functools.partial(jax.jit, compiler_options=xla_options or None)
+    self._step = jit(self._update, static_argnames=('extra_loss',), donate_argnums=(0, 1))
+    self.loss = jit(functools.partial(inversion_loss, **self.loss_kw))
 
   def _update(self, images, opt_state, teachers, key, extra_args=None, *, extra_loss=None):
     images, opt_state, metrics = inversion_update(
@@ -291,12 +373,14 @@ def _put(a: np.ndarray, sharding):
 
 
 def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
-                        strategy: Optional[str] = None, mesh=None) -> InversionStep:
+                        strategy: Optional[str] = None, mesh=None,
+                        xla_options: Optional[dict] = None) -> InversionStep:
   """Builds the compiled step for `layout` with config.inversion's weights, jitter and lr.
 
   strategy: 'loop', 'vmap' or 'auto' (default config.strategy). 'auto' times both strategies
   per group on the actual shapes (needs `teachers`, the stacked variables) and caches the
   choice per backend and shape. mesh: a 1-axis jax.sharding.Mesh to shard teachers over.
+  xla_options: XLA compiler options for the step (e.g. {'xla_cpu_use_xnnpack': True}).
   """
   strategy = strategy or config.strategy
   if strategy not in STRATEGIES + ('auto',):
@@ -313,7 +397,8 @@ def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
                        for g, v in zip(layout.groups, teachers))
   else:
     strategies = (strategy,) * len(layout.groups)
-  return InversionStep(layout, weights, max_shift, float(config.lr), strategies, mesh)
+  return InversionStep(layout, weights, max_shift, float(config.lr), strategies, mesh,
+                       xla_options)
 
 
 def choose_strategy(layout, group, variables, weights, max_shift, repeats: int = 3) -> str:

@@ -1,0 +1,206 @@
+"""Seconds per PURER meta-iteration: JAX (`purer_jax.train.train_step`) vs a PyTorch eager
+reference of the same step, on this machine.
+
+  python benchmarks/meta_step.py --json OUT.json [--iters 10] [--strategies]
+
+The step (METHOD.md §10): an inversion step over 13 Conv4 teachers (12 x 5 classes + 1 x 4,
+16 images per class: 80 images per teacher) at 32 px with one Adam step on the bank, then 4
+second-order MAML tasks (5-way 1-shot, 15 queries) from the detached bank and the outer Adam
+step; ECI's switch stays off. Teachers are randomly initialised (the cost does not depend on
+their weights). Writes {"jax_s_per_it", "torch_s_per_it", "speedup", ...}: medians over
+`--iters` timed iterations after warm-up. `--strategies` also times the meta-batch alone
+mapped by a python loop, lax.map and vmap (the measurement behind purer_jax.meta's default).
+"""
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+WAYS, SHOTS, QUERIES, SPC, META_BATCH, SIZE = 5, 1, 15, 16, 4, 32
+
+
+def _config():
+  from purer_jax import config as config_lib
+  c = config_lib.build('ss')
+  c.inversion.strategy = 'loop'
+  return c
+
+
+def _teachers(config):
+  import jax
+  from purer_jax import models, zoo
+  out = []
+  for i in range(13):
+    n = min(5, 64 - 5 * i)
+    t = zoo.Teacher(index=i, arch='conv4', num_classes=n, image_size=SIZE, dataset='cifar_fs',
+                    classes=list(range(5 * i, 5 * i + n)), class_names=[], heldout_acc=None,
+                    checkpoint='')
+    t.variables = models.init(t.model, jax.random.key(i))
+    out.append(t)
+  return out
+
+
+def _median_time(fn, iters, warmup=2):
+  for _ in range(warmup):
+    fn()
+  ts = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts))
+
+
+def time_jax(iters):
+  import jax
+  from purer_jax import train
+  config = _config()
+  trainer = train.Trainer(config, None, _teachers(config))
+  state = [trainer.init_state()]
+  t0 = time.perf_counter()
+  jax.block_until_ready(trainer.step(trainer.init_state(), trainer.teacher_vars, trainer.rng))
+  compile_s = time.perf_counter() - t0
+
+  def step():
+    state[0], m = trainer.step(state[0], trainer.teacher_vars, trainer.rng)
+    jax.block_until_ready(m)
+  return _median_time(step, iters), compile_s
+
+
+def time_strategies(iters):
+  import jax
+  from purer_jax import eci, meta, models
+  model = models.create('conv4', WAYS, SIZE)
+  params = models.init(model, jax.random.key(0))['params']
+  images = jax.random.normal(jax.random.key(1), (64, SPC, SIZE, SIZE, 3))
+  tasks = eci.sample_tasks(images, jax.random.key(2), num=META_BATCH, ways=WAYS, shots=SHOTS,
+                           queries=QUERIES)
+  learner = meta.Learner('maml', model, 0.01, 1, True)
+  out = {}
+  for s in meta.STRATEGIES:
+    f = jax.jit(jax.value_and_grad(functools.partial(meta.batch_loss, learner=learner,
+                                                     strategy=s), has_aux=True))
+    out[s] = _median_time(lambda f=f: jax.block_until_ready(f(params, tasks)), iters)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch eager reference (NCHW), written the way the original code computes the step.
+
+def _torch_conv4(torch, num_classes):
+  nn = torch.nn
+  layers = []
+  for i in range(4):
+    layers += [nn.Conv2d(3 if i == 0 else 32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+               nn.MaxPool2d(2)]
+  return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * (SIZE // 16) ** 2, num_classes))
+
+
+def time_torch(iters):
+  import torch
+  import torch.nn.functional as F
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+  teachers = []
+  for i in range(13):
+    n = min(5, 64 - 5 * i)
+    t = _torch_conv4(torch, n).eval()
+    for p in t.parameters():
+      p.requires_grad_(False)
+    stats = []
+    for m in t.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):  # BN input statistics, as DeepInversion's hooks
+        m.register_forward_hook(lambda mod, inp, out, stats=stats: stats.append(
+            (mod, inp[0].mean((0, 2, 3)), inp[0].permute(1, 0, 2, 3).flatten(1).var(1, unbiased=False))))
+    teachers.append((t, n, stats))
+  bank = torch.randn(64 * SPC, 3, SIZE, SIZE, requires_grad=True)
+  bank_opt = torch.optim.Adam([bank], lr=0.25)
+  learner = _torch_conv4(torch, WAYS).train()
+  outer_opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+  names = [k for k, _ in learner.named_parameters()]
+  labels = torch.arange(64).repeat_interleave(SPC)  # bank rows per class, for task sampling
+
+  def norm(x):
+    return torch.norm(x)
+
+  def inversion_step():
+    loss = 0.0
+    start = 0
+    for t, n, stats in teachers:
+      x = bank[start:start + n * SPC]
+      start += n * SPC
+      dh, dw = np.random.randint(-2, 3, 2)
+      x = torch.roll(x, shifts=(int(dh), int(dw)), dims=(2, 3))
+      stats.clear()
+      out = t(x)
+      tgt = torch.arange(n).repeat(SPC)
+      bn = sum(norm(mu - m.running_mean) + norm(var - m.running_var) for m, mu, var in stats)
+      tv = (norm(x[:, :, 1:, :] - x[:, :, :-1, :]) + norm(x[:, :, :, 1:] - x[:, :, :, :-1]) +
+            norm(x[:, :, 1:, 1:] - x[:, :, :-1, :-1]) + norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:]))
+      loss = loss + F.cross_entropy(out, tgt) + 1e-4 * tv + 0.01 * bn + 1e-5 * norm(x)
+    bank_opt.zero_grad()
+    loss.backward()
+    bank_opt.step()
+
+  def task():
+    data = bank.detach()
+    classes = np.random.choice(64, WAYS, replace=False)
+    rows = [np.flatnonzero(labels.numpy() == c)[np.random.permutation(SPC)[:SHOTS + QUERIES]]
+            for c in classes]
+    sx = torch.cat([data[r[:SHOTS]] for r in rows])
+    qx = torch.cat([data[r[SHOTS:]] for r in rows])
+    return (sx, torch.arange(WAYS).repeat_interleave(SHOTS), qx,
+            torch.arange(WAYS).repeat_interleave(QUERIES))
+
+  def meta_step():
+    params = dict(learner.named_parameters())
+    total = 0.0
+    for _ in range(META_BATCH):
+      sx, sy, qx, qy = task()
+      inner = F.cross_entropy(torch.func.functional_call(learner, params, (sx,)), sy)
+      grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
+      fast = {k: params[k] - 0.01 * g for k, g in zip(names, grads)}
+      total = total + F.cross_entropy(torch.func.functional_call(learner, fast, (qx,)), qy)
+    outer_opt.zero_grad()
+    total.backward()
+    outer_opt.step()
+
+  def step():
+    inversion_step()
+    meta_step()
+  return _median_time(step, iters)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--json', required=True, help='where to write the results')
+  p.add_argument('--iters', type=int, default=10)
+  p.add_argument('--strategies', action='store_true',
+                 help='also time the meta-batch mapped by loop / lax.map / vmap')
+  p.add_argument('--skip_torch', action='store_true')
+  a = p.parse_args()
+  jax_s, compile_s = time_jax(a.iters)
+  res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s}
+  print(f'jax: {jax_s:.3f} s/it (compile + first step {compile_s:.1f} s)', flush=True)
+  if not a.skip_torch:
+    res['torch_s_per_it'] = time_torch(a.iters)
+    res['speedup'] = res['torch_s_per_it'] / jax_s
+    print(f"torch: {res['torch_s_per_it']:.3f} s/it, speedup {res['speedup']:.2f}x", flush=True)
+  if a.strategies:
+    res['meta_batch_s'] = time_strategies(a.iters)
+    print('meta-batch value+grad:', res['meta_batch_s'], flush=True)
+  res['iters'] = a.iters
+  res['load_avg_1min'] = os.getloadavg()[0]  # other work on the machine slows both sides
+  os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+  with open(a.json, 'w') as f:
+    json.dump(res, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,42 @@
+"""PURER end to end: teachers, meta-training, meta-test.
+
+  python -m purer_jax.main --config=configs/ss.py:smoke --workdir=W
+
+Teachers come from `pretrain.run` (skipping those W already has) or, with
+config.teachers.source == 'torch', from PyTorch checkpoints via `convert_torch.import_pool`.
+Re-running the same command resumes an interrupted run (see purer_jax/train.py).
+"""
+from absl import app
+
+from purer_jax import cli
+from purer_jax import data as data_lib
+from purer_jax import pretrain, train, zoo
+
+
+def get_teachers(config, workdir):
+  t = config.teachers
+  if t.source == 'pretrain':
+    return pretrain.run(config, workdir)
+  if t.source != 'torch':
+    raise ValueError(f"config.teachers.source must be 'pretrain' or 'torch', got {t.source!r}")
+  if zoo.read_manifest(workdir)['teachers']:
+    return zoo.read_manifest(workdir)['teachers']
+  if not t.torch_dir:
+    raise ValueError("config.teachers.source='torch' needs config.teachers.torch_dir, the folder "
+                     'of model_{i}.pth files')
+  from purer_jax import convert_torch  # needs torch: import only on this path
+  return convert_torch.import_pool(
+      t.torch_dir, workdir, arch=t.archs, image_size=data_lib.IMAGE_SIZE[config.data.dataset],
+      dataset=config.data.dataset, data_dir=config.data.data_dir, ways=t.ways,
+      assignment=t.assignment)
+
+
+def main(argv):
+  del argv
+  config, workdir = cli.config_and_workdir()
+  get_teachers(config, workdir)
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,305 @@
+"""PURER meta-training (METHOD.md §4-§8) and the final meta-test.
+
+One meta-iteration is one compiled program (`train_step`): an Adam step on the bank over all
+teachers (plus ECI's adversarial term while the switch is on, under `lax.cond`), a meta-batch
+of pseudo tasks from the updated, detached bank, and the outer Adam step. Iteration `it` draws
+its randomness from fold_in(rng, it), so a run resumed from a checkpoint repeats exactly what
+an uninterrupted run does.
+
+Workdir: checkpoints/ (orbax; the latest, including the best-by-meta-val parameters),
+metrics.jsonl, tb/ (TensorBoard), pseudo_XXXXXX.png, results.json / results.md.
+"""
+import functools
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from PIL import Image
+
+from purer_jax import bank as bank_lib
+from purer_jax import data as data_lib
+from purer_jax import eci, evaluate, inversion, meta, utils, zoo
+
+# Checked every iteration, in this order, so the error names the first term that broke.
+GUARDED = ('inv/ce', 'inv/bn', 'inv/tv', 'inv/l2', 'inv/adv', 'inv/loss', 'meta/loss',
+           'meta/grad_norm', 'state_finite')
+
+
+def task_kw(config) -> dict:
+  return dict(ways=config.meta.ways, shots=config.meta.shots, queries=config.meta.queries)
+
+
+def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, adv_scale,
+               adv_start, patience, strategy='loop'):
+  """One meta-iteration; returns (state, metrics). `state['it']` is the iteration's index."""
+  it = state['it']
+  k_inv, k_adv, k_tasks = jax.random.split(jax.random.fold_in(rng, it), 3)
+  on = state['switch'].on
+
+  def adversarial(images, params):
+    return jax.lax.cond(
+        on, lambda: eci.adversarial_loss(images, params, k_adv, learner=learner,
+                                         adv_scale=adv_scale, **task_kw),
+        lambda: jnp.zeros((), images.dtype))
+
+  images, bank_opt, inv_m = inversion.inversion_update(
+      state['images'], state['bank_opt'], teachers, k_inv, tx=inv.tx, extra_loss=adversarial,
+      extra_args=state['params'], **inv.loss_kw)
+  tasks = eci.sample_tasks(jax.lax.stop_gradient(images), k_tasks, num=meta_batch, **task_kw)
+  (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
+      state['params'], tasks, learner=learner, strategy=strategy)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  acc = jnp.mean(accs)  # of the meta-batch, before the outer update
+  new = dict(state, it=it + 1, params=params, opt_state=opt_state, images=images,
+             bank_opt=bank_opt, switch=eci.switch_update(state['switch'], it, acc,
+                                                        adv_start=adv_start, patience=patience))
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(
+      (params, images))]))
+  metrics = {f'inv/{k}': inv_m[k] for k in ('ce', 'bn', 'tv', 'l2', 'acc', 'loss')}
+  metrics.update({'inv/adv': inv_m['extra'], 'meta/loss': loss, 'meta/pseudo_acc': acc,
+                  'meta/grad_norm': optax.global_norm(grads), 'eci/on': on,
+                  'state_finite': finite.astype(jnp.float32)})
+  return new, metrics
+
+
+class Trainer:
+  """Everything static about a run: models, bank layout, compiled step, data splits."""
+
+  def __init__(self, config, workdir, teachers):
+    self.config, self.workdir, self.teachers = config, workdir, teachers
+    self.model = evaluate.meta_model(config)
+    self.learner = meta.from_config(config.meta, self.model)
+    self.layout = bank_lib.make_layout(teachers, config.inversion.spc, self.model.image_size)
+    stacked = bank_lib.stack_teachers(teachers, self.layout)
+    self.inv = inversion.make_inversion_step(self.layout, config.inversion, teachers=stacked)
+    self.teacher_vars = self.inv.place_teachers(stacked)
+    self.tx = optax.adam(config.meta.outer_lr)
+    # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
+    self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
+    self.step = jax.jit(functools.partial(
+        train_step, learner=self.learner, inv=self.inv, tx=self.tx,
+        meta_batch=config.meta.meta_batch, task_kw=task_kw(config),
+        adv_scale=float(config.eci.adv_scale), adv_start=int(config.eci.adv_start),
+        patience=int(config.eci.patience)), donate_argnums=(0,))
+
+  def init_params(self):
+    name = self.config.meta.init
+    if name not in ('random', 'average'):
+      raise ValueError(f'config.meta.init must be random or average, got {name!r}')
+    # The same key as the `random` baseline: purer - random isolates meta-training.
+    return jax.tree.map(jnp.asarray, evaluate.baseline_params(
+        name, self.teachers, self.model, jax.random.key(self.config.seed)))
+
+  def init_state(self) -> dict:
+    params = self.init_params()
+    images, bank_opt = self.inv.init(self.bank_rng)
+    return {'it': jnp.asarray(0, jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
+            'images': images, 'bank_opt': bank_opt,
+            'switch': eci.switch_init(self.config.eci.adv_start)}
+
+  def pseudo_episode(self, images, it: int) -> dict:
+    return jax.tree.map(np.asarray, eci.sample_task(
+        images, jax.random.fold_in(self.png_rng, it), **task_kw(self.config)))
+
+
+
+def datasets(config) -> list:
+  """[(name, data_dir, source)]: the pool's dataset, plus MH's second one."""
+  c = config.data
+  out = [(c.dataset, c.data_dir, c.source)]
+  if c.extra_dataset:
+    out.append((c.extra_dataset, c.extra_data_dir, 'auto'))
+  return out
+
+
+def save_episode_png(path: str, task: dict, class_datasets) -> None:
+  """A pseudo episode as a grid: one row per class, support | query, de-normalised.
+
+  class_datasets: per class of the episode, the dataset whose normalisation its pixels use.
+  """
+  ways = len(task['classes'])
+  sx = task['support_x'].reshape((ways, -1) + task['support_x'].shape[1:])
+  qx = task['query_x'].reshape((ways, -1) + task['query_x'].shape[1:])
+  size, pad = sx.shape[2], 2
+  cols = sx.shape[1] + 1 + qx.shape[1]  # an empty column between support and query
+  grid = np.full((ways * (size + pad) + pad, cols * (size + pad) + pad, 3), 255, np.uint8)
+  for r in range(ways):
+    mean, std = (np.asarray(v, np.float32) for v in data_lib.MEAN_STD[class_datasets[r]])
+    row = np.concatenate([sx[r], np.full_like(sx[r][:1], np.nan), qx[r]])
+    for c, img in enumerate(row):
+      if np.isnan(img).all():
+        continue
+      pix = np.clip((img * std + mean) * 255.0, 0, 255).astype(np.uint8)
+      y, x = pad + r * (size + pad), pad + c * (size + pad)
+      grid[y:y + size, x:x + size] = pix
+  Image.fromarray(grid).save(path)
+
+
+class _StopRequest:
+  """SIGTERM/SIGINT: finish the iteration, checkpoint, exit. A second signal acts at once."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for s in (signal.SIGTERM, signal.SIGINT):
+      self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+    signal.signal(signum, self._old[signum])
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+def _checkpoint_manager(workdir):
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True, cleanup_tmp_directories=True,
+          # Synchronous: the step donates the state's buffers right after a save.
+          enable_async_checkpointing=False))
+
+
+def _truncate_jsonl(path, start):
+  """Drops the records of iterations >= start (written by a run that was then interrupted)."""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    keep = [l for l in f if json.loads(l).get('it', -1) < start]
+  with open(path, 'w') as f:
+    f.writelines(keep)
+
+
+def validate(trainer, params, splits) -> float:
+  """Mean query accuracy on config.train.val_tasks fixed meta-val tasks (per dataset, averaged)."""
+  c = trainer.config
+  return float(np.mean([np.mean(evaluate.evaluate_params(
+      params, c, s, seed=c.eval.val_seed, num_tasks=c.train.val_tasks)) for s in splits]))
+
+
+def train(config, workdir, teachers) -> dict:
+  """Meta-trains (resuming from W/checkpoints); returns {'params', 'val', 'it'} of the best
+  meta-val evaluation (the final parameters if none ran)."""
+  t = config.train
+  trainer = Trainer(config, workdir, teachers)
+  state = trainer.init_state()
+  # A copy: the step donates the state's buffers.
+  best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(-1.0),
+          'it': jnp.asarray(-1)}
+  mngr = _checkpoint_manager(workdir)
+  start = mngr.latest_step() or 0
+  if start:
+    restored = mngr.restore(start, args=ocp.args.StandardRestore({'state': state, 'best': best}))
+    state, best = restored['state'], restored['best']
+    print(f'resumed from {mngr.directory}/{start} (best meta-val {float(best["val"]):.4f})')
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  _truncate_jsonl(metrics_path, start)
+  from tensorboardX import SummaryWriter
+  tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start)
+  val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
+  prog = utils.Progress(t.iterations, 'meta-train', start=start)
+  window, t_window = [], time.time()
+
+  def save(done):
+    mngr.save(done, args=ocp.args.StandardSave({'state': state, 'best': best}), force=True)
+
+  with _StopRequest() as stop:
+    for it in range(start, t.iterations):
+      state, m = trainer.step(state, trainer.teacher_vars, trainer.rng)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      for k in GUARDED:
+        if not np.isfinite(m[k]) or (k == 'state_finite' and m[k] != 1.0):
+          tb.close()
+          raise FloatingPointError(
+              f'meta-iteration {it}: {k} is not finite ({m}); stopped without saving. The last '
+              f'good checkpoint is step {mngr.latest_step()} in {mngr.directory}')
+      window.append(m)
+      if m['eci/on']:
+        utils.write_jsonl(metrics_path, {'it': it, 'event': 'eci_switch_on'})
+        tb.add_scalar('eci/switch', 1.0, it)
+      done = it + 1
+      if done % t.log_every == 0 or done == t.iterations:
+        rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        rec['it_per_s'] = len(window) / (time.time() - t_window)
+        for k, v in rec.items():
+          tb.add_scalar(k, v, it)
+        utils.write_jsonl(metrics_path, {'it': it, **rec})
+        window, t_window = [], time.time()
+      if done % t.png_every == 0 or done == t.iterations:
+        ep = trainer.pseudo_episode(state['images'], it)
+        save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,
+                         [trainer.layout.dataset[c] or config.data.dataset
+                          for c in ep['classes']])
+      if done % t.val_every == 0 or done == t.iterations:
+        acc = validate(trainer, state['params'], val_splits)
+        if acc > float(best['val']):
+          best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(acc),
+                  'it': jnp.asarray(done)}
+        utils.write_jsonl(metrics_path, {'it': it, 'val_acc': acc, 'best_val': float(best['val'])})
+        tb.add_scalar('val/acc', acc, it)
+      if done % t.ckpt_every == 0 or done == t.iterations or stop.signum:
+        save(done)
+      prog.update(done, f"loss {m['meta/loss']:.3f} pseudo-acc {m['meta/pseudo_acc']:.3f} "
+                        f"inv {m['inv/loss']:.2f} best-val {float(best['val']):.3f}")
+      if stop.signum:
+        tb.close()
+        raise SystemExit(f'stopped by signal {stop.signum} after meta-iteration {it}; '
+                         f'checkpoint {done} saved: re-run the same command to resume')
+  tb.close()
+  if float(best['val']) < 0:  # no meta-val ran (iterations == 0): use the final parameters
+    best = {'params': state['params'], 'val': best['val'], 'it': state['it']}
+  return {k: jax.device_get(v) for k, v in best.items()}
+
+
+def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dict:
+  """Meta-test of config.eval.methods on each dataset; W/results.json for the pool's dataset
+  (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}."""
+  model = evaluate.meta_model(config)
+  out = {}
+  for i, (name, data_dir, source) in enumerate(datasets(config)):
+    split = data_lib.load(name, 'meta_test', data_dir, source)
+    accs = {}
+    for method in config.eval.methods:
+      if method == 'average' and not evaluate.can_average(teachers, model):
+        print('average: skipped (needs every teacher to be the meta-learner\'s arch and size)')
+        continue
+      params = purer_params if method == 'purer' else evaluate.baseline_params(
+          method, teachers, model, jax.random.key(config.seed))
+      accs[method] = evaluate.evaluate_params(params, config, split, desc=f'{method} {name}')
+    paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
+              for m, a in accs.items() if m != 'purer' and 'purer' in accs}
+    where = workdir if i == 0 else os.path.join(workdir, name)
+    os.makedirs(where, exist_ok=True)
+    out[name] = evaluate.write_results(where, config, accs, dataset=name,
+                                       extra={'paired': paired, **(extra or {})})
+  if len(out) > 1:  # MH: every dataset's table in the main results.json too
+    res = dict(out[config.data.dataset], by_dataset={k: v['methods'] for k, v in out.items()})
+    utils.write_json(os.path.join(workdir, 'results.json'), res)
+  return out
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  teachers = zoo.load(workdir)
+  t0 = time.time()
+  best = train(config, workdir, teachers)
+  print(f'meta-training: {time.time() - t0:.0f}s, best meta-val {float(best["val"]):.4f} at '
+        f'iteration {int(best["it"])}')
+  out = final_evaluation(config, workdir, teachers, best['params'],
+                         extra={'best_val': float(best['val']), 'best_it': int(best['it']),
+                                'iterations': int(config.train.iterations)})
+  for name, res in out.items():
+    print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"
+                 for m, v in res['methods'].items()})
+  return out

@@ -1,0 +1,164 @@
+"""Tunes ICFIL (METHOD.md §7) on meta-val tasks only (config.eval.val_seed), never meta-test.
+
+  python -m purer_jax.tune_icfil --config=configs/ss.py --workdir=W [--params=PATH|best]
+      [--tasks=100]
+
+Coordinate search from config.icfil: each field of GRID in turn takes its best value on the
+same meta-val tasks (mean accuracy), the others held at their current best. Pseudo supports
+depend only on the inversion settings, so they are computed once per `inv_steps` and reused
+by every calibration trial. Writes W/icfil_search.json (all trials, each with its paired
+difference to plain MAML evaluation on the same tasks) and prints the best settings.
+
+--params: an .npz file ('/'-joined parameter paths, an optional 'params/' prefix), an orbax
+checkpoint folder (its 'params' entry if it has one), 'best' (the training loop's best
+checkpoint, through the `load_best` argument of `run`), or empty for the `average` baseline
+of the workdir's teacher zoo.
+"""
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags
+from flax import traverse_util
+
+from purer_jax import data as data_lib
+from purer_jax import cli, evaluate, icfil, models, utils, zoo
+
+PARAMS = flags.DEFINE_string('params', '', 'Meta-learner parameters: .npz file, orbax '
+                             'checkpoint folder, "best", or empty for the zoo average.')
+TASKS = flags.DEFINE_integer('tasks', 0, 'Meta-val tasks per trial (0: config.train.val_tasks).')
+
+GRID = {
+    'inv_steps': (25, 50, 100),
+    'tau': (0.05, 0.1, 0.2, 0.5),
+    'lr': (0.001, 0.003, 0.01, 0.03),
+    'cal_steps': (1, 3, 5, 10),
+}
+SEARCH_FILE = 'icfil_search.json'
+
+
+def load_params(spec: str, config, workdir: str, *, load_best=None):
+  """Meta-learner params for `evaluate.meta_model(config)` (see the module doc for `spec`).
+
+  load_best: `(config, workdir) -> params`, the training loop's best-checkpoint loader,
+  used for spec 'best'.
+  """
+  model = evaluate.meta_model(config)
+  key = jax.random.key(config.seed)
+  if not spec:
+    return evaluate.baseline_params('average', zoo.load(workdir), model, key)
+  if spec == 'best':
+    if load_best is None:
+      raise ValueError("--params=best needs the training loop's checkpoint loader: call "
+                       'tune_icfil.run(..., load_best=fn) or pass --params=<.npz file or orbax '
+                       'checkpoint folder>')
+    params = load_best(config, workdir)
+  elif spec.endswith('.npz') and os.path.isfile(spec):
+    with np.load(spec) as z:
+      params = traverse_util.unflatten_dict({tuple(k.split('/')): z[k] for k in z.files})
+  elif os.path.isdir(spec):
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(os.path.abspath(spec))
+  else:
+    raise FileNotFoundError(f'--params={spec!r} is neither an .npz file nor an orbax checkpoint '
+                            "folder (nor 'best', nor empty for the zoo average)")
+  params = params.get('params', params)
+  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(
+      jax.eval_shape(lambda: models.init(model, key)['params'])).items()}
+  got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params).items()}
+  if got != want:
+    wrong = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    raise ValueError(f'params from {spec!r} do not fit the meta-learner '
+                     f'({config.meta.arch}, {config.meta.ways}-way, {model.image_size}px): '
+                     + ', '.join(f"{'/'.join(k)} expected {want.get(k)} got {got.get(k)}"
+                                 for k in wrong[:4]))
+  return jax.tree.map(np.asarray, params)
+
+
+def _record(settings, rows):
+  m = {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+  acc, ci = evaluate.summarize(m['acc'])
+  diff, diff_ci = evaluate.paired(m['acc'], m['acc_adapted'])
+  return {'settings': {k: getattr(settings, k) for k in
+                       ('tau', 'images_per_class', 'inv_steps', 'cal_steps', 'lr')},
+          'acc': acc, 'ci95': ci, 'plain_acc': float(m['acc_adapted'].mean()),
+          'mean_diff': diff, 'diff_ci95': diff_ci,
+          **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after', 'loss_before',
+                                             'loss_after', 'inv_acc')}}
+
+
+def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> dict:
+  """Coordinate search of `grid` (default GRID) on `num_tasks` tasks of `split` drawn from
+  config.eval.val_seed. Returns {'trials': [...], 'best': trial, 'tasks', 'seed'}."""
+  grid = GRID if grid is None else grid
+  unknown = set(grid) - set(icfil.Settings._fields)
+  if unknown:
+    raise ValueError(f'unknown ICFIL settings {sorted(unknown)} in the grid: choose from '
+                     f'{icfil.Settings._fields}')
+  model = evaluate.meta_model(config)
+  seed = config.eval.val_seed
+  tasks = list(data_lib.episodes(split, config.meta.ways, config.meta.shots,
+                                 config.meta.queries, seed, num=num_tasks,
+                                 image_size=model.image_size))
+  for t in tasks:
+    t.pop('classes')
+  icfil.check_inputs(params, model, config.meta.ways, icfil.Settings())
+  pseudo, trials = {}, {}
+
+  def trial(settings):
+    settings.check()
+    if settings in trials:
+      return trials[settings]
+    inv = settings._replace(tau=1.0, cal_steps=0, lr=0.0)  # what the pseudo support depends on
+    if inv not in pseudo:
+      pseudo[inv] = [icfil.invert_task(params, t, icfil.task_key(seed, i), model=model,
+                                       inner_lr=config.meta.inner_lr,
+                                       steps=config.meta.test_inner_steps, settings=settings)
+                     for i, t in enumerate(tasks)]
+    rows = jax.device_get([icfil.scalars(icfil.calibrate_task(a, t, x, model=model,
+                                                              settings=settings))
+                           for (a, x), t in zip(pseudo[inv], tasks)])
+    trials[settings] = _record(settings, rows)
+    r = trials[settings]
+    log(f"{r['settings']}: acc {r['acc']:.4f} ± {r['ci95']:.4f}, vs plain "
+        f"{r['mean_diff']:+.4f} ± {r['diff_ci95']:.4f}, margin {r['margin_before']:+.3f} -> "
+        f"{r['margin_after']:+.3f}")
+    return r
+
+  best = icfil.Settings.from_config(config.icfil, config.inversion)
+  trial(best)
+  for field, values in grid.items():
+    for v in values:
+      trial(best._replace(**{field: type(getattr(best, field))(v)}))
+    best = max(trials, key=lambda s: (trials[s]['acc'], -s.inv_steps, -s.cal_steps))
+    pseudo = {k: v for k, v in pseudo.items() if k.inv_steps == best.inv_steps}  # memory
+  return {'split': 'meta_val', 'seed': seed, 'tasks': num_tasks,
+          'trials': list(trials.values()), 'best': trials[best]}
+
+
+def run(config, workdir: str, params_spec: str = '', *, load_best=None, num_tasks=None,
+        grid=None, log=print) -> dict:
+  """`search` on meta-val with params from `load_params`; writes W/icfil_search.json."""
+  params = load_params(params_spec, config, workdir, load_best=load_best)
+  split = data_lib.load(config.data.dataset, 'meta_val', config.data.data_dir,
+                        config.data.source)
+  res = search(params, config, split, num_tasks=num_tasks or config.train.val_tasks, grid=grid,
+               log=log)
+  res['params'] = params_spec or 'average'
+  utils.write_json(os.path.join(workdir, SEARCH_FILE), res)
+  return res
+
+
+def main(argv):
+  del argv
+  config, workdir = cli.config_and_workdir()
+  res = run(config, workdir, PARAMS.value, num_tasks=TASKS.value or None)
+  b = res['best']
+  print(f"best on {res['tasks']} meta-val tasks: {b['settings']} acc {b['acc']:.4f} ± "
+        f"{b['ci95']:.4f} (plain {b['plain_acc']:.4f}, paired {b['mean_diff']:+.4f} ± "
+        f"{b['diff_ci95']:.4f}) -> {os.path.join(workdir, SEARCH_FILE)}")
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,103 @@
+"""ECI: the plateau switch I(Ω), pseudo-task sampling from the bank, the adversarial term."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purer_jax import eci, meta, models
+
+
+def _run_switch(accs, adv_start, patience, jit=False):
+  update = lambda s, it, a: eci.switch_update(s, it, a, adv_start=adv_start, patience=patience)
+  update = jax.jit(update) if jit else update
+  s, ons = eci.switch_init(adv_start), []
+  for it, a in enumerate(accs):
+    ons.append(bool(s.on))
+    s = update(s, it, jnp.float32(a))
+  return [i for i, on in enumerate(ons) if on]
+
+
+def test_switch_on_at_adv_start_then_off():
+  # Flat accuracy before adv_start never triggers it: tracking starts after adv_start.
+  assert _run_switch([0.5] * 6, adv_start=3, patience=2)[:1] == [3]
+  assert _run_switch([0.5] * 3, adv_start=0, patience=2) == [0]
+  assert _run_switch([0.5] * 5, adv_start=10, patience=1) == []
+
+
+@pytest.mark.parametrize('jit', [False, True])
+def test_switch_fires_after_plateau_and_resets_best(jit):
+  accs = [.1, .2, .3, .4,          # it 0-3: it 3 == adv_start (on), no tracking up to 3
+          .5,                      # it 4: first tracked value, best .5
+          .5, .4,                  # it 5, 6: no improvement x2 -> on at it 7, best reset
+          .3,                      # it 7: lower than the old best, but the best was reset
+          .35, .2, .2,             # it 8 improves; 9, 10 do not -> on at 11
+          .9, .95, .99, .999]      # improving: stays off
+  assert _run_switch(accs, adv_start=3, patience=2, jit=jit) == [3, 7, 11]
+  # Without the reset, it 7 (.3 < .5) would count as a miss and fire at it 9 instead.
+  assert _run_switch(accs, adv_start=3, patience=3, jit=jit) == [3, 8]
+
+
+def test_switch_state_is_a_pytree():
+  s = eci.switch_update(eci.switch_init(0), 1, jnp.float32(0.7), adv_start=0, patience=6)
+  leaves = jax.tree.leaves(s)
+  assert len(leaves) == 3
+  assert not bool(s.on) and float(s.best) == pytest.approx(0.7) and int(s.stale) == 0
+
+
+def _bank(num_pseudo=6, spc=5, size=16):
+  # Pixel value p * 100 + j identifies pseudo class p, image j.
+  ids = np.arange(num_pseudo)[:, None] * 100 + np.arange(spc)[None]
+  return jnp.asarray(np.broadcast_to(ids[:, :, None, None, None], (num_pseudo, spc, size, size, 3)),
+                     jnp.float32)
+
+
+def test_sample_task_layout():
+  images = _bank()
+  tasks = jax.jit(lambda k: eci.sample_tasks(images, k, num=8, ways=3, shots=2, queries=3))(
+      jax.random.key(0))
+  assert tasks['support_x'].shape == (8, 6, 16, 16, 3)
+  assert tasks['query_x'].shape == (8, 9, 16, 16, 3)
+  np.testing.assert_array_equal(tasks['support_y'][0], [0, 0, 1, 1, 2, 2])
+  np.testing.assert_array_equal(tasks['query_y'][0], [0, 0, 0, 1, 1, 1, 2, 2, 2])
+  for t in range(8):
+    classes = np.asarray(tasks['classes'][t])
+    assert len(set(classes.tolist())) == 3
+    s_ids = np.asarray(tasks['support_x'][t, :, 0, 0, 0]).astype(int)
+    q_ids = np.asarray(tasks['query_x'][t, :, 0, 0, 0]).astype(int)
+    np.testing.assert_array_equal(s_ids // 100, classes[tasks['support_y'][t]])
+    np.testing.assert_array_equal(q_ids // 100, classes[tasks['query_y'][t]])
+    assert not set(s_ids) & set(q_ids)          # support and query do not overlap
+    assert len(set(q_ids)) == len(q_ids)
+  # Tasks differ from each other (independent keys), and the same key gives the same task.
+  assert len({tuple(np.asarray(c)) for c in tasks['classes']}) > 1
+  again = eci.sample_tasks(images, jax.random.key(0), num=8, ways=3, shots=2, queries=3)
+  np.testing.assert_array_equal(again['classes'], tasks['classes'])
+
+
+def test_sample_task_errors():
+  with pytest.raises(ValueError, match='config.inversion.spc'):
+    eci.sample_task(_bank(spc=4), jax.random.key(0), ways=3, shots=2, queries=3)
+  with pytest.raises(ValueError, match='pseudo classes'):
+    eci.sample_task(_bank(num_pseudo=2), jax.random.key(0), ways=3, shots=1, queries=1)
+
+
+def test_adversarial_gradient_reaches_support_and_query_pixels():
+  model = models.Conv4(num_classes=3, image_size=16, width=4)
+  params = models.init(model, jax.random.key(0))['params']
+  images = jax.random.normal(jax.random.key(1), (6, 5, 16, 16, 3))
+  key = jax.random.key(2)
+  kw = dict(ways=3, shots=2, queries=3)
+  learner = meta.Learner('maml', model, inner_lr=0.1, steps=1, second_order=False)
+  adv = lambda x: eci.adversarial_loss(x, params, key, learner=learner, adv_scale=10.0, **kw)
+  value, grad = jax.jit(jax.value_and_grad(adv))(images)
+  loss, _ = jax.jit(learner.task_loss)(params, eci.sample_task(images, key, **kw))
+  np.testing.assert_allclose(value, -10.0 * loss, rtol=1e-5)
+  g = np.asarray(jnp.abs(grad).sum(axis=(2, 3, 4)))   # per (class, image)
+  ids = lambda x: {(int(v) // 100, int(v) % 100) for v in np.asarray(x[:, 0, 0, 0])}
+  idx = eci.sample_task(_bank(), key, **kw)
+  support, query = ids(idx['support_x']), ids(idx['query_x'])
+  # Second order even though the learner was first order: support pixels get a gradient
+  # only through the inner loop.
+  assert all(g[p, j] > 0 for p, j in support | query)
+  unused = [(p, j) for p in range(6) for j in range(5) if (p, j) not in support | query]
+  assert all(g[p, j] == 0 for p, j in unused)

@@ -1,0 +1,156 @@
+"""ICFIL (METHOD.md §7) on real CIFAR-FS tasks with the smoke zoo's average params."""
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from purer_jax import data, evaluate, icfil, tune_icfil, zoo
+from tests.conftest import CIFAR_DIR
+
+SETTINGS = icfil.Settings(tau=0.1, images_per_class=4, inv_steps=30, cal_steps=5, lr=0.01)
+
+
+@pytest.fixture(scope='module')
+def meta_test():
+  return data.load('cifar_fs', 'meta_test', CIFAR_DIR)
+
+
+@pytest.fixture(scope='module')
+def average(smoke_zoo, smoke_config):
+  model = evaluate.meta_model(smoke_config)
+  return model, evaluate.baseline_params('average', zoo.load(smoke_zoo), model,
+                                         jax.random.key(0))
+
+
+@pytest.fixture(scope='module')
+def one_task(average, meta_test):
+  model, params = average
+  task = next(data.episodes(meta_test, 5, 1, 15, seed=1234, num=1, start=7))
+  task.pop('classes')
+  return task, icfil.run_task(params, task, icfil.task_key(1234, 7), model=model,
+                              inner_lr=0.01, steps=1, settings=SETTINGS)
+
+
+def test_contrastive_loss_matches_formula():
+  rng = np.random.default_rng(0)
+  sf, pf = rng.normal(size=(6, 8)), rng.normal(size=(7, 8))
+  sy, py = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 2, 0, 1, 2, 2])
+  tau = 0.3
+  unit = lambda f: f / np.linalg.norm(f)
+  want = 0.0
+  for i in range(6):
+    denom = sum(np.exp(unit(sf[i]) @ unit(pf[j]) / tau) for j in range(7))
+    for j in range(7):
+      if py[j] == sy[i]:
+        want -= np.log(np.exp(unit(sf[i]) @ unit(pf[j]) / tau) / denom)
+  got = icfil.contrastive_loss(jnp.asarray(sf, jnp.float32), sy, jnp.asarray(pf, jnp.float32),
+                               py, tau)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_pseudo_support_inverts_the_adapted_model(average, one_task):
+  model, params = average
+  task, res = one_task
+  chex.assert_shape(res['pseudo_x'], (20, 32, 32, 3))
+  np.testing.assert_array_equal(res['pseudo_y'], np.tile(np.arange(5), 4))
+  assert res['inv_acc'] >= 0.9  # the adapted head recognises its pseudo classes
+  adapted, stats, x0, _ = icfil.prepare(params, task['support_x'], task['support_y'],
+                                        jax.random.fold_in(icfil.task_key(1234, 7), 0),
+                                        model=model, inner_lr=0.01, steps=1, settings=SETTINGS)
+  terms = lambda x: icfil.inversion_objective(x, adapted, stats, jax.random.key(0), model=model,
+                                              settings=SETTINGS._replace(jitter=0))[1]
+  start, end = terms(x0), terms(res['pseudo_x'])
+  assert end['ce'] < 0.25 * start['ce'] and end['bn'] < 0.95 * start['bn']
+
+
+def test_calibration_lowers_loss_and_separates_classes(average, one_task):
+  model, params = average
+  task, res = one_task
+  adapted, x = icfil.invert_task(params, task, icfil.task_key(1234, 7), model=model,
+                                 inner_lr=0.01, steps=1, settings=SETTINGS)
+  np.testing.assert_allclose(x, res['pseudo_x'], rtol=1e-5, atol=1e-5)  # repeatable
+  direct = icfil.calibration_loss(adapted, task['support_x'], task['support_y'], x, model=model,
+                                  settings=SETTINGS)
+  np.testing.assert_allclose(res['loss_before'], direct, rtol=1e-5)
+  assert res['loss_after'] < 0.9 * res['loss_before']
+  # Real support features end closer to their own class's pseudo features than to others'.
+  assert res['margin_after'] > max(res['margin_before'], 0.0) + 0.05
+  sims = np.asarray(res['sims_after'])
+  pos = np.asarray(task['support_y'])[:, None] == np.asarray(res['pseudo_y'])[None, :]
+  assert sims[pos].mean() > sims[~pos].mean()
+
+
+def test_batched_accuracies_paired_with_plain_evaluation(average, meta_test):
+  model, params = average
+  kw = dict(model=model, split=meta_test, ways=5, shots=1, queries=15, num_tasks=4, seed=99,
+            inner_lr=0.01, steps=1, batch=3)
+  plain = evaluate.task_accuracies(params, **kw)
+  m = icfil.task_metrics(params, settings=SETTINGS._replace(inv_steps=5), **kw)
+  np.testing.assert_array_equal(m['acc_adapted'], plain)
+  assert m['acc'].shape == (4,) and ((m['acc'] >= 0) & (m['acc'] <= 1)).all()
+  np.testing.assert_allclose(m['acc'] * 75, np.round(m['acc'] * 75), atol=1e-4)
+  frozen = icfil.task_metrics(params, settings=SETTINGS._replace(inv_steps=5, lr=0.0), **kw)
+  np.testing.assert_array_equal(frozen['acc'], plain)  # lr 0: calibration changes nothing
+
+
+def test_config_entry_points(average, meta_test, smoke_config):
+  model, params = average
+  c = smoke_config.copy_and_resolve_references()
+  c.icfil.inv_steps, c.icfil.cal_steps = 3, 2
+  accs = icfil.evaluate_params(params, c, meta_test, num_tasks=2)
+  again = icfil.task_accuracies(
+      params, model=model, split=meta_test, ways=5, shots=1, queries=15, num_tasks=2,
+      seed=c.eval.seed, inner_lr=0.01, steps=1, icfil_config=c.icfil,
+      inversion_config=c.inversion)
+  np.testing.assert_array_equal(accs, again)
+  c.icfil.tau = 0.0
+  with pytest.raises(ValueError, match='config.icfil.tau must be > 0'):
+    icfil.evaluate_params(params, c, meta_test, num_tasks=1)
+  with pytest.raises(ValueError, match="need a 'head' entry"):
+    icfil.task_metrics({k: v for k, v in params.items() if k != 'head'}, model=model,
+                       split=meta_test, ways=5, shots=1, queries=15, num_tasks=1, seed=0,
+                       inner_lr=0.01, steps=1, settings=SETTINGS)
+
+
+def test_figure(one_task, tmp_path):
+  task, res = one_task
+  path = tmp_path / 'icfil.png'
+  icfil.save_figure(str(path), task, res)
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 10_000
+
+
+def test_tune_loads_params_and_searches_meta_val(smoke_zoo, smoke_config, average, tmp_path):
+  model, params = average
+  c = smoke_config.copy_and_resolve_references()
+  c.icfil.inv_steps, c.icfil.cal_steps = 3, 1
+  flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+  np.savez(tmp_path / 'p.npz', **flat)
+  chex.assert_trees_all_equal(tune_icfil.load_params(str(tmp_path / 'p.npz'), c, smoke_zoo),
+                              params)
+  teacher = zoo.load(smoke_zoo)[0]  # an orbax checkpoint with a 'params' entry
+  chex.assert_trees_all_equal(tune_icfil.load_params(teacher.checkpoint, c, smoke_zoo),
+                              jax.tree.map(np.asarray, teacher.variables['params']))
+  np.savez(tmp_path / 'bad.npz', **{k: v[..., :1] if k == 'head/kernel' else v
+                                    for k, v in flat.items()})
+  with pytest.raises(ValueError, match='head/kernel expected'):
+    tune_icfil.load_params(str(tmp_path / 'bad.npz'), c, smoke_zoo)
+  with pytest.raises(ValueError, match='load_best'):
+    tune_icfil.load_params('best', c, smoke_zoo)
+  chex.assert_trees_all_equal(tune_icfil.load_params('', c, smoke_zoo), params)  # zoo average
+
+  grid = {'inv_steps': (2,), 'lr': (0.0, 0.01)}
+  res = tune_icfil.run(c, str(tmp_path), str(tmp_path / 'p.npz'), num_tasks=3, grid=grid,
+                       log=lambda s: None)
+  on_disk = json.load(open(tmp_path / tune_icfil.SEARCH_FILE))
+  assert on_disk['split'] == 'meta_val' and on_disk['seed'] == c.eval.val_seed
+  assert on_disk['best']['acc'] == max(t['acc'] for t in on_disk['trials'])
+  assert len(on_disk['trials']) == len(res['trials']) == 3  # config, inv_steps 2, lr 0 (0.01 repeats)
+  val = data.load('cifar_fs', 'meta_val', CIFAR_DIR)
+  plain = evaluate.evaluate_params(params, c, val, seed=c.eval.val_seed, num_tasks=3)
+  assert all(t['plain_acc'] == pytest.approx(plain.mean()) for t in on_disk['trials'])
+  frozen = [t for t in on_disk['trials'] if t['settings']['lr'] == 0.0]
+  assert frozen and all(t['mean_diff'] == 0 for t in frozen)

@@ -1,0 +1,267 @@
+"""The inversion engine (METHOD.md §4) on real smoke-trained teachers."""
+import types
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from purer_jax import bank as bank_lib
+from purer_jax import config as config_lib
+from purer_jax import inversion, zoo
+
+
+@pytest.fixture(scope='module')
+def teachers(smoke_zoo):
+  return zoo.load(smoke_zoo)
+
+
+@pytest.fixture(scope='module')
+def layout(teachers):
+  return bank_lib.make_layout(teachers, spc=4)
+
+
+@pytest.fixture(scope='module')
+def stacked(teachers, layout):
+  return bank_lib.stack_teachers(teachers, layout)
+
+
+@pytest.fixture(scope='module')
+def cfg():
+  return config_lib.build('ss').inversion
+
+
+def _images(layout, seed=0):
+  return bank_lib.init(layout, jax.random.key(seed))
+
+
+def _slice(images, layout, t):
+  """Teacher t's interleaved batch (spc * n, H, W, 3)."""
+  g = layout.groups[0]
+  return bank_lib.group_slice(images, g)[g.members.index(t)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout.
+
+def test_disjoint_layout_maps_pseudo_classes_to_meta_train_classes():
+  pool = [types.SimpleNamespace(arch='conv4', num_classes=len(c), image_size=32, classes=c,
+                                dataset='cifar_fs')
+          for c in (list(range(5 * i, min(5 * i + 5, 64))) for i in range(13))]
+  lay = bank_lib.make_layout(pool, spc=16)
+  assert [(g.num_classes, g.size) for g in lay.groups] == [(5, 12), (4, 1)]
+  assert lay.shape == (64, 16, 32, 32, 3)
+  np.testing.assert_array_equal(lay.class_id, np.arange(64))
+  np.testing.assert_array_equal(lay.owner, np.arange(64) // 5)
+  np.testing.assert_array_equal(lay.classes_of(12), [60, 61, 62, 63])
+  # Each teacher's batch interleaves its classes: row s * n + c is class c's image s.
+  images = jnp.arange(64 * 16, dtype=jnp.float32).reshape(64, 16, 1, 1, 1) * jnp.ones(
+      (1, 1, 32, 32, 3))
+  x = bank_lib.group_slice(images, lay.groups[1])
+  assert x.shape == (1, 64, 32, 32, 3)
+  np.testing.assert_array_equal(x[0, :, 0, 0, 0], [(60 + r % 4) * 16 + r // 4 for r in range(64)])
+  np.testing.assert_array_equal(bank_lib.targets(4, 16), np.arange(64) % 4)
+
+
+def test_bad_input_gives_clear_errors(layout, cfg, teachers):
+  with pytest.raises(ValueError, match='strategy'):
+    inversion.make_inversion_step(layout, cfg, strategy='pmap')
+  with pytest.raises(ValueError, match='pass the bank image_size'):
+    bank_lib.make_layout([teachers[0], types.SimpleNamespace(
+        arch='conv4', num_classes=5, image_size=84, classes=None)], spc=2)
+  with pytest.raises(ValueError, match='teachers=bank.stack_teachers'):
+    inversion.make_inversion_step(layout, cfg, strategy='auto')
+  step = inversion.make_inversion_step(layout, cfg, strategy='loop')
+  with pytest.raises(ValueError, match='InversionStep.init'):
+    step(jnp.zeros((3, 4, 32, 32, 3)), None, None, jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss terms against direct computations and PyTorch.
+
+def test_bn_statistics_equal_a_direct_computation(teachers, layout):
+  t = teachers[0]
+  x = _slice(_images(layout), layout, 0)
+  logits, stats = inversion.bn_statistics(t.model, t.variables, x)
+  # The BN inputs of Conv4 are its conv outputs: capture them and reduce in float64.
+  _, inter = t.model.apply(t.variables, x, capture_intermediates=lambda m, _: isinstance(
+      m, nn.Conv), mutable=['intermediates'])
+  for i in range(4):
+    h = np.asarray(inter['intermediates'][f'conv{i}']['__call__'][0], np.float64)
+    np.testing.assert_allclose(stats[f'bn{i}']['mean'], h.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats[f'bn{i}']['var'], h.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_equal_structs(stats, t.variables['batch_stats'])
+  np.testing.assert_allclose(logits, t.model.apply(t.variables, x), rtol=1e-6, atol=1e-6)
+  # The fast functional Conv4 (both conv paths) gives the same logits and statistics.
+  for conv in ('lax', 'im2col'):
+    fl, fs = inversion.conv4_forward(t.variables, x, conv=conv)
+    np.testing.assert_allclose(fl, logits, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(fs, stats, rtol=1e-4, atol=1e-5)
+
+
+def _torch_conv4(variables):
+  """A PyTorch Conv4 (NCHW) holding copies of the Flax weights, eval mode, frozen."""
+  p, bs = variables['params'], variables['batch_stats']
+  layers = []
+  for i in range(4):
+    k = np.asarray(p[f'conv{i}']['kernel'])
+    conv = torch.nn.Conv2d(k.shape[2], k.shape[3], 3, padding=1)
+    conv.weight.data = torch.tensor(k.transpose(3, 2, 0, 1).copy())
+    conv.bias.data = torch.tensor(np.asarray(p[f'conv{i}']['bias']))
+    bn = torch.nn.BatchNorm2d(k.shape[3], eps=1e-5)
+    bn.weight.data = torch.tensor(np.asarray(p[f'bn{i}']['scale']))
+    bn.bias.data = torch.tensor(np.asarray(p[f'bn{i}']['bias']))
+    bn.running_mean.data = torch.tensor(np.asarray(bs[f'bn{i}']['mean']))
+    bn.running_var.data = torch.tensor(np.asarray(bs[f'bn{i}']['var']))
+    layers += [conv, bn, torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+  head = torch.nn.Linear(*np.asarray(p['head']['kernel']).shape)
+  head.weight.data = torch.tensor(np.asarray(p['head']['kernel']).T.copy())
+  head.bias.data = torch.tensor(np.asarray(p['head']['bias']))
+  # Flax flattens NHWC: permute before flattening so the head's columns line up.
+  net = torch.nn.Sequential(*layers, _NHWC(), torch.nn.Flatten(), head).eval()
+  for q in net.parameters():
+    q.requires_grad_(False)
+  return net
+
+
+class _NHWC(torch.nn.Module):
+
+  def forward(self, x):
+    return x.permute(0, 2, 3, 1)
+
+
+def _torch_loss(net, x, targets, w):
+  """§4's loss in PyTorch with DeepInversion's forward hooks on every BatchNorm2d."""
+  feats = []
+
+  def hook(mod, inp, _):
+    m = inp[0].mean([0, 2, 3])
+    v = inp[0].permute(1, 0, 2, 3).reshape(inp[0].shape[1], -1).var(1, unbiased=False)
+    feats.append(torch.norm(mod.running_var - v, 2) + torch.norm(mod.running_mean - m, 2))
+
+  hs = [m.register_forward_hook(hook) for m in net.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)]
+  out = net(x)
+  for h in hs:
+    h.remove()
+  tv = (torch.norm(x[:, :, :, :-1] - x[:, :, :, 1:]) + torch.norm(x[:, :, :-1, :] - x[:, :, 1:, :])
+        + torch.norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:])
+        + torch.norm(x[:, :, :-1, :-1] - x[:, :, 1:, 1:]))
+  return (w.ce * F.cross_entropy(out, targets) + w.tv * tv + w.bn * sum(feats)
+          + w.l2 * torch.norm(x, 2))
+
+
+def test_loss_and_gradient_agree_with_pytorch(teachers, layout, cfg):
+  w = inversion.Weights.from_config(cfg)
+  tgt = bank_lib.targets(5, layout.spc)
+  x = _slice(_images(layout, 3), layout, 1)
+  t = teachers[1]
+  xj = inversion.jitter(x, jax.random.key(7), 2)
+  assert not np.array_equal(xj, x)  # an actual roll
+  shift = [s for s in range(-2, 3) for r in range(-2, 3)
+           if np.array_equal(np.roll(x, (s, r), (1, 2)), xj)]
+  assert len(shift) == 1  # one offset for the whole slice
+  for strategy in ('loop', 'vmap'):
+    loss, grad = jax.value_and_grad(lambda a, s=strategy: inversion.deep_inversion_loss(
+        a, t.variables, tgt, model=t.model, weights=w, strategy=s)[0])(xj)
+    xt = torch.tensor(np.asarray(xj).transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    ref = _torch_loss(_torch_conv4(t.variables), xt, torch.tensor(np.asarray(tgt)).long(), w)
+    ref.backward()
+    np.testing.assert_allclose(float(loss), ref.item(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad).transpose(0, 3, 1, 2), xt.grad.numpy(),
+                               rtol=1e-3, atol=2e-6)
+
+
+def test_gradient_check(teachers, cfg):
+  t = teachers[2]
+  w = inversion.Weights.from_config(cfg)
+  tgt = bank_lib.targets(5, 1)
+  x = jax.random.normal(jax.random.key(1), (5, 32, 32, 3))
+  with jax.enable_x64(True):
+    v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t.variables)
+    for s in ('loop', 'vmap'):
+      f = lambda a, s=s: inversion.deep_inversion_loss(a, v64, tgt, model=t.model, weights=w,
+                                                       strategy=s)[0]
+      jax.test_util.check_grads(f, (jnp.asarray(x, jnp.float64),), order=1, modes=['rev'],
+                                eps=1e-7, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled step.
+
+def test_strategies_agree_and_auto_picks_one(layout, stacked, cfg):
+  images, key = _images(layout), jax.random.key(3)
+  out = {}
+  for s in ('loop', 'vmap', 'auto'):
+    step = inversion.make_inversion_step(layout, cfg, teachers=stacked, strategy=s)
+    out[s] = step.loss(images, step.place_teachers(stacked), key)
+    assert set(step.strategies) <= set(inversion.STRATEGIES)
+  chex.assert_trees_all_close(out['loop'], out['vmap'], rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(out['loop'], out['auto'], rtol=1e-5, atol=1e-5)
+  assert len(inversion._AUTO_CACHE) >= 1
+
+
+def test_step_does_not_recompile_and_extra_loss_reaches_the_bank(layout, stacked, cfg,
+                                                                  monkeypatch):
+  monkeypatch.setattr(inversion, 'inversion_update',
+                      chex.assert_max_traces(inversion.inversion_update, n=2))
+  step = inversion.make_inversion_step(layout, cfg, strategy='loop')
+  images, opt = step.init(jax.random.key(0))
+  teachers = step.place_teachers(stacked)
+  for i in range(3):
+    images, opt, m = step(images, opt, teachers, jax.random.key(i))
+  assert float(m['extra']) == 0.0 and float(m['loss']) == pytest.approx(float(m['inv']))
+  # An extra loss (ECI's hook) is one more trace, then cached too; it moves the bank.
+  extra = lambda x, a: a * jnp.sum(x[0])
+  base, _, _ = step(jnp.array(images), jax.tree.map(jnp.array, opt), teachers, jax.random.key(9))
+  for i in range(3):
+    moved, _, m = step(jnp.array(images), jax.tree.map(jnp.array, opt), teachers,
+                       jax.random.key(9), extra_loss=extra, extra_args=jnp.float32(1e3))
+  assert float(m['extra']) != 0.0
+  assert np.abs(np.asarray(moved[0] - base[0])).max() > 1e-3
+  np.testing.assert_allclose(moved[1:], base[1:], atol=1e-6)
+
+
+def test_200_steps_make_teachers_recognise_their_classes(teachers, stacked, cfg):
+  lay = bank_lib.make_layout(teachers, spc=16)
+  step = inversion.make_inversion_step(lay, cfg, strategy='loop')
+  images, opt = step.init(jax.random.key(0))
+  tt = step.place_teachers(stacked)
+  before = _target_acc(teachers, lay, images)
+  for i in range(200):
+    images, opt, metrics = step(images, opt, tt, jax.random.fold_in(jax.random.key(1), i))
+  after = _target_acc(teachers, lay, images)
+  assert np.isfinite(float(metrics['loss']))
+  assert max(before) < 0.5 and min(after) >= 0.95, (before, after)
+
+
+def _target_acc(teachers, lay, images):
+  accs = []
+  for g in lay.groups:
+    x = bank_lib.group_slice(images, g)
+    for j, i in enumerate(g.members):
+      logits = teachers[i].model.apply(teachers[i].variables, x[j])
+      accs.append(float(jnp.mean(jnp.argmax(logits, -1) == bank_lib.targets(
+          g.num_classes, lay.spc))))
+  return accs
+
+
+def test_sharded_step_equals_single_device(layout, stacked, cfg):
+  assert jax.device_count() == 8, 'tests/conftest.py sets 8 fake CPU devices'
+  mesh = jax.make_mesh((8,), ('teachers',), axis_types=(jax.sharding.AxisType.Auto,))
+  key = jax.random.key(4)
+  results = {}
+  for name, m in (('single', None), ('sharded', mesh)):
+    step = inversion.make_inversion_step(layout, cfg, strategy='loop', mesh=m)
+    images, opt = step.init(jax.random.key(0))
+    tt = step.place_teachers(stacked)
+    loss, grad = jax.jit(jax.value_and_grad(lambda x: step.loss(x, tt, key)[0]))(images)
+    new, _, metrics = step(images, opt, tt, key)
+    results[name] = (loss, grad, new, metrics)
+    if m is not None:
+      assert len(jax.tree.leaves(tt)[0].sharding.device_set) == 8
+  chex.assert_trees_all_close(results['single'], results['sharded'], rtol=1e-5, atol=1e-5)

@@ -345,9 +345,9 @@ def save_figure(path: str, task: dict, result: dict, dataset: str = 'cifar_fs'):
   for j, when in enumerate(('before', 'after')):
     ax = fig.add_subplot(grid[:, ways + 1 + j])
     im = ax.imshow(sims[when], vmin=low, vmax=1, cmap='viridis', aspect='auto')
-    ax.set_title(f'cos(support, pseudo) {when} calibration\nmargin '
-                 f'{float(result[f"margin_{when}"]):+.3f}, loss {float(result[f"loss_{when}"]):.2f}',
-                 fontsize=8)
+    ax.set_title(f'cos(support, pseudo) {when} calibration\n'
+                 f'margin {float(result[f"margin_{when}"]):+.3f}, '
+                 f'loss {float(result[f"loss_{when}"]):.2f}', fontsize=8)
     ax.set_xlabel('pseudo images, by class', fontsize=8)
     if not j:
       ax.set_ylabel('real support, by class', fontsize=8)

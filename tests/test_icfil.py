@@ -148,7 +148,8 @@ def test_tune_loads_params_and_searches_meta_val(smoke_zoo, smoke_config, averag
   on_disk = json.load(open(tmp_path / tune_icfil.SEARCH_FILE))
   assert on_disk['split'] == 'meta_val' and on_disk['seed'] == c.eval.val_seed
   assert on_disk['best']['acc'] == max(t['acc'] for t in on_disk['trials'])
-  assert len(on_disk['trials']) == len(res['trials']) == 3  # config, inv_steps 2, lr 0 (0.01 repeats)
+  # The config's settings, inv_steps 2, lr 0 (lr 0.01 repeats a trial).
+  assert len(on_disk['trials']) == len(res['trials']) == 3
   val = data.load('cifar_fs', 'meta_val', CIFAR_DIR)
   plain = evaluate.evaluate_params(params, c, val, seed=c.eval.val_seed, num_tasks=3)
   assert all(t['plain_acc'] == pytest.approx(plain.mean()) for t in on_disk['trials'])

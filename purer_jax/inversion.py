@@ -13,8 +13,11 @@ as one program.
 Teachers that share (arch, num_classes, image_size) form a group (see `bank.Layout`) whose
 variables are stacked on a leading axis. A group is evaluated either by a Python loop over
 its members inside the jit ('loop': one ordinary conv per teacher) or by `jax.vmap` ('vmap':
-XLA sees a batched program; on CPU vmapped convs over different weights become grouped
-convolutions, which are slow - see PITFALLS.md). 'auto' times both on the actual shapes.
+one batched program; Conv4 then computes its convs as im2col matmuls, because vmapped convs
+over different weights become grouped convolutions, very slow on XLA:CPU - PITFALLS.md).
+'auto' times them on the actual shapes. Conv4 teachers run through `conv4_forward`, a
+functional forward that is numerically the Flax model but several times faster to
+differentiate on CPU; other archs use the Flax model itself (`bn_statistics`).
 """
 import functools
 import time
@@ -32,6 +35,8 @@ from purer_jax.models.conv4 import Conv4
 from purer_jax.models.layers import BatchNorm
 
 STRATEGIES = ('loop', 'vmap')
+# `auto` skips 'loop' above this many teachers: unrolled, it takes minutes to compile.
+MAX_UNROLL = 32
 
 
 class Weights(NamedTuple):
@@ -85,8 +90,13 @@ def jitter(x, key, max_shift: int):
   """Rolls NHWC `x` by one random offset in [-max_shift, max_shift] per axis (H and W)."""
   if not max_shift:
     return x
-  dh, dw = jax.random.randint(key, (2,), -max_shift, max_shift + 1)
-  return jnp.roll(x, (dh, dw), axis=(1, 2))
+  offsets = jax.random.randint(key, (2,), -max_shift, max_shift + 1)
+  # A switch over static rolls: a traced shift makes jnp.roll a dynamic slice, whose
+  # gradient (a dynamic-update-slice) cost more than the rest of the input's terms on CPU.
+  shifts = range(-max_shift, max_shift + 1)
+  for axis, d in zip((1, 2), offsets):
+    x = lax.switch(d + max_shift, [lambda a, s=s, ax=axis: jnp.roll(a, s, ax) for s in shifts], x)
+  return x
 
 
 @jax.custom_vjp
@@ -195,7 +205,8 @@ def stack_losses(x, variables, keys, *, group: bank_lib.Group, weights: Weights,
                  max_shift: int, strategy: str):
   """Per-teacher (loss, terms) of a stack: x (T, N, H, W, 3), variables and keys stacked on T.
 
-  The result does not depend on `strategy` ('loop' or 'vmap'), only its speed does.
+  strategy: 'loop' (unrolled in the program) or 'vmap' (batched). The result does not
+  depend on it, only the speed does.
   """
   model = group.model
   tgt = bank_lib.targets(group.num_classes, x.shape[1] // group.num_classes)
@@ -249,7 +260,7 @@ def inversion_loss(images, teachers, key, *, layout: bank_lib.Layout, weights: W
 
   images: the bank (layout.shape); teachers: per group, stacked variables (bank.stack_teachers
   or InversionStep.place_teachers); key: this step's key (each teacher's jitter is drawn from
-  fold_in(key, its pool position)); strategies: per group, 'loop' or 'vmap'.
+  fold_in(key, its pool position)); strategies: per group, one of STRATEGIES.
   Metrics: 'inv' (= L_inv), the unweighted per-term sums 'ce', 'tv', 'bn', 'l2', the mean target
   accuracy 'acc', and per teacher (pool order) 'teacher_loss' and 'teacher_acc'.
   """
@@ -377,8 +388,8 @@ def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
                         xla_options: Optional[dict] = None) -> InversionStep:
   """Builds the compiled step for `layout` with config.inversion's weights, jitter and lr.
 
-  strategy: 'loop', 'vmap' or 'auto' (default config.strategy). 'auto' times both strategies
-  per group on the actual shapes (needs `teachers`, the stacked variables) and caches the
+  strategy: 'loop', 'vmap' or 'auto' (default config.strategy). 'auto' times the
+  strategies per group on the actual shapes (needs `teachers`, the stacked variables) and caches the
   choice per backend and shape. mesh: a 1-axis jax.sharding.Mesh to shard teachers over.
   xla_options: XLA compiler options for the step (e.g. {'xla_cpu_use_xnnpack': True}).
   """
@@ -402,7 +413,7 @@ def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
 
 
 def choose_strategy(layout, group, variables, weights, max_shift, repeats: int = 3) -> str:
-  """The faster of 'loop' and 'vmap' for one group's loss + gradient, timed on this backend."""
+  """The fastest strategy for one group's loss + gradient, timed on this backend."""
   cache_key = (jax.default_backend(), group.arch, group.num_classes, group.image_size,
                group.size, layout.spc, layout.image_size, weights, max_shift)
   if cache_key in _AUTO_CACHE:
@@ -411,7 +422,7 @@ def choose_strategy(layout, group, variables, weights, max_shift, repeats: int =
                                             layout.image_size, layout.image_size, 3))
   keys = _teacher_keys(jax.random.key(1), group)
   times = {}
-  for s in STRATEGIES:
+  for s in [s for s in STRATEGIES if s != 'loop' or group.size <= MAX_UNROLL]:
     f = jax.jit(jax.grad(lambda x, v, k, s=s: jnp.sum(stack_losses(
         x, v, k, group=group, weights=weights, max_shift=max_shift, strategy=s)[0])))
     jax.block_until_ready(f(x, variables, keys))  # compile

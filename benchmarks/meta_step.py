@@ -61,7 +61,7 @@ def time_jax(iters):
   import jax
   from purer_jax import train
   config = _config()
-  trainer = train.Trainer(config, None, _teachers(config))
+  trainer = train.Trainer(config, _teachers(config))
   state = [trainer.init_state()]
   t0 = time.perf_counter()
   jax.block_until_ready(trainer.step(trainer.init_state(), trainer.teacher_vars, trainer.rng))

@@ -101,10 +101,12 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.meta.shots, c.inversion.spc = 5, 20
     elif v == '1shot':
       c.meta.shots, c.inversion.spc = 1, 16
-    elif v == 'smoke':  # minutes on a 2-core CPU: small teachers, few iterations
+    elif v == 'smoke':  # <= 10 min per scenario on a 2-core CPU, teachers included
       c.teachers.epochs = 3
       c.teachers.milestones = (2,)
       c.teachers.max_per_class = 200
+      c.inversion.strategy = 'loop'  # 'auto' would compile every group twice to time it
+      c.inversion.steps = 50
       c.train.iterations = 60
       c.train.log_every = 10
       c.train.ckpt_every = 20
@@ -113,15 +115,28 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.train.val_tasks = 40
       c.eci.adv_start = 20
       c.eval.tasks = 100
-      c.inversion.steps = 50
+      if c.scenario != 'ss':  # ResNet teachers cost 10-100x a Conv4's: one of each arch
+        c.teachers.num = 3
+        c.teachers.max_per_class = 100
+        c.train.iterations = 20
+        c.train.ckpt_every = c.train.val_every = c.train.png_every = c.eci.adv_start = 10
+      if c.scenario == 'mh':  # 84 px everywhere: Conv4 + ResNet-10, fewer images and tasks
+        c.teachers.archs = ('conv4', 'resnet10')
+        c.teachers.epochs = 2
+        c.teachers.milestones = (1,)
+        c.teachers.max_per_class = 50
+        c.train.iterations = 10
+        c.train.ckpt_every = c.train.val_every = c.train.png_every = c.eci.adv_start = 5
+        c.train.val_tasks = 20
+        c.eval.tasks = 50
     elif v == 'quick':  # <= 60 min on a 2-core CPU, teachers included
-      c.teachers.epochs = 15
-      c.teachers.milestones = (8, 12)
-      c.train.iterations = 1000
-      c.train.val_every = 250
-      c.train.ckpt_every = 250
-      c.train.png_every = 500
-      c.eci.adv_start = 250
+      c.teachers.epochs = 10
+      c.teachers.milestones = (6, 8)
+      c.train.iterations = 600
+      c.train.val_every = 200
+      c.train.ckpt_every = 100
+      c.train.png_every = 200
+      c.eci.adv_start = 200
   return c
 
 

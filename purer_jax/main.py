@@ -4,8 +4,13 @@
 
 Teachers come from `pretrain.run` (skipping those W already has) or, with
 config.teachers.source == 'torch', from PyTorch checkpoints via `convert_torch.import_pool`.
-Re-running the same command resumes an interrupted run (see purer_jax/train.py).
+Re-running the same command resumes an interrupted run (see purer_jax/train.py); compiled
+programs are cached in W/jax_cache (unless JAX_COMPILATION_CACHE_DIR is set), so a resumed
+run skips the minute-long compilation of the meta-iteration.
 """
+import os
+
+import jax
 from absl import app
 
 from purer_jax import cli
@@ -34,6 +39,9 @@ def get_teachers(config, workdir):
 def main(argv):
   del argv
   config, workdir = cli.config_and_workdir()
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
+                                                                'jax_cache'))
   get_teachers(config, workdir)
   train.train_and_evaluate(config, workdir)
 

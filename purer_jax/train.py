@@ -21,10 +21,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from PIL import Image
+from tensorboardX import SummaryWriter
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import eci, evaluate, inversion, meta, utils, zoo
+from purer_jax import eci, evaluate, icfil, inversion, meta, utils, zoo
 
 # Checked every iteration, in this order, so the error names the first term that broke.
 GUARDED = ('inv/ce', 'inv/bn', 'inv/tv', 'inv/l2', 'inv/adv', 'inv/loss', 'meta/loss',
@@ -36,7 +37,7 @@ def task_kw(config) -> dict:
 
 
 def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, adv_scale,
-               adv_start, patience, strategy='loop'):
+               adv_start, patience):
   """One meta-iteration; returns (state, metrics). `state['it']` is the iteration's index."""
   it = state['it']
   k_inv, k_adv, k_tasks = jax.random.split(jax.random.fold_in(rng, it), 3)
@@ -53,7 +54,7 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
       extra_args=state['params'], **inv.loss_kw)
   tasks = eci.sample_tasks(jax.lax.stop_gradient(images), k_tasks, num=meta_batch, **task_kw)
   (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
-      state['params'], tasks, learner=learner, strategy=strategy)
+      state['params'], tasks, learner=learner)  # tasks in an unrolled loop: see meta
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   acc = jnp.mean(accs)  # of the meta-batch, before the outer update
@@ -70,10 +71,11 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
 
 
 class Trainer:
-  """Everything static about a run: models, bank layout, compiled step, data splits."""
+  """Everything static about a run: the meta-learner, the bank layout, the teachers' stacked
+  variables, the optimisers, the RNG streams and the compiled step."""
 
-  def __init__(self, config, workdir, teachers):
-    self.config, self.workdir, self.teachers = config, workdir, teachers
+  def __init__(self, config, teachers):
+    self.config, self.teachers = config, teachers
     self.model = evaluate.meta_model(config)
     self.learner = meta.from_config(config.meta, self.model)
     self.layout = bank_lib.make_layout(teachers, config.inversion.spc, self.model.image_size)
@@ -107,7 +109,6 @@ class Trainer:
   def pseudo_episode(self, images, it: int) -> dict:
     return jax.tree.map(np.asarray, eci.sample_task(
         images, jax.random.fold_in(self.png_rng, it), **task_kw(self.config)))
-
 
 
 def datasets(config) -> list:
@@ -182,18 +183,18 @@ def _truncate_jsonl(path, start):
     f.writelines(keep)
 
 
-def validate(trainer, params, splits) -> float:
+def validate(config, params, splits) -> float:
   """Mean query accuracy on config.train.val_tasks fixed meta-val tasks (per dataset, averaged)."""
-  c = trainer.config
   return float(np.mean([np.mean(evaluate.evaluate_params(
-      params, c, s, seed=c.eval.val_seed, num_tasks=c.train.val_tasks)) for s in splits]))
+      params, config, s, seed=config.eval.val_seed, num_tasks=config.train.val_tasks))
+                        for s in splits]))
 
 
 def train(config, workdir, teachers) -> dict:
   """Meta-trains (resuming from W/checkpoints); returns {'params', 'val', 'it'} of the best
   meta-val evaluation (the final parameters if none ran)."""
   t = config.train
-  trainer = Trainer(config, workdir, teachers)
+  trainer = Trainer(config, teachers)
   state = trainer.init_state()
   # A copy: the step donates the state's buffers.
   best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(-1.0),
@@ -202,11 +203,13 @@ def train(config, workdir, teachers) -> dict:
   start = mngr.latest_step() or 0
   if start:
     restored = mngr.restore(start, args=ocp.args.StandardRestore({'state': state, 'best': best}))
-    state, best = restored['state'], restored['best']
+    # Re-created as fresh (uncommitted) arrays, like the initial state's: restored arrays
+    # carry a committed sharding that changes the compiled program (no compilation cache hit).
+    state, best = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)),
+                               (restored['state'], restored['best']))
     print(f'resumed from {mngr.directory}/{start} (best meta-val {float(best["val"]):.4f})')
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   _truncate_jsonl(metrics_path, start)
-  from tensorboardX import SummaryWriter
   tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start)
   val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
   prog = utils.Progress(t.iterations, 'meta-train', start=start)
@@ -219,12 +222,13 @@ def train(config, workdir, teachers) -> dict:
     for it in range(start, t.iterations):
       state, m = trainer.step(state, trainer.teacher_vars, trainer.rng)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
-      for k in GUARDED:
-        if not np.isfinite(m[k]) or (k == 'state_finite' and m[k] != 1.0):
-          tb.close()
-          raise FloatingPointError(
-              f'meta-iteration {it}: {k} is not finite ({m}); stopped without saving. The last '
-              f'good checkpoint is step {mngr.latest_step()} in {mngr.directory}')
+      bad = [k for k in GUARDED if not np.isfinite(m[k]) or (k == 'state_finite' and m[k] != 1)]
+      if bad:
+        tb.close()
+        raise FloatingPointError(
+            f'meta-iteration {it}: {bad[0]} is not finite ({m[bad[0]]}; all non-finite: {bad}); '
+            f'stopped without saving. The last good checkpoint is step {mngr.latest_step()} '
+            f'in {mngr.directory}')
       window.append(m)
       if m['eci/on']:
         utils.write_jsonl(metrics_path, {'it': it, 'event': 'eci_switch_on'})
@@ -243,7 +247,7 @@ def train(config, workdir, teachers) -> dict:
                          [trainer.layout.dataset[c] or config.data.dataset
                           for c in ep['classes']])
       if done % t.val_every == 0 or done == t.iterations:
-        acc = validate(trainer, state['params'], val_splits)
+        acc = validate(config, state['params'], val_splits)
         if acc > float(best['val']):
           best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(acc),
                   'it': jnp.asarray(done)}
@@ -280,6 +284,11 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
       accs[method] = evaluate.evaluate_params(params, config, split, desc=f'{method} {name}')
     paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
               for m, a in accs.items() if m != 'purer' and 'purer' in accs}
+    if config.icfil.enabled and 'purer' in accs:  # same tasks as purer: a paired comparison
+      accs['purer+icfil'] = icfil.evaluate_params(purer_params, config, split,
+                                                  desc=f'purer+icfil {name}')
+      paired['purer+icfil'] = dict(zip(('mean_diff', 'ci95'),
+                                       evaluate.paired(accs['purer+icfil'], accs['purer'])))
     where = workdir if i == 0 else os.path.join(workdir, name)
     os.makedirs(where, exist_ok=True)
     out[name] = evaluate.write_results(where, config, accs, dataset=name,
@@ -291,7 +300,8 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
 
 
 def train_and_evaluate(config, workdir) -> dict:
-  teachers = zoo.load(workdir)
+  # The pool is teachers 0..num-1: a workdir holding a bigger zoo can be reused.
+  teachers = [t for t in zoo.load(workdir) if t.index < config.teachers.num]
   t0 = time.time()
   best = train(config, workdir, teachers)
   print(f'meta-training: {time.time() - t0:.0f}s, best meta-val {float(best["val"]):.4f} at '

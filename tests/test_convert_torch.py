@@ -12,7 +12,7 @@ import safetensors.numpy
 import torch
 from torch import nn
 
-from conftest import CIFAR_DIR
+from tests.conftest import CIFAR_DIR
 from purer_jax import convert_torch, data, evaluate, models, zoo
 from purer_jax.convert_torch import CheckpointError
 

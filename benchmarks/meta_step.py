@@ -10,11 +10,14 @@ step; ECI's switch stays off. Teachers are randomly initialised (the cost does n
 their weights). Writes {"jax_s_per_it", "torch_s_per_it", "speedup", ...}: medians over
 `--iters` timed iterations after warm-up. `--strategies` also times the meta-batch alone
 mapped by a python loop, lax.map and vmap (the measurement behind purer_jax.meta's default).
+Each side runs in its own subprocess: torch next to a live XLA:CPU runtime in one process ran
+10-25x slower here (both runtimes' thread pools competing for the 2 cores).
 """
 import argparse
 import functools
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -177,24 +180,44 @@ def time_torch(iters):
   return _median_time(step, iters)
 
 
+def _side(name, iters, strategies):
+  """Runs one side in a fresh process; returns its JSON result."""
+  cmd = [sys.executable, os.path.abspath(__file__), '--side', name, '--iters', str(iters)]
+  out = subprocess.run(cmd + (['--strategies'] if strategies else []), check=True,
+                       stdout=subprocess.PIPE, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--json', required=True, help='where to write the results')
+  p.add_argument('--json', help='where to write the results')
   p.add_argument('--iters', type=int, default=10)
   p.add_argument('--strategies', action='store_true',
                  help='also time the meta-batch mapped by loop / lax.map / vmap')
   p.add_argument('--skip_torch', action='store_true')
+  p.add_argument('--side', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   a = p.parse_args()
-  jax_s, compile_s = time_jax(a.iters)
-  res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s}
-  print(f'jax: {jax_s:.3f} s/it (compile + first step {compile_s:.1f} s)', flush=True)
+  if a.side == 'jax':
+    jax_s, compile_s = time_jax(a.iters)
+    res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s}
+    if a.strategies:
+      res['meta_batch_s'] = time_strategies(a.iters)
+    print(json.dumps(res))
+    return
+  if a.side == 'torch':
+    print(json.dumps({'torch_s_per_it': time_torch(a.iters)}))
+    return
+  if not a.json:
+    p.error('--json OUT is required')
+  res = _side('jax', a.iters, a.strategies)
+  print(f"jax: {res['jax_s_per_it']:.3f} s/it (compile + first step {res['jax_compile_s']:.1f} s)",
+        flush=True)
+  if 'meta_batch_s' in res:
+    print('meta-batch value+grad (s):', res['meta_batch_s'], flush=True)
   if not a.skip_torch:
-    res['torch_s_per_it'] = time_torch(a.iters)
-    res['speedup'] = res['torch_s_per_it'] / jax_s
+    res.update(_side('torch', a.iters, False))
+    res['speedup'] = res['torch_s_per_it'] / res['jax_s_per_it']
     print(f"torch: {res['torch_s_per_it']:.3f} s/it, speedup {res['speedup']:.2f}x", flush=True)
-  if a.strategies:
-    res['meta_batch_s'] = time_strategies(a.iters)
-    print('meta-batch value+grad:', res['meta_batch_s'], flush=True)
   res['iters'] = a.iters
   res['load_avg_1min'] = os.getloadavg()[0]  # other work on the machine slows both sides
   os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

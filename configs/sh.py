@@ -2,7 +2,7 @@
 
   python -m purer_jax.main --config=configs/sh.py:smoke --workdir=W
 
-Variants: smoke | quick | 1shot | 5shot. Figures in README.md.
+Variants: smoke | quick | 1shot | 5shot | protonet | anil. Figures in README.md.
 """
 from purer_jax import config
 

@@ -4,7 +4,7 @@
   python -m purer_jax.main --config=configs/ss.py:smoke --workdir=W   # minutes on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # <= 60 min on a 2-core CPU
 
-Variants: smoke | quick | 1shot | 5shot, comma-separated (`:quick,5shot`).
+Variants: smoke | quick | 1shot | 5shot | protonet | anil, comma-separated (`:quick,5shot`).
 Expected results and run times are in README.md (measured, with the command that made them).
 """
 from purer_jax import config

@@ -1,11 +1,12 @@
 """The default PURER configuration (METHOD.md) and the variants the config files share.
 
 Scenario files in `configs/` call `build(scenario, arg)`; `arg` is a comma-separated list of
-variants: `smoke`, `quick`, `1shot`, `5shot` (for example `configs/ss.py:smoke,5shot`).
+variants: `smoke`, `quick`, `1shot`, `5shot`, and the PURER-Plus meta-learners `protonet` and
+`anil` (for example `configs/ss.py:smoke,5shot` or `configs/ss.py:quick,anil`).
 """
 import ml_collections
 
-VARIANTS = ('smoke', 'quick', '1shot', '5shot')
+VARIANTS = ('smoke', 'quick', '1shot', '5shot', 'protonet', 'anil')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -28,7 +29,6 @@ def base() -> ml_collections.ConfigDict:
   c.teachers.archs = ('conv4',)              # teacher i gets archs[i % len(archs)]
   c.teachers.assignment = 'disjoint'         # disjoint (64/5 -> 13) | random (PURER-Plus)
   c.teachers.num = 13                        # pool size; `disjoint` needs ceil(64/ways)
-  c.teachers.per_iter = 13                   # teachers sampled per meta-iteration
   c.teachers.ways = 5
   c.teachers.epochs = 60
   c.teachers.batch_size = 128
@@ -101,6 +101,10 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.meta.shots, c.inversion.spc = 5, 20
     elif v == '1shot':
       c.meta.shots, c.inversion.spc = 1, 16
+    elif v == 'protonet':
+      c.meta.algo = 'protonet'
+    elif v == 'anil':  # METHOD.md §5: the head alone adapts, 5 inner steps to train, 10 to test
+      c.meta.algo, c.meta.inner_steps, c.meta.test_inner_steps = 'anil', 5, 10
     elif v == 'smoke':  # <= 10 min per scenario on a 2-core CPU, teachers included
       c.teachers.epochs = 3
       c.teachers.milestones = (2,)

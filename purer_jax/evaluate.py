@@ -3,8 +3,8 @@
   python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
 
 scores the `random` and `average` baselines on `eval.tasks` 5-way K-shot meta-test tasks
-with MAML test-time adaptation and transductive BatchNorm, and writes W/results.json and
-W/results.md. Every method sees the same tasks: task i is drawn from (eval.seed, i).
+with config.meta's test-time adaptation (MAML's inner loop by default) and transductive
+BatchNorm, and writes W/results.json and W/results.md. Every method sees the same tasks: task i is drawn from (eval.seed, i).
 """
 import os
 
@@ -13,22 +13,20 @@ import numpy as np
 from absl import app
 
 from purer_jax import data as data_lib
-from purer_jax import cli, models, utils, zoo
-from purer_jax.meta import maml
+from purer_jax import cli, meta, models, utils, zoo
 
 
-
-def task_accuracies(params, *, model, split, ways, shots, queries, num_tasks, seed, inner_lr,
-                    steps, batch=25, image_size=None, progress=None) -> np.ndarray:
-  """Per-task query accuracy after `steps` inner steps on each task's support."""
+def task_accuracies(params, *, learner, split, ways, shots, queries, num_tasks, seed, batch=25,
+                    image_size=None, progress=None) -> np.ndarray:
+  """Per-task query accuracy of `learner` (a `meta.Learner`, test-time settings) after its
+  adaptation to each task's support."""
   accs = []
   eps = data_lib.episodes(split, ways, shots, queries, seed, num=num_tasks,
                           image_size=image_size)
   for start in range(0, num_tasks, batch):
     tasks = data_lib.stack([next(eps) for _ in range(min(batch, num_tasks - start))])
     tasks.pop('classes')
-    accs.append(np.asarray(maml.evaluate_tasks(params, tasks, model=model, inner_lr=inner_lr,
-                                               steps=steps)))
+    accs.append(np.asarray(meta.evaluate_tasks(params, tasks, learner=learner)))
     if progress:
       progress.update(start + len(accs[-1]))
   return np.concatenate(accs)
@@ -115,10 +113,9 @@ def evaluate_params(params, config, split, seed=None, num_tasks=None, desc=None)
   model = meta_model(config)
   n = num_tasks or config.eval.tasks
   return task_accuracies(
-      params, model=model, split=split, ways=config.meta.ways, shots=config.meta.shots,
-      queries=config.meta.queries, num_tasks=n,
-      seed=config.eval.seed if seed is None else seed, inner_lr=config.meta.inner_lr,
-      steps=config.meta.test_inner_steps, batch=config.eval.batch,
+      params, learner=meta.from_config(config.meta, model, test=True), split=split,
+      ways=config.meta.ways, shots=config.meta.shots, queries=config.meta.queries, num_tasks=n,
+      seed=config.eval.seed if seed is None else seed, batch=config.eval.batch,
       image_size=model.image_size, progress=utils.Progress(n, desc) if desc else None)
 
 

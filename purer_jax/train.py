@@ -173,6 +173,21 @@ def _checkpoint_manager(workdir):
           enable_async_checkpointing=False))
 
 
+def load_best(workdir) -> dict:
+  """The best meta-val parameters saved by `train` in W/checkpoints (finished or not)."""
+  found = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  step = _checkpoint_manager(workdir).latest_step() if found else None
+  if step is None:
+    raise FileNotFoundError(f'no training checkpoint in {workdir}/checkpoints: meta-train '
+                            'first (python -m purer_jax.main --config=... --workdir=W)')
+  best = _checkpoint_manager(workdir).restore(step, args=ocp.args.StandardRestore())['best']
+  if float(best['val']) < 0:
+    raise ValueError(f'checkpoint {step} in {workdir}/checkpoints holds no meta-val evaluation yet '
+                     f'(config.train.val_every iterations are needed)')
+  print(f"best checkpoint: meta-val {float(best['val']):.4f} at iteration {int(best['it'])}")
+  return jax.device_get(best['params'])
+
+
 def _truncate_jsonl(path, start):
   """Drops the records of iterations >= start (written by a run that was then interrupted)."""
   if not os.path.isfile(path):

@@ -1,7 +1,7 @@
 """Tunes ICFIL (METHOD.md §7) on meta-val tasks only (config.eval.val_seed), never meta-test.
 
   python -m purer_jax.tune_icfil --config=configs/ss.py --workdir=W [--params=PATH|best]
-      [--tasks=100]
+      [--tasks=100] [--test]
 
 Coordinate search from config.icfil: each field of GRID in turn takes its best value on the
 same meta-val tasks (mean accuracy), the others held at their current best. Pseudo supports
@@ -9,10 +9,15 @@ depend only on the inversion settings, so they are computed once per `inv_steps`
 by every calibration trial. Writes W/icfil_search.json (all trials, each with its paired
 difference to plain MAML evaluation on the same tasks) and prints the best settings.
 
+--test then scores the best settings once on config.eval.tasks meta-test tasks (config.eval.seed,
+the tasks of the main results): W/icfil_<K>shot/results.json and results.md with `purer`
+(plain test-time adaptation), `purer+icfil` and their paired difference, and icfil_task0.png
+(task 0's real support beside its pseudo support, similarities before and after calibration).
+
 --params: an .npz file ('/'-joined parameter paths, an optional 'params/' prefix), an orbax
 checkpoint folder (its 'params' entry if it has one), 'best' (the training loop's best
-checkpoint, through the `load_best` argument of `run`), or empty for the `average` baseline
-of the workdir's teacher zoo.
+meta-val checkpoint in W/checkpoints), or empty for the `average` baseline of the workdir's
+teacher zoo.
 """
 import os
 
@@ -23,11 +28,12 @@ from absl import app, flags
 from flax import traverse_util
 
 from purer_jax import data as data_lib
-from purer_jax import cli, evaluate, icfil, models, utils, zoo
+from purer_jax import cli, evaluate, icfil, models, train, utils, zoo
 
 PARAMS = flags.DEFINE_string('params', '', 'Meta-learner parameters: .npz file, orbax '
                              'checkpoint folder, "best", or empty for the zoo average.')
 TASKS = flags.DEFINE_integer('tasks', 0, 'Meta-val tasks per trial (0: config.train.val_tasks).')
+TEST = flags.DEFINE_bool('test', False, 'Then score the best settings on the meta-test tasks.')
 
 GRID = {
     'inv_steps': (25, 50, 100),
@@ -38,22 +44,14 @@ GRID = {
 SEARCH_FILE = 'icfil_search.json'
 
 
-def load_params(spec: str, config, workdir: str, *, load_best=None):
-  """Meta-learner params for `evaluate.meta_model(config)` (see the module doc for `spec`).
-
-  load_best: `(config, workdir) -> params`, the training loop's best-checkpoint loader,
-  used for spec 'best'.
-  """
+def load_params(spec: str, config, workdir: str):
+  """Meta-learner params for `evaluate.meta_model(config)` (see the module doc for `spec`)."""
   model = evaluate.meta_model(config)
   key = jax.random.key(config.seed)
   if not spec:
     return evaluate.baseline_params('average', zoo.load(workdir), model, key)
   if spec == 'best':
-    if load_best is None:
-      raise ValueError("--params=best needs the training loop's checkpoint loader: call "
-                       'tune_icfil.run(..., load_best=fn) or pass --params=<.npz file or orbax '
-                       'checkpoint folder>')
-    params = load_best(config, workdir)
+    params = train.load_best(workdir)
   elif spec.endswith('.npz') and os.path.isfile(spec):
     with np.load(spec) as z:
       params = traverse_util.unflatten_dict({tuple(k.split('/')): z[k] for k in z.files})
@@ -137,27 +135,58 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
           'trials': list(trials.values()), 'best': trials[best]}
 
 
-def run(config, workdir: str, params_spec: str = '', *, load_best=None, num_tasks=None,
-        grid=None, log=print) -> dict:
-  """`search` on meta-val with params from `load_params`; writes W/icfil_search.json."""
-  params = load_params(params_spec, config, workdir, load_best=load_best)
+def run(config, workdir: str, params_spec: str = '', *, num_tasks=None, grid=None, log=print,
+        test_best: bool = False) -> dict:
+  """`search` on meta-val with params from `load_params`; writes W/icfil_search.json. With
+  `test_best`, then `test` of the best settings (its results under res['test'])."""
+  params = load_params(params_spec, config, workdir)
   split = data_lib.load(config.data.dataset, 'meta_val', config.data.data_dir,
                         config.data.source)
   res = search(params, config, split, num_tasks=num_tasks or config.train.val_tasks, grid=grid,
                log=log)
   res['params'] = params_spec or 'average'
   utils.write_json(os.path.join(workdir, SEARCH_FILE), res)
+  if test_best:
+    res['test'] = test(params, config, workdir, res['best']['settings'])
   return res
+
+
+def test(params, config, workdir: str, settings: dict) -> dict:
+  """`settings` (config.icfil fields) scored once on the meta-test tasks of the main results;
+  writes W/icfil_<K>shot/ (see the module doc) and returns its results."""
+  config = config.copy_and_resolve_references()
+  config.icfil.update(settings)
+  split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir,
+                        config.data.source)
+  m = icfil.config_metrics(params, config, split, desc='purer+icfil meta-test')
+  out = os.path.join(workdir, f'icfil_{config.meta.shots}shot')
+  os.makedirs(out, exist_ok=True)
+  accs = {'purer': m['acc_adapted'], 'purer+icfil': m['acc']}
+  diff = dict(zip(('mean_diff', 'ci95'), evaluate.paired(m['acc'], m['acc_adapted'])))
+  model = evaluate.meta_model(config)
+  task = next(data_lib.episodes(split, config.meta.ways, config.meta.shots, config.meta.queries,
+                                config.eval.seed, num=1, image_size=model.image_size))
+  task.pop('classes')
+  settings = icfil.Settings.from_config(config.icfil, config.inversion)
+  icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, icfil.run_task(
+      params, task, icfil.task_key(config.eval.seed, 0), model=model,
+      inner_lr=config.meta.inner_lr, steps=config.meta.test_inner_steps, settings=settings),
+                    config.data.dataset)
+  return evaluate.write_results(out, config, accs, extra={
+      'paired': {'purer+icfil': diff}, 'icfil': dict(settings=dict(config.icfil),
+      tuned_on='meta_val'), **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}})
 
 
 def main(argv):
   del argv
   config, workdir = cli.config_and_workdir()
-  res = run(config, workdir, PARAMS.value, num_tasks=TASKS.value or None)
+  res = run(config, workdir, PARAMS.value, num_tasks=TASKS.value or None, test_best=TEST.value)
   b = res['best']
   print(f"best on {res['tasks']} meta-val tasks: {b['settings']} acc {b['acc']:.4f} ± "
         f"{b['ci95']:.4f} (plain {b['plain_acc']:.4f}, paired {b['mean_diff']:+.4f} ± "
         f"{b['diff_ci95']:.4f}) -> {os.path.join(workdir, SEARCH_FILE)}")
+  if TEST.value:
+    print(open(os.path.join(workdir, f'icfil_{config.meta.shots}shot', 'results.md')).read())
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purer_jax import data, meta, models
+from purer_jax import config, data, meta, models
 from purer_jax.meta import anil, maml, protonet
 
 
@@ -113,9 +113,21 @@ def test_from_config_and_evaluate(cifar_train, smoke_config):
   test = meta.from_config(smoke_config.meta, model, test=True)
   assert train.second_order and not test.second_order
   assert test.steps == smoke_config.meta.test_inner_steps
+  meta.task_accuracy.clear_cache()
   accs = meta.evaluate_tasks(params, tasks, learner=test)
-  want = maml.evaluate_tasks(params, tasks, model=model, inner_lr=test.inner_lr, steps=test.steps)
+  want = [maml.task_loss(params, jax.tree.map(lambda a, i=i: a[i], tasks), model=model,
+                         inner_lr=test.inner_lr, steps=test.steps, second_order=False)[1]
+          for i in range(3)]
   np.testing.assert_allclose(accs, want)
+  assert meta.task_accuracy._cache_size() == 1  # one program for every task
+  # PURER-Plus learners from their config variants, each scored with its own adaptation.
+  a_cfg = config.build('ss', 'smoke,anil')
+  a_train, a_test = (meta.from_config(a_cfg.meta, model, test=t) for t in (False, True))
+  assert (a_train.algo, a_train.steps, a_test.steps) == ('anil', 5, 10)
+  proto = meta.from_config(config.build('ss', 'protonet').meta, model, test=True)
+  want = [protonet.task_loss(params, jax.tree.map(lambda a, i=i: a[i], tasks), model=model)[1]
+          for i in range(3)]
+  np.testing.assert_allclose(meta.evaluate_tasks(params, tasks, learner=proto), want)
   bad = smoke_config.copy_and_resolve_references()
   bad.meta.algo = 'reptile'
   with pytest.raises(ValueError, match='config.meta.algo'):

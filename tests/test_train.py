@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
+import pytest
 from PIL import Image
 
-from purer_jax import train, zoo
+from purer_jax import data, evaluate, train, zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -114,6 +116,11 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
   assert res[0] == res[1]
   assert set(res[0]['methods']) == {'random', 'average', 'purer'}
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
+  # The best checkpoint reloads to the parameters the final meta-test scored.
+  c = ml_collections.ConfigDict(json.load(open(os.path.join(full, 'config.json'))))
+  test = data.load(c.data.dataset, 'meta_test', data_dir)
+  accs = evaluate.evaluate_params(train.load_best(full), c, test)
+  assert float(np.mean(accs)) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
   # Every logged value after the restart repeats the uninterrupted run's (records of the
   # iterations the killed run redid were dropped, not duplicated).
   assert _metrics(full) == _metrics(killed)

@@ -3,8 +3,6 @@
 The model is applied with `train=True` and no `batch_stats`: every forward pass normalises
 with its own batch's statistics (support and query separately), as the original does.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -32,10 +30,3 @@ def task_loss(params, task, *, model, inner_lr, steps, second_order=True):
                steps=steps, second_order=second_order)
   return loss_and_acc(fast, task['query_x'], task['query_y'], model=model)
 
-
-@functools.partial(jax.jit, static_argnames=('model', 'inner_lr', 'steps'))
-def evaluate_tasks(params, tasks, *, model, inner_lr, steps):
-  """Query accuracy of each task in a stacked batch (tasks mapped sequentially)."""
-  acc = lambda t: task_loss(params, t, model=model, inner_lr=inner_lr, steps=steps,
-                            second_order=False)[1]
-  return jax.lax.map(acc, tasks)

@@ -128,7 +128,7 @@ def test_figure(one_task, tmp_path):
 def test_tune_loads_params_and_searches_meta_val(smoke_zoo, smoke_config, average, tmp_path):
   model, params = average
   c = smoke_config.copy_and_resolve_references()
-  c.icfil.inv_steps, c.icfil.cal_steps = 3, 1
+  c.icfil.inv_steps, c.icfil.cal_steps, c.icfil.lr = 3, 1, 0.01
   flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(params).items()}
   np.savez(tmp_path / 'p.npz', **flat)
   chex.assert_trees_all_equal(tune_icfil.load_params(str(tmp_path / 'p.npz'), c, smoke_zoo),

@@ -4,7 +4,8 @@
 
 scores the `random` and `average` baselines on `eval.tasks` 5-way K-shot meta-test tasks
 with config.meta's test-time adaptation (MAML's inner loop by default) and transductive
-BatchNorm, and writes W/results.json and W/results.md. Every method sees the same tasks: task i is drawn from (eval.seed, i).
+BatchNorm, and writes W/results.json and W/results.md. Every method sees the same tasks:
+task i is drawn from (eval.seed, i).
 """
 import os
 

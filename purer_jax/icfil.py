@@ -34,11 +34,11 @@ HEAD = 'head'
 class Settings(NamedTuple):
   """Static ICFIL hyper-parameters (config.icfil, plus config.inversion's loss weights,
   jitter and Adam lr for the pseudo support)."""
-  tau: float = 0.5
-  images_per_class: int = 4
-  inv_steps: int = 50
-  cal_steps: int = 5
-  lr: float = 0.001
+  tau: float
+  images_per_class: int
+  inv_steps: int
+  cal_steps: int
+  lr: float
   inv_lr: float = 0.25
   jitter: int = 2
   weights: inversion.Weights = inversion.Weights()

@@ -175,15 +175,17 @@ def _checkpoint_manager(workdir):
 
 def load_best(workdir) -> dict:
   """The best meta-val parameters saved by `train` in W/checkpoints (finished or not)."""
-  found = os.path.isdir(os.path.join(workdir, 'checkpoints'))
-  step = _checkpoint_manager(workdir).latest_step() if found else None
+  # Checked first: the manager would create the folder.
+  mngr = (_checkpoint_manager(workdir)
+          if os.path.isdir(os.path.join(workdir, 'checkpoints')) else None)
+  step = mngr.latest_step() if mngr else None
   if step is None:
     raise FileNotFoundError(f'no training checkpoint in {workdir}/checkpoints: meta-train '
                             'first (python -m purer_jax.main --config=... --workdir=W)')
-  best = _checkpoint_manager(workdir).restore(step, args=ocp.args.StandardRestore())['best']
+  best = mngr.restore(step, args=ocp.args.StandardRestore())['best']
   if float(best['val']) < 0:
-    raise ValueError(f'checkpoint {step} in {workdir}/checkpoints holds no meta-val evaluation yet '
-                     f'(config.train.val_every iterations are needed)')
+    raise ValueError(f'checkpoint {step} in {mngr.directory} holds no meta-val evaluation '
+                     'yet (config.train.val_every iterations are needed)')
   print(f"best checkpoint: meta-val {float(best['val']):.4f} at iteration {int(best['it'])}")
   return jax.device_get(best['params'])
 

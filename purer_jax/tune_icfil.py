@@ -101,7 +101,8 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
                                  image_size=model.image_size))
   for t in tasks:
     t.pop('classes')
-  icfil.check_inputs(params, model, config.meta.ways, icfil.Settings())
+  best = icfil.Settings.from_config(config.icfil, config.inversion)
+  icfil.check_inputs(params, model, config.meta.ways, best)
   pseudo, trials = {}, {}
 
   def trial(settings):
@@ -124,7 +125,6 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
         f"{r['margin_after']:+.3f}")
     return r
 
-  best = icfil.Settings.from_config(config.icfil, config.inversion)
   trial(best)
   for field, values in grid.items():
     for v in values:
@@ -167,15 +167,15 @@ def test(params, config, workdir: str, settings: dict) -> dict:
   task = next(data_lib.episodes(split, config.meta.ways, config.meta.shots, config.meta.queries,
                                 config.eval.seed, num=1, image_size=model.image_size))
   task.pop('classes')
-  settings = icfil.Settings.from_config(config.icfil, config.inversion)
-  icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, icfil.run_task(
+  result = icfil.run_task(
       params, task, icfil.task_key(config.eval.seed, 0), model=model,
-      inner_lr=config.meta.inner_lr, steps=config.meta.test_inner_steps, settings=settings),
-                    config.data.dataset)
-  return evaluate.write_results(out, config, accs, extra={
-      'paired': {'purer+icfil': diff}, 'icfil': dict(settings=dict(config.icfil),
-      tuned_on='meta_val'), **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}})
-
+      inner_lr=config.meta.inner_lr, steps=config.meta.test_inner_steps,
+      settings=icfil.Settings.from_config(config.icfil, config.inversion))
+  icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, result, config.data.dataset)
+  extra = {'paired': {'purer+icfil': diff},
+           'icfil': {'settings': dict(config.icfil), 'tuned_on': 'meta_val'},
+           **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}}
+  return evaluate.write_results(out, config, accs, extra=extra)
 
 def main(argv):
   del argv

@@ -145,8 +145,9 @@ def test_tune_loads_params_and_searches_meta_val(smoke_zoo, smoke_config, averag
   chex.assert_trees_all_equal(tune_icfil.load_params('', c, smoke_zoo), params)  # zoo average
 
   grid = {'inv_steps': (2,), 'lr': (0.0, 0.01)}
+  c.eval.tasks = 3
   res = tune_icfil.run(c, str(tmp_path), str(tmp_path / 'p.npz'), num_tasks=3, grid=grid,
-                       log=lambda s: None)
+                       log=lambda s: None, test_best=True)
   on_disk = json.load(open(tmp_path / tune_icfil.SEARCH_FILE))
   assert on_disk['split'] == 'meta_val' and on_disk['seed'] == c.eval.val_seed
   assert on_disk['best']['acc'] == max(t['acc'] for t in on_disk['trials'])
@@ -157,3 +158,15 @@ def test_tune_loads_params_and_searches_meta_val(smoke_zoo, smoke_config, averag
   assert all(t['plain_acc'] == pytest.approx(plain.mean()) for t in on_disk['trials'])
   frozen = [t for t in on_disk['trials'] if t['settings']['lr'] == 0.0]
   assert frozen and all(t['mean_diff'] == 0 for t in frozen)
+  # --test: the best setting once on the main results' meta-test tasks, paired with plain.
+  out = tmp_path / 'icfil_1shot'
+  tested = json.load(open(out / 'results.json'))
+  assert tested == res['test'] and tested['tasks'] == 3
+  assert tested['icfil']['settings']['lr'] == res['best']['settings']['lr']
+  test = data.load('cifar_fs', 'meta_test', CIFAR_DIR)
+  assert tested['methods']['purer']['acc'] == pytest.approx(
+      evaluate.evaluate_params(params, c, test).mean())
+  m = tested['methods']
+  assert tested['paired']['purer+icfil']['mean_diff'] == pytest.approx(
+      m['purer+icfil']['acc'] - m['purer']['acc'])
+  assert (out / 'icfil_task0.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -41,7 +41,9 @@ def base() -> ml_collections.ConfigDict:
   c.meta = ml_collections.ConfigDict()
   c.meta.algo = 'maml'                       # maml | protonet | anil
   c.meta.arch = 'conv4'
-  c.meta.init = 'random'                     # random | average
+  # auto: the teachers' mean (`average`, as the authors' scripts) when every teacher is the
+  # meta-learner's arch and size, else `random`.
+  c.meta.init = 'auto'                       # auto | random | average
   c.meta.ways = 5
   c.meta.shots = 1
   c.meta.queries = 15

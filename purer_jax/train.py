@@ -70,6 +70,15 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
   return new, metrics
 
 
+def resolve_init(name: str, teachers, model) -> str:
+  """`auto` is `average` where the teachers can be averaged into the meta-learner."""
+  if name not in ('auto', 'random', 'average'):
+    raise ValueError(f'config.meta.init must be auto, random or average, got {name!r}')
+  if name == 'auto':
+    return 'average' if evaluate.can_average(teachers, model) else 'random'
+  return name
+
+
 class Trainer:
   """Everything static about a run: the meta-learner, the bank layout, the teachers' stacked
   variables, the optimisers, the RNG streams and the compiled step."""
@@ -92,9 +101,7 @@ class Trainer:
         patience=int(config.eci.patience)), donate_argnums=(0,))
 
   def init_params(self):
-    name = self.config.meta.init
-    if name not in ('random', 'average'):
-      raise ValueError(f'config.meta.init must be random or average, got {name!r}')
+    name = resolve_init(self.config.meta.init, self.teachers, self.model)
     # The same key as the `random` baseline: purer - random isolates meta-training.
     return jax.tree.map(jnp.asarray, evaluate.baseline_params(
         name, self.teachers, self.model, jax.random.key(self.config.seed)))
@@ -325,7 +332,9 @@ def train_and_evaluate(config, workdir) -> dict:
         f'iteration {int(best["it"])}')
   out = final_evaluation(config, workdir, teachers, best['params'],
                          extra={'best_val': float(best['val']), 'best_it': int(best['it']),
-                                'iterations': int(config.train.iterations)})
+                                'iterations': int(config.train.iterations),
+                                'init': resolve_init(config.meta.init, teachers,
+                                                     evaluate.meta_model(config))})
   for name, res in out.items():
     print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"
                  for m, v in res['methods'].items()})

@@ -50,6 +50,7 @@ def base() -> ml_collections.ConfigDict:
   c.meta.inner_lr = 0.01
   c.meta.inner_steps = 1
   c.meta.test_inner_steps = 1
+  c.meta.test_inner_lr = 0.0                 # 0: inner_lr (tuned on meta-val by tune_adapt)
   c.meta.second_order = True
   c.meta.meta_batch = 4
   c.meta.outer_lr = 1e-3
@@ -69,6 +70,9 @@ def base() -> ml_collections.ConfigDict:
   c.eci.adv_start = 4000
   c.eci.patience = 6
   c.eci.adv_scale = 10.0
+  # The plateau signal: 0 tracks the raw meta-batch accuracy (the original's); d in (0, 1)
+  # tracks its exponential moving average with decay d, so noise alone does not fire it.
+  c.eci.ema = 0.0
 
   c.train = ml_collections.ConfigDict()
   c.train.iterations = 60000
@@ -77,6 +81,11 @@ def base() -> ml_collections.ConfigDict:
   c.train.val_every = 500
   c.train.png_every = 2000
   c.train.val_tasks = 200
+  c.train.warmup = 0                         # inversion-only bank steps before meta-training
+  # Pseudo-image augmentation of the meta-batch: '' | 'flip' | 'flip,shift' (random
+  # translation by up to `shift` px, zero-padded).
+  c.train.augment = ''
+  c.train.shift = 4
 
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = 600

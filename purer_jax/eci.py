@@ -2,8 +2,9 @@
 switch I(Ω), and the adversarial term the inversion step adds while the switch is on.
 
 Pseudo tasks mix teachers: N classes drawn from all pseudo classes of the bank, K support +
-Q query images per class drawn without overlap from the class's `spc` images. The switch is
-a small pytree updated by a pure function, so the whole meta-iteration stays one program.
+Q query images per class drawn without overlap from the class's `spc` images, optionally
+augmented (flips, translations). The switch is a small pytree updated by a pure function, so
+the whole meta-iteration stays one program.
 """
 import flax.struct
 import jax
@@ -53,30 +54,60 @@ def adversarial_loss(images, params, key, *, learner, adv_scale: float, ways: in
   return -adv_scale * loss
 
 
+def augment(x, key, *, flip: bool, shift: int):
+  """Per image of x (N, H, W, C): a random horizontal flip and a random translation by up to
+  `shift` px, the uncovered border zero (the dataset mean in normalised space)."""
+  kf, ks = jax.random.split(key)
+  n, h, w, c = x.shape
+  if flip:
+    x = jnp.where(jax.random.bernoulli(kf, 0.5, (n, 1, 1, 1)), x[:, :, ::-1], x)
+  if shift:
+    padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+    offsets = jax.random.randint(ks, (n, 2), 0, 2 * shift + 1)
+    x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets)
+  return x
+
+
+def augment_tasks(tasks: dict, key, *, flip: bool, shift: int) -> dict:
+  """`augment` on every support and query image of a stacked meta-batch."""
+  out = dict(tasks)
+  for name, k in zip(('support_x', 'query_x'), jax.random.split(key)):
+    x = tasks[name]
+    out[name] = augment(x.reshape((-1,) + x.shape[-3:]), k, flip=flip, shift=shift
+                        ).reshape(x.shape)
+  return out
+
+
 @flax.struct.dataclass
 class Switch:
   """I(Ω). `on`: this meta-iteration's inversion step adds the adversarial term."""
   on: jax.Array      # bool
-  best: jax.Array    # best mean pseudo-query accuracy since the last reset (-inf: none yet)
+  best: jax.Array    # best tracked signal since the last reset (-inf: none yet)
   stale: jax.Array   # consecutive tracked meta-iterations without improvement
+  signal: jax.Array  # the tracked pseudo-query accuracy, smoothed (-inf: none yet)
 
 
 def switch_init(adv_start: int) -> Switch:
   return Switch(on=jnp.asarray(adv_start == 0), best=jnp.asarray(-jnp.inf, jnp.float32),
-                stale=jnp.asarray(0, jnp.int32))
+                stale=jnp.asarray(0, jnp.int32), signal=jnp.asarray(-jnp.inf, jnp.float32))
 
 
-def switch_update(switch: Switch, it, acc, *, adv_start: int, patience: int) -> Switch:
+def switch_update(switch: Switch, it, acc, *, adv_start: int, patience: int,
+                  ema: float = 0.0) -> Switch:
   """The switch for meta-iteration it + 1, given iteration it's mean pseudo-query accuracy.
 
+  The signal is `acc` (ema 0, the original's) or its moving average with decay `ema`.
   On at it == adv_start. For it > adv_start, `patience` consecutive iterations without a new
-  best turn it on for one iteration and reset the best. Otherwise off (on lasts one step).
+  best signal turn it on for one iteration and reset the best. Otherwise off (on lasts one step).
   """
+  signal = jnp.where(jnp.isfinite(switch.signal), ema * switch.signal + (1 - ema) * acc, acc)
   track = it > adv_start
-  improved = acc > switch.best
-  best = jnp.where(track & improved, acc, switch.best)
+  improved = signal > switch.best
+  best = jnp.where(track & improved, signal, switch.best)
   stale = jnp.where(track, jnp.where(improved, 0, switch.stale + 1), switch.stale)
   fire = track & (stale >= patience)
   return Switch(on=fire | (it + 1 == adv_start),
                 best=jnp.where(fire, -jnp.inf, best).astype(jnp.float32),
-                stale=jnp.where(fire, 0, stale).astype(jnp.int32))
+                stale=jnp.where(fire, 0, stale).astype(jnp.int32),
+                signal=signal.astype(jnp.float32))

@@ -9,6 +9,7 @@ programs are cached in W/jax_cache (unless JAX_COMPILATION_CACHE_DIR is set), so
 run skips the minute-long compilation of the meta-iteration.
 """
 import os
+import time
 
 import jax
 from absl import app
@@ -38,12 +39,13 @@ def get_teachers(config, workdir):
 
 def main(argv):
   del argv
+  started = time.time()
   config, workdir = cli.config_and_workdir()
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
                                                                 'jax_cache'))
   get_teachers(config, workdir)
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, started=started)
 
 
 if __name__ == '__main__':

@@ -146,7 +146,8 @@ def run(config, workdir: str) -> list:
     teacher = zoo.Teacher(index=i, arch=arch, num_classes=len(classes),
                           image_size=data_lib.IMAGE_SIZE[ds], dataset=ds, classes=classes,
                           class_names=[split.class_names[c] for c in classes],
-                          heldout_acc=float(acc), checkpoint='')
+                          heldout_acc=float(acc), checkpoint='',
+                          train_seconds=round(time.time() - t0, 1))
     zoo.save_teacher(workdir, teacher, variables,
                      meta={'source': 'pretrain', 'assignment': config.teachers.assignment})
     prog.update(len(plan) - len(todo) + n + 1,

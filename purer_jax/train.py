@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +38,10 @@ def task_kw(config) -> dict:
 
 
 def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, adv_scale,
-               adv_start, patience):
+               adv_start, patience, ema=0.0, flip=False, shift=0):
   """One meta-iteration; returns (state, metrics). `state['it']` is the iteration's index."""
   it = state['it']
-  k_inv, k_adv, k_tasks = jax.random.split(jax.random.fold_in(rng, it), 3)
+  k_inv, k_adv, k_tasks, k_aug = jax.random.split(jax.random.fold_in(rng, it), 4)
   on = state['switch'].on
 
   def adversarial(images, params):
@@ -53,6 +54,8 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
       state['images'], state['bank_opt'], teachers, k_inv, tx=inv.tx, extra_loss=adversarial,
       extra_args=state['params'], **inv.loss_kw)
   tasks = eci.sample_tasks(jax.lax.stop_gradient(images), k_tasks, num=meta_batch, **task_kw)
+  if flip or shift:
+    tasks = eci.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
   (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
       state['params'], tasks, learner=learner)  # tasks in an unrolled loop: see meta
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -60,7 +63,8 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
   acc = jnp.mean(accs)  # of the meta-batch, before the outer update
   new = dict(state, it=it + 1, params=params, opt_state=opt_state, images=images,
              bank_opt=bank_opt, switch=eci.switch_update(state['switch'], it, acc,
-                                                        adv_start=adv_start, patience=patience))
+                                                        adv_start=adv_start, patience=patience,
+                                                        ema=ema))
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(
       (params, images))]))
   metrics = {f'inv/{k}': inv_m[k] for k in ('ce', 'bn', 'tv', 'l2', 'acc', 'loss')}
@@ -68,6 +72,15 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
                   'meta/grad_norm': optax.global_norm(grads), 'eci/on': on,
                   'state_finite': finite.astype(jnp.float32)})
   return new, metrics
+
+
+def augmentation(train_config) -> dict:
+  """train_step's flip / shift from config.train.augment ('', 'flip', 'shift', 'flip,shift')."""
+  kinds = {k for k in train_config.augment.split(',') if k}
+  if kinds - {'flip', 'shift'}:
+    raise ValueError(f"config.train.augment must list 'flip' and/or 'shift', got "
+                     f'{train_config.augment!r}')
+  return {'flip': 'flip' in kinds, 'shift': int(train_config.shift) if 'shift' in kinds else 0}
 
 
 def resolve_init(name: str, teachers, model) -> str:
@@ -98,7 +111,8 @@ class Trainer:
         train_step, learner=self.learner, inv=self.inv, tx=self.tx,
         meta_batch=config.meta.meta_batch, task_kw=task_kw(config),
         adv_scale=float(config.eci.adv_scale), adv_start=int(config.eci.adv_start),
-        patience=int(config.eci.patience)), donate_argnums=(0,))
+        patience=int(config.eci.patience), ema=float(config.eci.ema),
+        **augmentation(config.train)), donate_argnums=(0,))
 
   def init_params(self):
     name = resolve_init(self.config.meta.init, self.teachers, self.model)
@@ -112,6 +126,18 @@ class Trainer:
     return {'it': jnp.asarray(0, jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
             'images': images, 'bank_opt': bank_opt,
             'switch': eci.switch_init(self.config.eci.adv_start)}
+
+  def warmup(self, state: dict) -> dict:
+    """config.train.warmup inversion-only steps on a fresh bank, so that meta-training starts
+    from pseudo images rather than noise."""
+    n = int(self.config.train.warmup)
+    prog = utils.Progress(n, 'bank warm-up')
+    images, bank_opt = state['images'], state['bank_opt']
+    for i in range(n):
+      images, bank_opt, m = self.inv(images, bank_opt, self.teacher_vars,
+                                     jax.random.fold_in(self.bank_rng, i))
+      prog.update(i + 1, f"inv {float(m['loss']):.2f} target-acc {float(m['acc']):.3f}")
+    return dict(state, images=images, bank_opt=bank_opt)
 
   def pseudo_episode(self, images, it: int) -> dict:
     return jax.tree.map(np.asarray, eci.sample_task(
@@ -225,6 +251,8 @@ def train(config, workdir, teachers) -> dict:
           'it': jnp.asarray(-1)}
   mngr = _checkpoint_manager(workdir)
   start = mngr.latest_step() or 0
+  if not start and t.warmup:
+    state = trainer.warmup(state)
   if start:
     restored = mngr.restore(start, args=ocp.args.StandardRestore({'state': state, 'best': best}))
     # Re-created as fresh (uncommitted) arrays, like the initial state's: restored arrays
@@ -291,6 +319,14 @@ def train(config, workdir, teachers) -> dict:
   return {k: jax.device_get(v) for k, v in best.items()}
 
 
+def _results_files(workdir, config):
+  """(path, contents) of each results.json that final_evaluation wrote."""
+  for i, (name, _, _) in enumerate(datasets(config)):
+    path = os.path.join(workdir if i == 0 else os.path.join(workdir, name), 'results.json')
+    with open(path) as f:
+      yield path, json.load(f)
+
+
 def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dict:
   """Meta-test of config.eval.methods on each dataset; W/results.json for the pool's dataset
   (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}."""
@@ -323,18 +359,29 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   return out
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict:
+  """Meta-trains and scores; results.json records the config, the timings and provenance
+  (`started`: when the command began, so that wall_time_s includes teacher training)."""
   # The pool is teachers 0..num-1: a workdir holding a bigger zoo can be reused.
   teachers = [t for t in zoo.load(workdir) if t.index < config.teachers.num]
   t0 = time.time()
   best = train(config, workdir, teachers)
-  print(f'meta-training: {time.time() - t0:.0f}s, best meta-val {float(best["val"]):.4f} at '
+  meta_s = time.time() - t0
+  print(f'meta-training: {meta_s:.0f}s, best meta-val {float(best["val"]):.4f} at '
         f'iteration {int(best["it"])}')
-  out = final_evaluation(config, workdir, teachers, best['params'],
-                         extra={'best_val': float(best['val']), 'best_it': int(best['it']),
-                                'iterations': int(config.train.iterations),
-                                'init': resolve_init(config.meta.init, teachers,
-                                                     evaluate.meta_model(config))})
+  extra = {'best_val': float(best['val']), 'best_it': int(best['it']),
+           'iterations': int(config.train.iterations),
+           'init': resolve_init(config.meta.init, teachers, evaluate.meta_model(config)),
+           'teachers_heldout': [t.heldout_acc for t in teachers],
+           'config': json.loads(config.to_json_best_effort())}
+  out = final_evaluation(config, workdir, teachers, best['params'], extra=extra)
+  timing = {'meta_train_s': round(meta_s, 1), 'eval_s': round(time.time() - t0 - meta_s, 1),
+            'teachers_train_s': round(sum(t.train_seconds or 0.0 for t in teachers), 1)}
+  if started is not None:
+    timing['wall_time_s'] = round(time.time() - started, 1)
+  for where, res in _results_files(workdir, config):
+    res.update(timing=timing, provenance=utils.provenance())
+    utils.write_json(where, res)
   for name, res in out.items():
     print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"
                  for m, v in res['methods'].items()})

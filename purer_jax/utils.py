@@ -1,6 +1,8 @@
-"""Small helpers: progress with ETA, JSON-lines metrics, config loading."""
+"""Small helpers: progress with ETA, JSON-lines metrics, config loading, run provenance."""
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 
@@ -50,3 +52,21 @@ def write_json(path: str, obj):
 
 def save_config(config, workdir: str):
   write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+
+
+def provenance() -> dict:
+  """Where and on what code a result was produced: commit (with uncommitted changes to tracked
+  files flagged), jax version, CPU count and load average."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  def git(*args):
+    try:
+      return subprocess.run(['git', '-C', here, *args], capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return ''
+  import jax  # a library import, kept out of this module's import time
+  return {'commit': git('rev-parse', 'HEAD') or 'unknown',
+          'dirty': bool(git('status', '--porcelain', '--untracked-files=no')),
+          'jax': jax.__version__, 'backend': jax.default_backend(),
+          'cpus': os.cpu_count(), 'load_avg': [round(x, 2) for x in os.getloadavg()],
+          'machine': platform.processor() or platform.machine()}

@@ -30,6 +30,7 @@ class Teacher:
   heldout_acc: Optional[float]
   checkpoint: str        # absolute path of the orbax checkpoint
   variables: Optional[dict] = None
+  train_seconds: Optional[float] = None
 
   @property
   def model(self):

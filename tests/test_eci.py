@@ -7,8 +7,9 @@ import pytest
 from purer_jax import eci, meta, models
 
 
-def _run_switch(accs, adv_start, patience, jit=False):
-  update = lambda s, it, a: eci.switch_update(s, it, a, adv_start=adv_start, patience=patience)
+def _run_switch(accs, adv_start, patience, jit=False, ema=0.0):
+  update = lambda s, it, a: eci.switch_update(s, it, a, adv_start=adv_start, patience=patience,
+                                              ema=ema)
   update = jax.jit(update) if jit else update
   s, ons = eci.switch_init(adv_start), []
   for it, a in enumerate(accs):
@@ -40,8 +41,54 @@ def test_switch_fires_after_plateau_and_resets_best(jit):
 def test_switch_state_is_a_pytree():
   s = eci.switch_update(eci.switch_init(0), 1, jnp.float32(0.7), adv_start=0, patience=6)
   leaves = jax.tree.leaves(s)
-  assert len(leaves) == 3
+  assert len(leaves) == 4
   assert not bool(s.on) and float(s.best) == pytest.approx(0.7) and int(s.stale) == 0
+
+
+def test_smoothed_switch_ignores_noise_but_sees_a_plateau():
+  # A rising trend plus +-0.1 alternating noise: the raw signal misses a new best every other
+  # step and, with patience 2, fires on noise; its moving average rises steadily.
+  rng = np.random.default_rng(0)
+  rising = 0.3 + 0.002 * np.arange(300) + 0.1 * (rng.random(300) - 0.5)
+  raw = _run_switch(rising, adv_start=0, patience=6)
+  smooth = _run_switch(rising, adv_start=0, patience=6, ema=0.9)
+  assert len(raw) >= 15 and len(smooth) <= 2, (raw, smooth)
+  # On a true plateau the smoothed signal still fires, every few `patience` periods.
+  flat = np.full(200, 0.6) + 0.1 * (rng.random(200) - 0.5)
+  fired = _run_switch(flat, adv_start=0, patience=6, ema=0.9)
+  assert len(fired) >= 5, fired
+  # ema 0 is exactly the original's raw tracker.
+  assert _run_switch(rising, adv_start=0, patience=6, ema=0.0) == raw
+
+
+def test_augment_flips_and_shifts_each_image():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 8, 8, 3)), jnp.float32)
+  f = jax.jit(lambda x, k: eci.augment(x, k, flip=True, shift=0))(x, jax.random.key(1))
+  flipped = np.all(np.isclose(f, x[:, :, ::-1]), axis=(1, 2, 3))
+  same = np.all(np.isclose(f, x), axis=(1, 2, 3))
+  assert np.all(flipped | same) and 10 < flipped.sum() < 54
+  s = np.asarray(eci.augment(x, jax.random.key(2), flip=False, shift=2))
+  for i in range(64):  # each output is x[i] translated by (dy, dx) in [-2, 2], zero-filled
+    hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+            if np.array_equal(s[i], _translate(np.asarray(x[i]), dy, dx))]
+    assert len(hits) == 1, i
+  assert not np.array_equal(s, np.asarray(x))
+
+
+def _translate(im, dy, dx):
+  out = np.zeros_like(im)
+  h, w = im.shape[:2]
+  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+      im[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+  return out
+
+
+def test_augment_tasks_keeps_shapes_and_labels():
+  tasks = eci.sample_tasks(_bank(), jax.random.key(0), num=2, ways=3, shots=2, queries=3)
+  out = eci.augment_tasks(tasks, jax.random.key(1), flip=True, shift=4)
+  for k in tasks:
+    assert out[k].shape == tasks[k].shape
+  np.testing.assert_array_equal(out['query_y'], tasks['query_y'])
 
 
 def _bank(num_pseudo=6, spc=5, size=16):

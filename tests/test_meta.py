@@ -132,3 +132,14 @@ def test_from_config_and_evaluate(cifar_train, smoke_config):
   bad.meta.algo = 'reptile'
   with pytest.raises(ValueError, match='config.meta.algo'):
     meta.from_config(bad.meta, model)
+
+
+def test_test_time_lr_overrides_inner_lr_at_test_only():
+  model = models.create('conv4', 5, 32)
+  c = config.build('ss', '').meta
+  c.test_inner_lr, c.test_inner_steps = 0.05, 10
+  assert meta.from_config(c, model).inner_lr == pytest.approx(0.01)
+  test = meta.from_config(c, model, test=True)
+  assert test.inner_lr == pytest.approx(0.05) and test.steps == 10 and not test.second_order
+  c.test_inner_lr = 0.0
+  assert meta.from_config(c, model, test=True).inner_lr == pytest.approx(0.01)

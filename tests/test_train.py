@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, evaluate, train, zoo
+from purer_jax import data, evaluate, models, train, zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -113,6 +114,10 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
   assert code == 0, out_full[-3000:]
 
   res = [json.load(open(os.path.join(w, 'results.json'))) for w in (full, killed)]
+  for r in res:  # when and where it ran: recorded, but differs between the runs
+    assert r.pop('timing')['wall_time_s'] > 0
+    assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
+    assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
   assert res[0] == res[1]
   assert set(res[0]['methods']) == {'random', 'average', 'purer'}
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
@@ -153,3 +158,34 @@ def test_save_episode_png(tmp_path):
   assert (grid[2:18, 2 + 18:18 + 18] == 255).all()
   mean = np.asarray([0.5071, 0.4867, 0.4408]) * 255
   np.testing.assert_allclose(grid[2:18, 2:18].reshape(-1, 3).mean(0), mean, atol=25)
+
+
+def test_warmup_inverts_the_bank_before_meta_training(smoke_zoo, smoke_config):
+  c = ml_collections.ConfigDict(smoke_config.to_dict())
+  c.inversion.spc, c.train.warmup = 4, 3
+  trainer = train.Trainer(c, zoo.load(smoke_zoo))
+  state = trainer.init_state()
+  loss = lambda s: float(trainer.inv.loss(s['images'], trainer.teacher_vars,
+                                          jax.random.key(0))[0])
+  before, images0 = loss(state), np.asarray(state['images'])
+  warm = trainer.warmup(state)
+  assert not np.array_equal(np.asarray(warm['images']), images0)
+  assert loss(warm) < before
+  assert int(warm['it']) == 0  # warm-up steps are not meta-iterations
+
+
+def test_init_and_augmentation_settings(smoke_zoo):
+  teachers = zoo.load(smoke_zoo)
+  conv4 = models.create('conv4', 5, 32)
+  assert train.resolve_init('auto', teachers, conv4) == 'average'
+  assert train.resolve_init('auto', teachers, models.create('resnet10', 5, 32)) == 'random'
+  assert train.resolve_init('random', teachers, conv4) == 'random'
+  with pytest.raises(ValueError, match='meta.init'):
+    train.resolve_init('avg', teachers, conv4)
+  cfg = ml_collections.ConfigDict({'augment': 'flip,shift', 'shift': 3})
+  assert train.augmentation(cfg) == {'flip': True, 'shift': 3}
+  cfg.augment = ''
+  assert train.augmentation(cfg) == {'flip': False, 'shift': 0}
+  cfg.augment = 'crop'
+  with pytest.raises(ValueError, match="'flip' and/or 'shift'"):
+    train.augmentation(cfg)

@@ -41,15 +41,18 @@ class Learner(NamedTuple):
 
 
 def from_config(meta_config, model, *, test: bool = False) -> Learner:
-  """The learner of config.meta; `test=True` gives the first-order test-time adaptation."""
+  """The learner of config.meta; `test=True` gives the first-order test-time adaptation
+  (test_inner_steps, and test_inner_lr when set)."""
   algo = meta_config.algo
   if algo not in ALGOS:
     raise ValueError(f'config.meta.algo must be one of {ALGOS}, got {algo!r}')
   if algo == 'protonet' and not hasattr(model, 'features'):
     raise ValueError(f'protonet needs a model with features(); {type(model).__name__} has none')
   steps = meta_config.test_inner_steps if test else meta_config.inner_steps
-  return Learner(algo, model, float(meta_config.inner_lr), int(steps),
-                 bool(meta_config.second_order) and not test)
+  lr = meta_config.inner_lr
+  if test and meta_config.get('test_inner_lr', 0.0):
+    lr = meta_config.test_inner_lr
+  return Learner(algo, model, float(lr), int(steps), bool(meta_config.second_order) and not test)
 
 
 def map_tasks(fn, tasks, strategy: str = 'loop'):

@@ -37,6 +37,9 @@ def base() -> ml_collections.ConfigDict:
   c.teachers.clip = 50.0
   c.teachers.heldout_frac = 0.2
   c.teachers.max_per_class = 0               # 0: all images (smoke runs cap it)
+  # Teachers whose bank classes each meta-iteration refines, drawn at random (PURER-Plus);
+  # the other classes stay as they are. 0: the whole pool, as the paper.
+  c.teachers.per_iter = 0
 
   c.meta = ml_collections.ConfigDict()
   c.meta.algo = 'maml'                       # maml | protonet | anil
@@ -93,6 +96,11 @@ def base() -> ml_collections.ConfigDict:
   c.eval.val_seed = 4321
   c.eval.batch = 25                          # tasks per compiled call
   c.eval.methods = ('random', 'average', 'purer')
+  # Each method's test-time inner steps and lr chosen on meta-val (train.val_tasks tasks)
+  # from this grid before its meta-test; off: config.meta's test_inner_steps / inner_lr.
+  c.eval.tune_adapt = False
+  c.eval.adapt_steps = (1, 5, 10)
+  c.eval.adapt_lrs = (0.01, 0.03, 0.1)
 
   c.icfil = ml_collections.ConfigDict()
   # Chosen on meta-val for the :quick checkpoints (README.md): larger lr or smaller tau made

@@ -120,6 +120,30 @@ def evaluate_params(params, config, split, seed=None, num_tasks=None, desc=None)
       image_size=model.image_size, progress=utils.Progress(n, desc) if desc else None)
 
 
+def with_adaptation(config, steps: int, lr: float):
+  """A copy of config whose test-time adaptation takes `steps` inner steps at lr `lr`."""
+  c = config.copy_and_resolve_references()
+  c.meta.test_inner_steps, c.meta.test_inner_lr = int(steps), float(lr)
+  return c
+
+
+def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dict:
+  """Test-time inner steps x lr (config.eval.adapt_steps x config.eval.adapt_lrs) chosen by
+  mean accuracy on meta-val tasks (config.eval.val_seed; `splits`: meta-val, one per dataset).
+  Returns {'steps', 'lr', 'val_acc', 'trials': [...]}."""
+  n = num_tasks or config.train.val_tasks
+  trials = []
+  for steps in config.eval.adapt_steps:
+    for lr in config.eval.adapt_lrs:
+      c = with_adaptation(config, steps, lr)
+      acc = float(np.mean([np.mean(evaluate_params(params, c, s, seed=c.eval.val_seed,
+                                                   num_tasks=n)) for s in splits]))
+      trials.append({'steps': int(steps), 'lr': float(lr), 'val_acc': acc})
+      log(f'  test-time adaptation {steps} steps at lr {lr}: meta-val {acc:.4f}')
+  best = max(trials, key=lambda t: (t['val_acc'], -t['steps']))
+  return dict(best, trials=trials, tasks=n)
+
+
 def main(argv):
   del argv
   config, workdir = cli.config_and_workdir()

@@ -230,13 +230,35 @@ def _teacher_keys(key, group):
   return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(group.members, jnp.uint32))
 
 
-def _group_losses(images, variables, key, *, group, weights, max_shift, strategy, mesh=None):
+def per_group(layout: bank_lib.Layout, per_iter: int) -> tuple:
+  """Teachers refined per step in each group when `per_iter` of the pool are (0: all): the
+  group's share of per_iter, at least one, static so the program's shapes are."""
+  if not per_iter or per_iter >= layout.num_teachers:
+    return tuple(g.size for g in layout.groups)
+  return tuple(min(g.size, max(1, round(per_iter * g.size / layout.num_teachers)))
+               for g in layout.groups)
+
+
+def _group_losses(images, variables, key, *, group, weights, max_shift, strategy, mesh=None,
+                  select=0):
+  """Per-teacher (loss, terms) of one group, and the positions (in the group) evaluated: all,
+  or `select` of them drawn from `key` (PURER-Plus: a random subset of teachers per step)."""
   x = bank_lib.group_slice(images, group)
   keys = _teacher_keys(key, group)
   f = functools.partial(stack_losses, group=group, weights=weights, max_shift=max_shift,
                         strategy=strategy)
+  if select and select < group.size:
+    if mesh is not None:
+      raise ValueError('refining a subset of teachers per step (teachers.per_iter) is not '
+                       'supported with a device mesh: shard the whole pool instead')
+    # 2**32 - 1 is no pool position, so this key is independent of every teacher's jitter key.
+    pos = jax.random.choice(jax.random.fold_in(key, 2**32 - 1), group.size, (select,),
+                            replace=False)
+    pick = lambda a: a[pos]
+    return f(pick(x), jax.tree.map(pick, variables), pick(keys)), pos
+  pos = jnp.arange(group.size)
   if mesh is None:
-    return f(x, variables, keys)
+    return f(x, variables, keys), pos
   # Shard the teacher axis: pad it to a multiple of the mesh size with copies of real
   # teachers (variables are padded once by `place_teachers`), drop their results after.
   axis = mesh.axis_names
@@ -248,42 +270,48 @@ def _group_losses(images, variables, key, *, group, weights, max_shift, strategy
   spec = P(axis)
   out = jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(
       x, variables, keys)
-  return jax.tree.map(lambda a: a[:group.size], out)
+  return jax.tree.map(lambda a: a[:group.size], out), pos
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole pool.
 
 def inversion_loss(images, teachers, key, *, layout: bank_lib.Layout, weights: Weights,
-                   max_shift: int, strategies: Sequence[str], mesh=None):
-  """L_inv = Σ_t loss_t over every teacher of the pool (equal weights), and metrics.
+                   max_shift: int, strategies: Sequence[str], mesh=None, per_iter: int = 0):
+  """L_inv = Σ_t loss_t over the teachers of the pool (equal weights), and metrics.
 
   images: the bank (layout.shape); teachers: per group, stacked variables (bank.stack_teachers
   or InversionStep.place_teachers); key: this step's key (each teacher's jitter is drawn from
-  fold_in(key, its pool position)); strategies: per group, one of STRATEGIES.
+  fold_in(key, its pool position)); strategies: per group, one of STRATEGIES; per_iter: refine
+  only that many teachers, drawn at random from `key` (`per_group` splits them; 0: all).
   Metrics: 'inv' (= L_inv), the unweighted per-term sums 'ce', 'tv', 'bn', 'l2', the mean target
-  accuracy 'acc', and per teacher (pool order) 'teacher_loss' and 'teacher_acc'.
+  accuracy 'acc', and per teacher (pool order) 'teacher_loss' and 'teacher_acc' (NaN for the
+  teachers not drawn).
   """
   per = [_group_losses(images, v, key, group=g, weights=weights, max_shift=max_shift,
-                       strategy=s, mesh=mesh)
-         for g, v, s in zip(layout.groups, teachers, strategies)]
-  order = np.argsort(np.concatenate([g.members for g in layout.groups]))
-  losses = jnp.concatenate([l for l, _ in per])[order]
-  terms = {k: jnp.concatenate([t[k] for _, t in per])[order] for k in per[0][1]}
+                       strategy=s, mesh=mesh, select=k)
+         for g, v, s, k in zip(layout.groups, teachers, strategies, per_group(layout, per_iter))]
+  members = [jnp.asarray(g.members)[pos] for g, (_, pos) in zip(layout.groups, per)]
+  where = jnp.concatenate(members)
+  losses = jnp.concatenate([l for (l, _), _ in per])
+  terms = {k: jnp.concatenate([t[k] for (_, t), _ in per]) for k in per[0][0][1]}
   total = jnp.sum(losses)
   metrics = {k: jnp.sum(v) for k, v in terms.items() if k != 'acc'}
-  metrics.update(inv=total, acc=jnp.mean(terms['acc']), teacher_loss=losses,
-                 teacher_acc=terms['acc'])
+  in_pool = lambda v: jnp.full(layout.num_teachers, jnp.nan, v.dtype).at[where].set(v)
+  metrics.update(inv=total, acc=jnp.mean(terms['acc']), teacher_loss=in_pool(losses),
+                 teacher_acc=in_pool(terms['acc']))
   return total, metrics
 
 
 def inversion_update(images, opt_state, teachers, key, *, tx, extra_loss=None, extra_args=None,
-                     **loss_kw):
+                     lazy: bool = False, **loss_kw):
   """One optimiser step on the bank: images <- tx(∇ (L_inv + extra_loss(images, extra_args))).
 
   Not jitted: call it inside your own jit (the meta-learning loop does), or use the compiled
   `InversionStep`. extra_loss: optional `(images, extra_args) -> scalar`, differentiated
   together with L_inv (ECI passes −adv_scale · L_outer of a pseudo task built from `images`).
+  lazy: pseudo classes that got no gradient keep their images and optimiser state (set with
+  `per_iter`, where the teachers not drawn leave their classes' gradients at zero).
   loss_kw: the keyword arguments of `inversion_loss`. Returns (images, opt_state, metrics);
   metrics as `inversion_loss` plus 'extra' and 'loss' (the total that was differentiated).
   """
@@ -294,8 +322,16 @@ def inversion_update(images, opt_state, teachers, key, *, tx, extra_loss=None, e
     return loss + extra, metrics
 
   grads, metrics = jax.grad(total, has_aux=True)(images)
-  updates, opt_state = tx.update(grads, opt_state, images)
-  return optax.apply_updates(images, updates), opt_state, metrics
+  updates, new_state = tx.update(grads, opt_state, images)
+  new_images = optax.apply_updates(images, updates)
+  if not lazy:
+    return new_images, new_state, metrics
+  # Pseudo classes without gradient this step (their teacher was not drawn) keep their images
+  # and optimiser moments: Adam's momentum would otherwise keep moving them.
+  touched = jnp.any(grads != 0, axis=tuple(range(1, grads.ndim)))
+  keep = lambda new, old: (jnp.where(touched.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+                           if new.shape == images.shape else new)
+  return (keep(new_images, images), jax.tree.map(keep, new_state, opt_state), metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,12 +352,14 @@ class InversionStep:
   `extra_loss` function object (and the same shapes) never recompiles.
   """
 
-  def __init__(self, layout, weights, max_shift, lr, strategies, mesh=None, xla_options=None):
+  def __init__(self, layout, weights, max_shift, lr, strategies, mesh=None, xla_options=None,
+               per_iter: int = 0):
     self.layout, self.weights, self.max_shift = layout, weights, int(max_shift)
     self.strategies, self.mesh = tuple(strategies), mesh
     self.tx = optax.adam(lr)
     self.loss_kw = dict(layout=layout, weights=weights, max_shift=self.max_shift,
-                        strategies=self.strategies, mesh=mesh)
+                        strategies=self.strategies, mesh=mesh, per_iter=int(per_iter))
+    self.lazy = per_group(layout, per_iter) != tuple(g.size for g in layout.groups)
     jit = functools.partial(jax.jit, compiler_options=xla_options or None)
     self._step = jit(self._update, static_argnames=('extra_loss',), donate_argnums=(0, 1))
     self.loss = jit(functools.partial(inversion_loss, **self.loss_kw))
@@ -329,7 +367,7 @@ class InversionStep:
   def _update(self, images, opt_state, teachers, key, extra_args=None, *, extra_loss=None):
     images, opt_state, metrics = inversion_update(
         images, opt_state, teachers, key, tx=self.tx, extra_loss=extra_loss,
-        extra_args=extra_args, **self.loss_kw)
+        extra_args=extra_args, lazy=self.lazy, **self.loss_kw)
     if self.mesh is not None:  # keep the bank's sharding fixed across steps
       images, opt_state = jax.tree.map(self._constrain, (images, opt_state))
     return images, opt_state, metrics
@@ -385,13 +423,14 @@ def _put(a: np.ndarray, sharding):
 
 def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
                         strategy: Optional[str] = None, mesh=None,
-                        xla_options: Optional[dict] = None) -> InversionStep:
+                        xla_options: Optional[dict] = None, per_iter: int = 0) -> InversionStep:
   """Builds the compiled step for `layout` with config.inversion's weights, jitter and lr.
 
   strategy: 'loop', 'vmap' or 'auto' (default config.strategy). 'auto' times the
   strategies per group on the actual shapes (needs `teachers`, the stacked variables) and caches the
   choice per backend and shape. mesh: a 1-axis jax.sharding.Mesh to shard teachers over.
   xla_options: XLA compiler options for the step (e.g. {'xla_cpu_use_xnnpack': True}).
+  per_iter: refine that many teachers per step, drawn at random (PURER-Plus; 0: all).
   """
   strategy = strategy or config.strategy
   if strategy not in STRATEGIES + ('auto',):
@@ -409,7 +448,7 @@ def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
   else:
     strategies = (strategy,) * len(layout.groups)
   return InversionStep(layout, weights, max_shift, float(config.lr), strategies, mesh,
-                       xla_options)
+                       xla_options, per_iter)
 
 
 def choose_strategy(layout, group, variables, weights, max_shift, repeats: int = 3) -> str:

@@ -52,7 +52,7 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
 
   images, bank_opt, inv_m = inversion.inversion_update(
       state['images'], state['bank_opt'], teachers, k_inv, tx=inv.tx, extra_loss=adversarial,
-      extra_args=state['params'], **inv.loss_kw)
+      extra_args=state['params'], lazy=inv.lazy, **inv.loss_kw)
   tasks = eci.sample_tasks(jax.lax.stop_gradient(images), k_tasks, num=meta_batch, **task_kw)
   if flip or shift:
     tasks = eci.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
@@ -102,7 +102,8 @@ class Trainer:
     self.learner = meta.from_config(config.meta, self.model)
     self.layout = bank_lib.make_layout(teachers, config.inversion.spc, self.model.image_size)
     stacked = bank_lib.stack_teachers(teachers, self.layout)
-    self.inv = inversion.make_inversion_step(self.layout, config.inversion, teachers=stacked)
+    self.inv = inversion.make_inversion_step(self.layout, config.inversion, teachers=stacked,
+                                             per_iter=int(config.teachers.per_iter))
     self.teacher_vars = self.inv.place_teachers(stacked)
     self.tx = optax.adam(config.meta.outer_lr)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
@@ -329,30 +330,47 @@ def _results_files(workdir, config):
 
 def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dict:
   """Meta-test of config.eval.methods on each dataset; W/results.json for the pool's dataset
-  (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}."""
+  (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}.
+
+  With config.eval.tune_adapt each method is scored with its own test-time adaptation chosen on
+  meta-val (`evaluate.tune_adaptation`); `purer_untuned` then keeps config.meta's, paired.
+  """
   model = evaluate.meta_model(config)
+  params, configs, tuned = {}, {}, {}
+  for method in config.eval.methods:
+    if method == 'average' and not evaluate.can_average(teachers, model):
+      print('average: skipped (needs every teacher to be the meta-learner\'s arch and size)')
+      continue
+    params[method] = purer_params if method == 'purer' else evaluate.baseline_params(
+        method, teachers, model, jax.random.key(config.seed))
+    configs[method] = config
+  if config.eval.tune_adapt:
+    val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
+    for method in list(params):
+      print(f'{method}: tuning test-time adaptation on meta-val')
+      tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
+      configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
+                                                 tuned[method]['lr'])
+    if 'purer' in params:
+      params['purer_untuned'], configs['purer_untuned'] = purer_params, config
   out = {}
   for i, (name, data_dir, source) in enumerate(datasets(config)):
     split = data_lib.load(name, 'meta_test', data_dir, source)
-    accs = {}
-    for method in config.eval.methods:
-      if method == 'average' and not evaluate.can_average(teachers, model):
-        print('average: skipped (needs every teacher to be the meta-learner\'s arch and size)')
-        continue
-      params = purer_params if method == 'purer' else evaluate.baseline_params(
-          method, teachers, model, jax.random.key(config.seed))
-      accs[method] = evaluate.evaluate_params(params, config, split, desc=f'{method} {name}')
+    accs = {m: evaluate.evaluate_params(p, configs[m], split, desc=f'{m} {name}')
+            for m, p in params.items()}
     paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
               for m, a in accs.items() if m != 'purer' and 'purer' in accs}
     if config.icfil.enabled and 'purer' in accs:  # same tasks as purer: a paired comparison
-      accs['purer+icfil'] = icfil.evaluate_params(purer_params, config, split,
+      accs['purer+icfil'] = icfil.evaluate_params(purer_params, configs['purer'], split,
                                                   desc=f'purer+icfil {name}')
       paired['purer+icfil'] = dict(zip(('mean_diff', 'ci95'),
                                        evaluate.paired(accs['purer+icfil'], accs['purer'])))
     where = workdir if i == 0 else os.path.join(workdir, name)
     os.makedirs(where, exist_ok=True)
-    out[name] = evaluate.write_results(where, config, accs, dataset=name,
-                                       extra={'paired': paired, **(extra or {})})
+    info = {'paired': paired, **(extra or {})}
+    if tuned:
+      info['adaptation'] = tuned
+    out[name] = evaluate.write_results(where, config, accs, dataset=name, extra=info)
   if len(out) > 1:  # MH: every dataset's table in the main results.json too
     res = dict(out[config.data.dataset], by_dataset={k: v['methods'] for k, v in out.items()})
     utils.write_json(os.path.join(workdir, 'results.json'), res)

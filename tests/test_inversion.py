@@ -318,3 +318,30 @@ def test_sharded_step_equals_single_device(layout, stacked, cfg):
     if m is not None:
       assert len(jax.tree.leaves(tt)[0].sharding.device_set) == 8
   chex.assert_trees_all_close(results['single'], results['sharded'], rtol=1e-5, atol=1e-5)
+
+
+def test_per_iter_refines_a_random_subset_and_leaves_the_rest(layout, stacked, cfg):
+  assert inversion.per_group(layout, 0) == (3,) and inversion.per_group(layout, 5) == (3,)
+  assert inversion.per_group(layout, 1) == (1,)
+  full = inversion.make_inversion_step(layout, cfg, strategy='loop')
+  sub = inversion.make_inversion_step(layout, cfg, strategy='loop', per_iter=1)
+  assert sub.lazy and not full.lazy
+  images, opt = sub.init(jax.random.key(0))
+  drawn = set()
+  for step in range(6):
+    key = jax.random.key(10 + step)
+    _, m_full = full.loss(images, stacked, key)
+    before, opt_before = np.asarray(images), jax.tree.map(np.asarray, opt)
+    images, opt, m = sub(images, opt, stacked, key)
+    picked = np.flatnonzero(np.isfinite(np.asarray(m['teacher_loss'])))
+    assert len(picked) == 1
+    drawn.add(int(picked[0]))
+    # The drawn teacher's loss is the one the whole-pool step computes for it (same jitter).
+    np.testing.assert_allclose(m['teacher_loss'][picked], m_full['teacher_loss'][picked],
+                               rtol=1e-5)
+    moved = np.any(np.asarray(images) != before, axis=(1, 2, 3, 4))
+    np.testing.assert_array_equal(np.flatnonzero(moved), layout.classes_of(int(picked[0])))
+    mu, mu_before = opt[0].mu, opt_before[0].mu  # Adam moments of other classes stay too
+    rest = ~moved
+    np.testing.assert_array_equal(np.asarray(mu)[rest], mu_before[rest])
+  assert len(drawn) > 1  # a fresh draw every step

@@ -88,6 +88,8 @@ def write_results(workdir: str, config, accs_by_method: dict, dataset=None, extr
       'ways': config.meta.ways, 'shots': config.meta.shots,
       'tasks': int(len(next(iter(accs_by_method.values())))),
       'methods': {m: dict(zip(('acc', 'ci95'), summarize(a))) for m, a in accs_by_method.items()},
+      # Per task, so that runs scored on the same tasks can be paired later (docs/ABLATION.md).
+      'per_task': {m: [round(float(x), 4) for x in a] for m, a in accs_by_method.items()},
   }
   res.update(extra or {})
   utils.write_json(os.path.join(workdir, 'results.json'), res)

@@ -234,6 +234,21 @@ def _truncate_jsonl(path, start):
     f.writelines(keep)
 
 
+def val_curve(metrics_path: str) -> list:
+  """[{'it', 'val_acc', 'minutes'}] from a run's metrics.jsonl: meta-val accuracy against the
+  meta-training wall time, summed over the logged windows (compilation and meta-val included)."""
+  curve, seconds, last = [], 0.0, -1
+  with open(metrics_path) as f:
+    for rec in map(json.loads, f):
+      if 'it_per_s' in rec:  # a window of iterations last+1 .. it
+        seconds += (rec['it'] - last) / rec['it_per_s']
+        last = rec['it']
+      if 'val_acc' in rec:
+        curve.append({'it': rec['it'] + 1, 'val_acc': rec['val_acc'],
+                      'minutes': round(seconds / 60, 2)})
+  return curve
+
+
 def validate(config, params, splits) -> float:
   """Mean query accuracy on config.train.val_tasks fixed meta-val tasks (per dataset, averaged)."""
   return float(np.mean([np.mean(evaluate.evaluate_params(
@@ -391,6 +406,7 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
            'iterations': int(config.train.iterations),
            'init': resolve_init(config.meta.init, teachers, evaluate.meta_model(config)),
            'teachers_heldout': [t.heldout_acc for t in teachers],
+           'val_curve': val_curve(os.path.join(workdir, 'metrics.jsonl')),
            'config': json.loads(config.to_json_best_effort())}
   out = final_evaluation(config, workdir, teachers, best['params'], extra=extra)
   timing = {'meta_train_s': round(meta_s, 1), 'eval_s': round(time.time() - t0 - meta_s, 1),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, evaluate, models, train, zoo
+from purer_jax import data, evaluate, models, train, utils, zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -189,3 +189,15 @@ def test_init_and_augmentation_settings(smoke_zoo):
   cfg.augment = 'crop'
   with pytest.raises(ValueError, match="'flip' and/or 'shift'"):
     train.augmentation(cfg)
+
+
+def test_val_curve_sums_logged_windows(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  recs = [{'it': 9, 'it_per_s': 2.0}, {'it': 9, 'val_acc': 0.3, 'best_val': 0.3},
+          {'it': 14, 'event': 'eci_switch_on'}, {'it': 19, 'it_per_s': 1.0},
+          {'it': 19, 'val_acc': 0.4, 'best_val': 0.4}]
+  for r in recs:
+    utils.write_jsonl(path, r)
+  # 10 iterations at 2/s, then 10 at 1/s.
+  assert train.val_curve(path) == [{'it': 10, 'val_acc': 0.3, 'minutes': round(5 / 60, 2)},
+                                   {'it': 20, 'val_acc': 0.4, 'minutes': round(15 / 60, 2)}]

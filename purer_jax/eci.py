@@ -6,26 +6,53 @@ Q query images per class drawn without overlap from the class's `spc` images, op
 augmented (flips, translations). The switch is a small pytree updated by a pure function, so
 the whole meta-iteration stays one program.
 """
+from typing import Optional
+
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def sample_task(images, key, *, ways: int, shots: int, queries: int) -> dict:
+def real_classes(layout) -> Optional[np.ndarray]:
+  """(R, D) table: the pseudo classes of each real class (dataset, class id), padded with -1;
+  None when no real class has two pseudo classes (disjoint pools), so tasks draw directly."""
+  where = {}
+  for p, real in enumerate(zip(layout.dataset, layout.class_id)):
+    where.setdefault(real, []).append(p)
+  if all(len(v) == 1 for v in where.values()):
+    return None
+  width = max(len(v) for v in where.values())
+  return np.asarray([v + [-1] * (width - len(v)) for v in where.values()], np.int32)
+
+
+def sample_task(images, key, *, ways: int, shots: int, queries: int,
+                real: Optional[np.ndarray] = None) -> dict:
   """One pseudo task from bank `images` (P, spc, H, W, 3); labels 0..ways-1 in draw order.
 
+  real: `real_classes(layout)`; with it, a task draws `ways` distinct real classes and one of
+  each's pseudo classes, so it never holds two teachers' versions of one class (random pools).
   Differentiable in `images` (a gather): build it from the non-detached bank for ECI's
   adversarial term, from `lax.stop_gradient(images)` for the meta-batch.
   """
   num_pseudo, spc = images.shape[:2]
-  if ways > num_pseudo:
-    raise ValueError(f'{ways}-way pseudo tasks need {ways} pseudo classes; the bank has '
-                     f'{num_pseudo}')
+  distinct = num_pseudo if real is None else len(real)
+  if ways > distinct:
+    raise ValueError(f'{ways}-way pseudo tasks need {ways} distinct classes; the bank has '
+                     f'{distinct}')
   if shots + queries > spc:
     raise ValueError(f'pseudo tasks need shots + queries = {shots + queries} images per class '
                      f'but the bank holds spc = {spc}: raise config.inversion.spc')
   kc, kr = jax.random.split(key)
-  classes = jax.random.choice(kc, num_pseudo, (ways,), replace=False)
+  if real is None:
+    classes = jax.random.choice(kc, num_pseudo, (ways,), replace=False)
+  else:
+    kc, kp = jax.random.split(kc)
+    table = jnp.asarray(real)
+    rows = jax.random.choice(kc, len(real), (ways,), replace=False)
+    counts = jnp.sum(table[rows] >= 0, axis=1)
+    pick = jnp.floor(jax.random.uniform(kp, (ways,)) * counts).astype(jnp.int32)
+    classes = table[rows, pick]
   rows = jax.vmap(lambda k: jax.random.permutation(k, spc)[:shots + queries])(
       jax.random.split(kr, ways))
   x = images[classes[:, None], rows]                        # (ways, K + Q, H, W, 3)
@@ -35,21 +62,22 @@ def sample_task(images, key, *, ways: int, shots: int, queries: int) -> dict:
           'query_x': flat(x[:, shots:]), 'query_y': label(queries), 'classes': classes}
 
 
-def sample_tasks(images, key, *, num: int, ways: int, shots: int, queries: int) -> dict:
+def sample_tasks(images, key, *, num: int, ways: int, shots: int, queries: int,
+                 real: Optional[np.ndarray] = None) -> dict:
   """`num` independent pseudo tasks stacked on a leading axis (task i from fold_in(key, i))."""
   keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(num))
-  return jax.vmap(lambda k: sample_task(images, k, ways=ways, shots=shots, queries=queries))(
-      keys)
+  return jax.vmap(lambda k: sample_task(images, k, ways=ways, shots=shots, queries=queries,
+                                        real=real))(keys)
 
 
 def adversarial_loss(images, params, key, *, learner, adv_scale: float, ways: int, shots: int,
-                     queries: int):
+                     queries: int, real: Optional[np.ndarray] = None):
   """−adv_scale · L_outer of one pseudo task built from the non-detached bank.
 
   The meta-learner is held fixed (this term only moves the bank); the learner's inner loop is
   second order so the gradient reaches support pixels through the adaptation.
   """
-  task = sample_task(images, key, ways=ways, shots=shots, queries=queries)
+  task = sample_task(images, key, ways=ways, shots=shots, queries=queries, real=real)
   loss, _ = learner._replace(second_order=True).task_loss(jax.lax.stop_gradient(params), task)
   return -adv_scale * loss
 

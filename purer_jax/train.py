@@ -33,8 +33,9 @@ GUARDED = ('inv/ce', 'inv/bn', 'inv/tv', 'inv/l2', 'inv/adv', 'inv/loss', 'meta/
            'meta/grad_norm', 'state_finite')
 
 
-def task_kw(config) -> dict:
-  return dict(ways=config.meta.ways, shots=config.meta.shots, queries=config.meta.queries)
+def task_kw(config, layout) -> dict:
+  return dict(ways=config.meta.ways, shots=config.meta.shots, queries=config.meta.queries,
+              real=eci.real_classes(layout))
 
 
 def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, adv_scale,
@@ -110,7 +111,7 @@ class Trainer:
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
     self.step = jax.jit(functools.partial(
         train_step, learner=self.learner, inv=self.inv, tx=self.tx,
-        meta_batch=config.meta.meta_batch, task_kw=task_kw(config),
+        meta_batch=config.meta.meta_batch, task_kw=task_kw(config, self.layout),
         adv_scale=float(config.eci.adv_scale), adv_start=int(config.eci.adv_start),
         patience=int(config.eci.patience), ema=float(config.eci.ema),
         **augmentation(config.train)), donate_argnums=(0,))
@@ -142,7 +143,7 @@ class Trainer:
 
   def pseudo_episode(self, images, it: int) -> dict:
     return jax.tree.map(np.asarray, eci.sample_task(
-        images, jax.random.fold_in(self.png_rng, it), **task_kw(self.config)))
+        images, jax.random.fold_in(self.png_rng, it), **task_kw(self.config, self.layout)))
 
 
 def datasets(config) -> list:

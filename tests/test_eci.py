@@ -1,4 +1,6 @@
 """ECI: the plateau switch I(Ω), pseudo-task sampling from the bank, the adversarial term."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,3 +150,26 @@ def test_adversarial_gradient_reaches_support_and_query_pixels():
   assert all(g[p, j] > 0 for p, j in support | query)
   unused = [(p, j) for p in range(6) for j in range(5) if (p, j) not in support | query]
   assert all(g[p, j] == 0 for p, j in unused)
+
+
+def test_tasks_of_a_random_pool_hold_distinct_real_classes():
+  # 12 pseudo classes over 5 real classes: class 0 has 4 versions, class 1 three, ...
+  class_id = (0, 1, 2, 0, 1, 3, 0, 4, 1, 0, 2, 3)
+  layout = types.SimpleNamespace(class_id=class_id, dataset=('cifar_fs',) * 12)
+  real = eci.real_classes(layout)
+  assert sorted(sorted(int(p) for p in row if p >= 0) for row in real) == [
+      [0, 3, 6, 9], [1, 4, 8], [2, 10], [5, 11], [7]]
+  images = _bank(num_pseudo=12, spc=4)
+  tasks = jax.jit(lambda k: eci.sample_tasks(images, k, num=300, ways=5, shots=1, queries=1,
+                                             real=real))(jax.random.key(0))
+  ids = np.asarray(class_id)[np.asarray(tasks['classes'])]
+  assert all(len(set(row)) == 5 for row in ids)
+  # Every pseudo version of class 0 gets drawn, and pixels follow the drawn pseudo class.
+  assert set(np.asarray(tasks['classes'])[ids == 0]) == {0, 3, 6, 9}
+  np.testing.assert_array_equal(np.asarray(tasks['support_x'])[:, :, 0, 0, 0] // 100,
+                                np.asarray(tasks['classes']))
+  with pytest.raises(ValueError, match='6 distinct classes; the bank has 5'):
+    eci.sample_task(images, jax.random.key(0), ways=6, shots=1, queries=1, real=real)
+  # A disjoint pool needs no table: tasks are drawn as before.
+  assert eci.real_classes(types.SimpleNamespace(class_id=tuple(range(12)),
+                                                dataset=('cifar_fs',) * 12)) is None

@@ -1,12 +1,13 @@
 """The default PURER configuration (METHOD.md) and the variants the config files share.
 
 Scenario files in `configs/` call `build(scenario, arg)`; `arg` is a comma-separated list of
-variants: `smoke`, `quick`, `1shot`, `5shot`, and the PURER-Plus meta-learners `protonet` and
-`anil` (for example `configs/ss.py:smoke,5shot` or `configs/ss.py:quick,anil`).
+variants: `smoke`, `quick`, `1shot`, `5shot`, `mini` (MiniImageNet), and the PURER-Plus
+meta-learners `protonet` and `anil` (for example `configs/ss.py:smoke,5shot` or
+`configs/ss.py:quick,mini`).
 """
 import ml_collections
 
-VARIANTS = ('smoke', 'quick', '1shot', '5shot', 'protonet', 'anil')
+VARIANTS = ('smoke', 'quick', '1shot', '5shot', 'mini', 'protonet', 'anil')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -122,6 +123,8 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.meta.shots, c.inversion.spc = 5, 20
     elif v == '1shot':
       c.meta.shots, c.inversion.spc = 1, 16
+    elif v == 'mini':  # the pool's dataset: MiniImageNet (84 px) instead of CIFAR-FS
+      c.data.dataset, c.data.data_dir = 'mini_imagenet', '../shared/data/mini-imagenet-100'
     elif v == 'protonet':
       c.meta.algo = 'protonet'
     elif v == 'anil':  # METHOD.md §5: the head alone adapts, 5 inner steps to train, 10 to test

@@ -41,7 +41,7 @@ PAPER = {
 }
 
 # The paper's protocol (METHOD.md §3-§8) for the config fields that change what is measured.
-# Callables take the cell's shots.
+# Callables take the run's flattened config and shots.
 PROTOCOL = {
     'teachers.num': 13,
     'teachers.assignment': 'disjoint',
@@ -49,7 +49,7 @@ PROTOCOL = {
     'teachers.milestones': [30, 40, 50],
     'teachers.batch_size': 128,
     'teachers.max_per_class': 0,               # all images
-    'inversion.spc': lambda shots: 20 if shots == 5 else 16,
+    'inversion.spc': lambda run, shots: 20 if shots == 5 else 16,
     'inversion.lr': 0.25,
     'inversion.ce': 1.0,
     'inversion.bn': 0.01,
@@ -60,6 +60,9 @@ PROTOCOL = {
     'meta.inner_lr': 0.01,
     'meta.inner_steps': 1,
     'meta.test_inner_steps': 1,
+    'meta.test_inner_lr': lambda run, shots: (  # 0 means inner_lr
+        run['meta.test_inner_lr'] if run['meta.test_inner_lr'] == run.get('meta.inner_lr')
+        else 0.0),
     'meta.second_order': True,
     'meta.meta_batch': 4,
     'meta.outer_lr': 1e-3,
@@ -67,6 +70,9 @@ PROTOCOL = {
     'eci.adv_start': 4000,
     'eci.patience': 6,
     'eci.adv_scale': 10.0,
+    'eci.ema': 0.0,
+    'train.warmup': 0,
+    'train.augment': '',
     'train.iterations': 60000,
     'eval.tasks': 600,
 }
@@ -76,7 +82,8 @@ NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data
                 'teachers.torch_dir', 'inversion.strategy', 'inversion.steps',
                 'train.log_every', 'train.ckpt_every', 'train.png_every', 'eval.seed',
                 'eval.val_seed', 'eval.batch', 'eval.methods', 'icfil.')
-PAPER_LABEL = {'teachers.max_per_class': 'all images'}  # where a value needs words
+PAPER_LABEL = {'teachers.max_per_class': 'all images', 'meta.test_inner_lr': 'the inner lr',
+               'eci.ema': 'raw accuracy, 0', 'train.augment': 'none'}  # values needing words
 MINI_NOTE = ('Our MiniImageNet copy has 100 images per class where the paper\'s has 600, so '
              'its teachers see a sixth of the data')
 
@@ -213,8 +220,10 @@ def deviations(res: dict) -> list:
   default = _flatten(config_lib.build(res['scenario'], f'{shots}shot').to_dict())
   out = []
   for key, paper in PROTOCOL.items():
-    paper = paper(shots) if callable(paper) else paper
-    if key in run and not _same(run[key], paper):
+    if key not in run:
+      continue
+    paper = paper(run, shots) if callable(paper) else paper
+    if not _same(run[key], paper):
       out.append(f'`{key}` = {fmt_value(run[key])} '
                  f'(paper: {PAPER_LABEL.get(key, fmt_value(paper))})')
   for key in sorted(run):
@@ -228,9 +237,26 @@ def deviations(res: dict) -> list:
   return out
 
 
-def _commit(c) -> str:
-  c = str(c)
-  return c[:10] if len(c) == 40 and all(ch in '0123456789abcdef' for ch in c) else c
+def _field(res: dict, key: str, group: str):
+  """res[key], or res[group][key] (train.py records `timing` and `provenance` groups)."""
+  return res.get(key, (res.get(group) or {}).get(key))
+
+
+def _commit(res) -> str:
+  c = str(_field(res, 'commit', 'provenance'))
+  c = c[:10] if len(c) == 40 and all(ch in '0123456789abcdef' for ch in c) else c
+  return c + (' (uncommitted changes)' if (res.get('provenance') or {}).get('dirty') else '')
+
+
+def _wall_time(res) -> str:
+  """Total wall time, and its parts where recorded."""
+  total = _field(res, 'wall_time_s', 'timing')
+  parts = [(name, (res.get('timing') or {}).get(key)) for name, key in (
+      ('teachers', 'teachers_train_s'), ('meta-training', 'meta_train_s'), ('meta-test', 'eval_s'))]
+  parts = ', '.join(f'{name} {fmt_time(v)}' for name, v in parts if v is not None)
+  if total is None:
+    return parts or '—'
+  return fmt_time(total) + (f' ({parts})' if parts else '')
 
 
 def _heldout(accs) -> str:
@@ -318,9 +344,9 @@ def render(cells: dict, out_dir: str) -> str:
         fmt_diff(rnd) if rnd else '—',
         f'{fmt_diff(best[1])} ({METHODS.get(best[0], best[0])})' if best and best[1] else '—',
         fmt_diff(icf) if icf else '—', it,
-        fmt_time(res['wall_time_s']) if 'wall_time_s' in res else '—',
+        _wall_time(res),
         _heldout(res['teachers_heldout']) if res.get('teachers_heldout') else '—',
-        f"`{_commit(res['commit'])}`" if res.get('commit') else '—']) + ' |')
+        f'`{_commit(res)}`' if _field(res, 'commit', 'provenance') else '—']) + ' |')
   lines += ['', 'Paired differences are per-task means over the same tasks, ± their 95% CI '
             'half-width; MH\'s combine its two meta-test sets as a mean of independent '
             'estimates.', '']

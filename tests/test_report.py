@@ -22,6 +22,8 @@ def _results_dir(tmp_path):
   config = config_lib.build('ss', 'quick')
   config.teachers.max_per_class = 200
   config.eval.batch = 50  # not protocol: no deviation
+  config.meta.test_inner_lr = config.meta.inner_lr  # the paper's, spelt out
+  config.train.augment = 'flip'
   utils.write_json(str(results / 'ss_cifar' / 'results.json'), {
       'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': 600,
       'methods': _methods(random=0.2213, average=0.2486, ota=0.2512, purer=0.3295,
@@ -31,8 +33,10 @@ def _results_dir(tmp_path):
                  'purer-ota': {'mean_diff': 0.0783, 'ci95': 0.0072},
                  'purer+icfil': {'mean_diff': 0.0006, 'ci95': 0.0011}},
       'best_val': 0.3412, 'best_it': 1750, 'iterations': 2000, 'init': 'average',
-      'config': json.loads(config.to_json_best_effort()), 'wall_time_s': 2400.0,
-      'commit': '0123456789abcdef0123456789abcdef01234567',
+      'config': json.loads(config.to_json_best_effort()),
+      'timing': {'meta_train_s': 1500.0, 'eval_s': 290.0, 'teachers_train_s': 600.0,
+                 'wall_time_s': 2400.0},
+      'provenance': {'commit': '0123456789abcdef0123456789abcdef01234567', 'dirty': False},
       'teachers_heldout': [0.6, 0.7, 0.8]})
   (results / 'ss_cifar' / 'pseudo_conv4.png').write_bytes(b'\x89PNG')
   mh = {'scenario': 'mh', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 5, 'tasks': 100,
@@ -69,7 +73,8 @@ def test_page_numbers_and_missing_cells(tmp_path):
       '| MH | mixed† | Random | not run yet | 21.11 | 22.00 ± 0.48 | 21.34 |')
   assert '| SH MiniImageNet 5-shot | not run yet |' + ' |' * 8 in page
   assert ('| SS CIFAR-FS 1-shot | `ss_cifar` | 600 | +10.82 ± 0.71 | +7.83 ± 0.72 (OTA) '
-          '| +0.06 ± 0.11 | 1,750 of 2,000 | 40 min | 70.0% (min 60.0, max 80.0; 3 teachers) '
+          '| +0.06 ± 0.11 | 1,750 of 2,000 | 40 min (teachers 10 min, meta-training 25 min, '
+          'meta-test 5 min) | 70.0% (min 60.0, max 80.0; 3 teachers) '
           '| `0123456789` |') in page
   assert ('| MH mixed 5-shot | `mh_5shot` | 100 | +8.00 ± 0.50 | +8.00 ± 0.50 (Random) | — | — '
           '| — | — | — |') in page
@@ -80,7 +85,8 @@ def test_page_numbers_and_missing_cells(tmp_path):
   assert '- `teachers.milestones` = (8, 12) (paper: (30, 40, 50))' in page
   assert '- `teachers.max_per_class` = 200 (paper: all images)' in page
   assert '- `train.val_every` = 250 (default: 500)' in page
-  assert 'eval.batch' not in page and 'inversion.spc' not in page
+  assert '- `train.augment` = \'flip\' (paper: none)' in page
+  assert not any(k in page for k in ('eval.batch', 'inversion.spc', 'test_inner_lr'))
   assert 'meta-learner init: average; best meta-val accuracy: 34.12%.' in page
   assert 'unknown (this results.json records no `config`)' in page
   assert '![pseudo_conv4.png](results/ss_cifar/pseudo_conv4.png)' in page

@@ -49,6 +49,7 @@ PROTOCOL = {
     'teachers.milestones': [30, 40, 50],
     'teachers.batch_size': 128,
     'teachers.max_per_class': 0,               # all images
+    'teachers.per_iter': 0,                    # every teacher refined every meta-iteration
     'inversion.spc': lambda run, shots: 20 if shots == 5 else 16,
     'inversion.lr': 0.25,
     'inversion.ce': 1.0,
@@ -75,6 +76,7 @@ PROTOCOL = {
     'train.augment': '',
     'train.iterations': 60000,
     'eval.tasks': 600,
+    'eval.tune_adapt': False,                  # test-time adaptation as at meta-training
 }
 # Fields that do not change what is measured (paths, logging, speed, what else is scored).
 # Any other field is compared with this repository's default for the scenario.
@@ -82,7 +84,8 @@ NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data
                 'teachers.torch_dir', 'inversion.strategy', 'inversion.steps',
                 'train.log_every', 'train.ckpt_every', 'train.png_every', 'eval.seed',
                 'eval.val_seed', 'eval.batch', 'eval.methods', 'icfil.')
-PAPER_LABEL = {'teachers.max_per_class': 'all images', 'meta.test_inner_lr': 'the inner lr',
+PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all teachers',
+               'meta.test_inner_lr': 'the inner lr',
                'eci.ema': 'raw accuracy, 0', 'train.augment': 'none'}  # values needing words
 MINI_NOTE = ('Our MiniImageNet copy has 100 images per class where the paper\'s has 600, so '
              'its teachers see a sixth of the data')

@@ -24,6 +24,7 @@ def _results_dir(tmp_path):
   config.eval.batch = 50  # not protocol: no deviation
   config.meta.test_inner_lr = config.meta.inner_lr  # the paper's, spelt out
   config.train.augment = 'flip'
+  config.teachers.per_iter = 4
   utils.write_json(str(results / 'ss_cifar' / 'results.json'), {
       'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': 600,
       'methods': _methods(random=0.2213, average=0.2486, ota=0.2512, purer=0.3295,
@@ -86,6 +87,7 @@ def test_page_numbers_and_missing_cells(tmp_path):
   assert '- `teachers.max_per_class` = 200 (paper: all images)' in page
   assert '- `train.val_every` = 250 (default: 500)' in page
   assert '- `train.augment` = \'flip\' (paper: none)' in page
+  assert '- `teachers.per_iter` = 4 (paper: all teachers)' in page
   assert not any(k in page for k in ('eval.batch', 'inversion.spc', 'test_inner_lr'))
   assert 'meta-learner init: average; best meta-val accuracy: 34.12%.' in page
   assert 'unknown (this results.json records no `config`)' in page

@@ -18,6 +18,7 @@ setup(
         'absl-py>=2.0',
         'numpy>=1.26',
         'pillow>=10.0',
+        'scipy>=1.10',  # the OTA baseline's exact assignment
         'matplotlib>=3.8',
         'tensorboardX>=2.6',
     ],

@@ -2,7 +2,7 @@
 
   python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
 
-scores the `random` and `average` baselines on `eval.tasks` 5-way K-shot meta-test tasks
+scores the `random`, `average` and `ota` baselines on `eval.tasks` 5-way K-shot meta-test tasks
 with config.meta's test-time adaptation (MAML's inner loop by default) and transductive
 BatchNorm, and writes W/results.json and W/results.md. Every method sees the same tasks:
 task i is drawn from (eval.seed, i).
@@ -14,7 +14,7 @@ import numpy as np
 from absl import app
 
 from purer_jax import data as data_lib
-from purer_jax import cli, meta, models, utils, zoo
+from purer_jax import cli, meta, models, ota, utils, zoo
 
 
 def task_accuracies(params, *, learner, split, ways, shots, queries, num_tasks, seed, batch=25,
@@ -44,35 +44,63 @@ def paired(accs_a, accs_b) -> tuple:
   return summarize(np.asarray(accs_a, np.float64) - np.asarray(accs_b, np.float64))
 
 
+BASELINES = ('random', 'average', 'ota')
+
+
 def baseline_params(name: str, teachers, model, rng):
-  """Meta-learner parameters of the `random` or `average` baseline.
+  """Meta-learner parameters of the `random`, `average` or `ota` baseline.
 
   `average` is the mean of the teachers' parameters (all must share the meta-learner's
   arch); each tensor counted once. A teacher whose head has fewer classes than the task's
-  ways (the pool's last, 4-class teacher) contributes its body but not its head.
+  ways (the pool's last, 4-class teacher) contributes its body but not its head. `ota` is the
+  same mean after aligning every teacher's channels to teacher 0's (`purer_jax.ota`).
   """
   init = models.init(model, rng)['params']
   if name == 'random':
     return init
-  if name != 'average':
-    raise ValueError(f'unknown baseline {name!r}: random | average')
+  if name not in BASELINES:
+    raise ValueError(f'unknown baseline {name!r}: {" | ".join(BASELINES)}')
   if not can_average(teachers, model):
-    raise ValueError('the average baseline needs every teacher to be '
+    raise ValueError(f'the {name} baseline needs every teacher to be '
                      f'{type(model).__name__} at {model.image_size}px')
+  variables = [t.variables for t in teachers]
+  if name == 'ota':
+    variables = ota.align(variables)
+  return tree_mean([v['params'] for v in variables], init)
+
+
+def tree_mean(trees, like):
+  """Per-tensor mean of `trees` in `like`'s structure; a tree whose tensor has another shape
+  than `like`'s (a 4-class teacher's head) does not count for that tensor."""
   def mean_of(path, ref):
-    vals = [_at(t.variables['params'], path) for t in teachers]
+    vals = [_at(t, path) for t in trees]
     vals = [v for v in vals if v.shape == ref.shape]
     if not vals:
       raise ValueError(f'no teacher has parameter {jax.tree_util.keystr(path)} with shape '
                        f'{ref.shape}')
     return np.mean(np.stack(vals), 0)
-  return jax.tree_util.tree_map_with_path(mean_of, init)
+  return jax.tree_util.tree_map_with_path(mean_of, like)
 
 
 def can_average(teachers, model) -> bool:
   return bool(teachers) and all(
       t.model.__class__ is model.__class__ and t.image_size == model.image_size and
       t.arch == teachers[0].arch for t in teachers)
+
+
+def applies(method: str, teachers, model) -> bool:
+  """Whether `method` can be scored for this pool: `average` and `ota` need `can_average`
+  (and OTA a Conv4-style chain); the others always apply."""
+  if method not in ('average', 'ota'):
+    return True
+  if not can_average(teachers, model):
+    return False
+  if method == 'ota':
+    try:
+      ota.chain_layers(teachers[0].variables['params'])
+    except ValueError:
+      return False
+  return True
 
 
 def _at(tree, path):
@@ -153,9 +181,10 @@ def main(argv):
   teachers = zoo.load(workdir) if zoo.read_manifest(workdir)['teachers'] else []
   split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir, config.data.source)
   accs = {}
-  for name in ('random', 'average'):
-    if name == 'average' and not can_average(teachers, model):
-      print('average: skipped (needs a teacher zoo of one arch at the meta-learner size)')
+  for name in BASELINES:
+    if not applies(name, teachers, model):
+      print(f'{name}: skipped (needs a teacher zoo of one arch at the meta-learner size'
+            f'{", a Conv4-style chain" if name == "ota" else ""})')
       continue
     params = baseline_params(name, teachers, model, jax.random.key(config.seed))
     accs[name] = evaluate_params(params, config, split, desc=name)

@@ -354,8 +354,8 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   model = evaluate.meta_model(config)
   params, configs, tuned = {}, {}, {}
   for method in config.eval.methods:
-    if method == 'average' and not evaluate.can_average(teachers, model):
-      print('average: skipped (needs every teacher to be the meta-learner\'s arch and size)')
+    if not evaluate.applies(method, teachers, model):
+      print(f'{method}: skipped (needs every teacher to be the meta-learner\'s arch and size)')
       continue
     params[method] = purer_params if method == 'purer' else evaluate.baseline_params(
         method, teachers, model, jax.random.key(config.seed))

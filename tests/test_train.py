@@ -119,7 +119,7 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
     assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
     assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
   assert res[0] == res[1]
-  assert set(res[0]['methods']) == {'random', 'average', 'purer'}
+  assert set(res[0]['methods']) == {'random', 'average', 'ota', 'purer'}
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
   # The best checkpoint reloads to the parameters the final meta-test scored.
   c = ml_collections.ConfigDict(json.load(open(os.path.join(full, 'config.json'))))

@@ -1,0 +1,416 @@
+"""The results page: `python -m purer_jax.report docs/results` writes docs/RESULTS.md.
+
+Reads one `<cell>/results.json` per cell (written by `train.final_evaluation`, plus the
+`config`, `wall_time_s`, `commit` and `teachers_heldout` the runs record) and lays our numbers
+beside the paper's (METHOD.md §9) as the paper lays out its table: rows scenario x dataset x
+method, columns 1-shot and 5-shot. Cells are placed by the scenario, dataset and shots recorded
+in their results.json, not by folder name. The page depends only on those files: re-running
+the report on them reproduces it byte for byte.
+"""
+import json
+import math
+import os
+import sys
+
+SCENARIOS = (('ss', 'cifar_fs'), ('ss', 'mini_imagenet'), ('sh', 'cifar_fs'),
+             ('sh', 'mini_imagenet'), ('mh', 'mixed'))
+SHOTS = (1, 5)
+NAMES = {'ss': 'SS', 'sh': 'SH', 'mh': 'MH', 'cifar_fs': 'CIFAR-FS',
+         'mini_imagenet': 'MiniImageNet', 'mixed': 'mixed'}
+METHODS = {'random': 'Random', 'average': 'Average', 'ota': 'OTA', 'dro': 'DRO',
+           'purer': 'PURER', 'purer+icfil': 'PURER+ICFIL'}
+
+# The paper's figures (poster table, transcribed from METHOD.md §9): 5-way accuracy %,
+# (1-shot, 5-shot). The poster prints two OTA figures per SS CIFAR-FS cell; both are kept.
+PAPER = {
+    ('ss', 'cifar_fs'): {
+        'random': ('21.65 ± 0.45', '21.59 ± 0.45'),
+        'ota': ('28.12 ± 0.62 / 29.10 ± 0.65', '32.13 ± 0.04 / 34.33 ± 0.67'),
+        'dro': ('23.92 ± 0.49', '24.34 ± 0.49'),
+        'purer': ('38.66 ± 0.78', '51.95 ± 0.79')},
+    ('ss', 'mini_imagenet'): {
+        'random': ('22.45 ± 0.41', '23.48 ± 0.45'),
+        'average': ('22.87 ± 0.39', '26.13 ± 0.43'),
+        'ota': ('24.22 ± 0.53', '27.22 ± 0.59'),
+        'dro': ('23.96 ± 0.42', '25.81 ± 0.41'),
+        'purer': ('31.14 ± 0.63', '40.86 ± 0.64')},
+    ('sh', 'cifar_fs'): {'random': ('21.65', '21.59'), 'purer': ('39.15 ± 0.70', '49.08 ± 0.74')},
+    ('sh', 'mini_imagenet'): {'random': ('22.45', '23.48'),
+                              'purer': ('28.76 ± 0.60', '35.19 ± 0.64')},
+    ('mh', 'mixed'): {'random': ('21.11', '21.34'), 'purer': ('28.50 ± 0.63', '33.10 ± 0.69')},
+}
+
+# The paper's protocol (METHOD.md §3-§8) for the config fields that change what is measured.
+# Callables take the run's flattened config and shots.
+PROTOCOL = {
+    'teachers.num': 13,
+    'teachers.assignment': 'disjoint',
+    'teachers.epochs': 60,
+    'teachers.milestones': [30, 40, 50],
+    'teachers.batch_size': 128,
+    'teachers.max_per_class': 0,               # all images
+    'teachers.per_iter': 0,                    # every teacher refined every meta-iteration
+    'inversion.spc': lambda run, shots: 20 if shots == 5 else 16,
+    'inversion.lr': 0.25,
+    'inversion.ce': 1.0,
+    'inversion.bn': 0.01,
+    'inversion.tv': 1e-4,
+    'inversion.l2': 1e-5,
+    'inversion.jitter': 2,
+    'meta.algo': 'maml',
+    'meta.inner_lr': 0.01,
+    'meta.inner_steps': 1,
+    'meta.test_inner_steps': 1,
+    'meta.test_inner_lr': lambda run, shots: (  # 0 means inner_lr
+        run['meta.test_inner_lr'] if run['meta.test_inner_lr'] == run.get('meta.inner_lr')
+        else 0.0),
+    'meta.second_order': True,
+    'meta.meta_batch': 4,
+    'meta.outer_lr': 1e-3,
+    'meta.queries': 15,
+    'eci.adv_start': 4000,
+    'eci.patience': 6,
+    'eci.adv_scale': 10.0,
+    'eci.ema': 0.0,
+    'train.warmup': 0,
+    'train.augment': '',
+    'train.iterations': 60000,
+    'eval.tasks': 600,
+    'eval.tune_adapt': False,                  # test-time adaptation as at meta-training
+}
+# Fields that do not change what is measured (paths, logging, speed, what else is scored).
+# Any other field is compared with this repository's default for the scenario.
+NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data.source',
+                'teachers.torch_dir', 'inversion.strategy', 'inversion.steps',
+                'train.log_every', 'train.ckpt_every', 'train.png_every', 'eval.seed',
+                'eval.val_seed', 'eval.batch', 'eval.methods', 'icfil.')
+PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all teachers',
+               'meta.test_inner_lr': 'the inner lr',
+               'eci.ema': 'raw accuracy, 0', 'train.augment': 'none'}  # values needing words
+MINI_NOTE = ('Our MiniImageNet copy has 100 images per class where the paper\'s has 600, so '
+             'its teachers see a sixth of the data')
+
+
+def load_cells(results_dir: str) -> dict:
+  """{(scenario, dataset, shots): cell} for every `<cell>/results.json` under results_dir."""
+  if not os.path.isdir(results_dir):
+    raise FileNotFoundError(f'no results folder {results_dir!r}: pass the folder holding one '
+                            '<cell>/results.json per cell, e.g. docs/results')
+  cells = {}
+  for name in sorted(os.listdir(results_dir)):
+    path = os.path.join(results_dir, name, 'results.json')
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      res = json.load(f)
+    slot = slot_of(res, path)
+    if slot in cells:
+      raise ValueError(f'{path} and {cells[slot]["path"]} are both '
+                       f'{NAMES[slot[0]]} {NAMES[slot[1]]} {slot[2]}-shot: keep one of them')
+    cells[slot] = {'name': name, 'dir': os.path.join(results_dir, name), 'path': path,
+                   'res': res, 'datasets': _per_dataset(res, os.path.join(results_dir, name))}
+  return cells
+
+
+def slot_of(res: dict, path: str = 'results.json') -> tuple:
+  try:
+    scenario, dataset, shots, ways = res['scenario'], res['dataset'], res['shots'], res['ways']
+  except KeyError as e:
+    raise ValueError(f'{path}: no {e} field; is it a results.json of purer_jax?') from None
+  slot = (scenario, 'mixed' if scenario == 'mh' else dataset, shots)
+  if slot[:2] not in SCENARIOS or shots not in SHOTS or ways != 5:
+    raise ValueError(f'{path}: {scenario} {dataset} {ways}-way {shots}-shot is not a cell of '
+                     'the paper\'s table (5-way, 1 or 5 shots)')
+  return slot
+
+
+def _per_dataset(res: dict, cell_dir: str) -> dict:
+  """{dataset: {'methods', 'paired'}}: MH's per-dataset tables (`by_dataset`, and the paired
+  differences of `<cell>/<dataset>/results.json` where kept), else the cell's own."""
+  if 'by_dataset' not in res:
+    return {res['dataset']: {'methods': res['methods'], 'paired': res.get('paired')}}
+  out = {}
+  for ds, methods in sorted(res['by_dataset'].items()):
+    paired = res.get('paired') if ds == res['dataset'] else None
+    sub = os.path.join(cell_dir, ds, 'results.json')
+    if paired is None and os.path.isfile(sub):
+      with open(sub) as f:
+        paired = json.load(f).get('paired')
+    out[ds] = {'methods': methods, 'paired': paired}
+  return out
+
+
+def combined(cell: dict) -> dict:
+  """{'methods', 'paired'} over the cell's datasets: their mean, with the CI of a mean of
+  independent estimates (sqrt(sum ci^2) / n); a method or difference missing for one
+  dataset is missing."""
+  per = list(cell['datasets'].values())
+  if len(per) == 1:
+    return {'methods': per[0]['methods'], 'paired': per[0]['paired'] or {}}
+  def mean(dicts, a, c):
+    if any(d is None for d in dicts):
+      return None
+    return {a: sum(d[a] for d in dicts) / len(dicts),
+            c: math.sqrt(sum(d[c] ** 2 for d in dicts)) / len(dicts)}
+  methods = {m: mean([p['methods'].get(m) for p in per], 'acc', 'ci95')
+             for m in per[0]['methods']}
+  paired = {k: mean([(p['paired'] or {}).get(k) for p in per], 'mean_diff', 'ci95')
+            for k in (per[0]['paired'] or {})}
+  return {'methods': {k: v for k, v in methods.items() if v},
+          'paired': {k: v for k, v in paired.items() if v}}
+
+
+def fmt_acc(v) -> str:
+  return f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"
+
+
+def fmt_diff(v) -> str:
+  return f"{100 * v['mean_diff']:+.2f} ± {100 * v['ci95']:.2f}"
+
+
+def fmt_value(v) -> str:
+  if isinstance(v, bool) or v is None:
+    return str(v)
+  if isinstance(v, int):
+    return f'{v:,}'
+  if isinstance(v, float):
+    return f'{v:,}' if v.is_integer() and abs(v) >= 1000 else f'{v:g}'
+  if isinstance(v, (list, tuple)):
+    return '(' + ', '.join(fmt_value(x) for x in v) + ')'
+  return repr(v) if isinstance(v, str) else str(v)
+
+
+def fmt_time(seconds) -> str:
+  m = int(round(seconds / 60))
+  return f'{m} min' if m < 60 else f'{m // 60} h {m % 60:02d} min'
+
+
+def best_baseline(c: dict):
+  """(name, paired PURER - it) of the most accurate baseline, or None."""
+  base = {m: v['acc'] for m, v in c['methods'].items() if not m.startswith('purer')}
+  if not base or 'purer' not in c['methods']:
+    return None
+  best = max(sorted(base), key=base.get)
+  return best, c['paired'].get(f'purer-{best}')
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(
+      a, bool) and not isinstance(b, bool):
+    return math.isclose(a, b, rel_tol=1e-9)
+  return a == b
+
+
+def deviations(res: dict) -> list:
+  """The run's departures from the paper's protocol, from its recorded config: PROTOCOL's
+  fields against the paper, every other field (but NOT_PROTOCOL's) against this
+  repository's default for the scenario and shots."""
+  if not isinstance(res.get('config'), dict):
+    return None
+  from purer_jax import config as config_lib  # ml_collections: only when a config is recorded
+  run = _flatten(res['config'])
+  shots = res['shots']
+  default = _flatten(config_lib.build(res['scenario'], f'{shots}shot').to_dict())
+  out = []
+  for key, paper in PROTOCOL.items():
+    if key not in run:
+      continue
+    paper = paper(run, shots) if callable(paper) else paper
+    if not _same(run[key], paper):
+      out.append(f'`{key}` = {fmt_value(run[key])} '
+                 f'(paper: {PAPER_LABEL.get(key, fmt_value(paper))})')
+  for key in sorted(run):
+    if key in PROTOCOL or any(key == p or (p.endswith('.') and key.startswith(p))
+                              for p in NOT_PROTOCOL):
+      continue
+    if key not in default:
+      out.append(f'`{key}` = {fmt_value(run[key])} (not a field of this repository\'s config)')
+    elif not _same(run[key], default[key]):
+      out.append(f'`{key}` = {fmt_value(run[key])} (default: {fmt_value(default[key])})')
+  return out
+
+
+def _field(res: dict, key: str, group: str):
+  """res[key], or res[group][key] (train.py records `timing` and `provenance` groups)."""
+  return res.get(key, (res.get(group) or {}).get(key))
+
+
+def _commit(res) -> str:
+  c = str(_field(res, 'commit', 'provenance'))
+  c = c[:10] if len(c) == 40 and all(ch in '0123456789abcdef' for ch in c) else c
+  return c + (' (uncommitted changes)' if (res.get('provenance') or {}).get('dirty') else '')
+
+
+def _wall_time(res) -> str:
+  """Total wall time, and its parts where recorded."""
+  total = _field(res, 'wall_time_s', 'timing')
+  parts = [(name, (res.get('timing') or {}).get(key)) for name, key in (
+      ('teachers', 'teachers_train_s'), ('meta-training', 'meta_train_s'), ('meta-test', 'eval_s'))]
+  parts = ', '.join(f'{name} {fmt_time(v)}' for name, v in parts if v is not None)
+  if total is None:
+    return parts or '—'
+  return fmt_time(total) + (f' ({parts})' if parts else '')
+
+
+def _heldout(accs) -> str:
+  accs = [float(a) for a in accs]
+  return (f'{100 * sum(accs) / len(accs):.1f}% (min {100 * min(accs):.1f}, '
+          f'max {100 * max(accs):.1f}; {len(accs)} teachers)')
+
+
+def _pngs(cell_dir: str, out_dir: str) -> list:
+  found = []
+  for root, dirs, files in os.walk(cell_dir):
+    dirs.sort()
+    found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith('.png')]
+  return [os.path.relpath(p, out_dir).replace(os.sep, '/') for p in found]
+
+
+def _rows(scenario, dataset, cells):
+  """The method rows of a (scenario, dataset) group."""
+  measured = {m for s in SHOTS if (scenario, dataset, s) in cells
+              for m in combined(cells[scenario, dataset, s])['methods']}
+  paper = PAPER[scenario, dataset]
+  rows = []
+  for m in METHODS:
+    if (m in ('random', 'purer', 'purer+icfil') or m in paper or m in measured or
+        (scenario == 'ss' and m != 'dro')):  # average and ota apply to one-arch pools
+      rows.append(m)
+  return rows
+
+
+def render(cells: dict, out_dir: str) -> str:
+  """The page (markdown) for `load_cells`' cells, with links relative to out_dir."""
+  lines = [
+      '# Results: the paper\'s table, measured here', '',
+      'Generated by `python -m purer_jax.report docs/results` from `docs/results/<cell>/'
+      'results.json`; do not edit by hand. 5-way accuracy % on fixed, paired meta-test tasks, '
+      '± the 95% CI half-width. The paper\'s figures are from its poster (METHOD.md §9). '
+      'Checkpoints are selected on meta-val tasks; the paper reports the best meta-*test* '
+      'accuracy seen during training (METHOD.md §6, §11), so its figures are optimistic by '
+      'that selection.', '',
+      '| scenario | dataset | method | 1-shot (ours) | 1-shot (paper) | 5-shot (ours) | '
+      '5-shot (paper) |',
+      '|---|---|---|---|---|---|---|']
+  for scenario, dataset in SCENARIOS:
+    mark = '†' if dataset in ('mini_imagenet', 'mixed') else ''
+    for i, m in enumerate(_rows(scenario, dataset, cells)):
+      row = [NAMES[scenario] if i == 0 else '', NAMES[dataset] + mark if i == 0 else '',
+             METHODS[m] + ('‡' if m == 'dro' else '')]
+      for k, shots in enumerate(SHOTS):
+        cell = cells.get((scenario, dataset, shots))
+        if m == 'dro':
+          ours = 'quoted, not measured here'
+        elif cell is None:
+          ours = 'not run yet'
+        else:
+          v = combined(cell)['methods'].get(m)
+          ours = fmt_acc(v) if v else '—'
+        row += [ours, PAPER[scenario, dataset].get(m, ('—', '—'))[k]]
+      lines.append('| ' + ' | '.join(row) + ' |')
+  lines += [
+      '', f'† {MINI_NOTE} (MH teachers come from CIFAR-FS and '
+      'MiniImageNet; its row is the mean over both meta-test sets).', '',
+      '‡ DRO (Wang et al., UAI 2022) has no public code nor a description detailed enough to '
+      'rebuild it: its figures are quoted from the paper, not measured here.', '',
+      '— : not applicable or not scored (Average and OTA need a pool of one architecture; '
+      'PURER+ICFIL only where the run enabled `icfil`). The poster prints two OTA figures in '
+      'each SS CIFAR-FS cell; both are shown as printed.', '',
+      '## Runs', '',
+      '| cell | folder | tasks | PURER − Random | PURER − best baseline | PURER+ICFIL − PURER '
+      '| best iteration | wall time | teachers\' held-out acc. | commit |',
+      '|---|---|---|---|---|---|---|---|---|---|']
+  for slot in _slots():
+    cell = cells.get(slot)
+    label = f'{NAMES[slot[0]]} {NAMES[slot[1]]} {slot[2]}-shot'
+    if cell is None:
+      lines.append(f'| {label} | not run yet |' + ' |' * 8)
+      continue
+    res, c = cell['res'], combined(cell)
+    rnd = c['paired'].get('purer-random')
+    best = best_baseline(c)
+    icf = c['paired'].get('purer+icfil')
+    it = (f"{res['best_it']:,} of {res['iterations']:,}" if 'best_it' in res and
+          'iterations' in res else str(res.get('best_it', '—')))
+    lines.append('| ' + ' | '.join([
+        label, f"`{cell['name']}`", str(res.get('tasks', '—')),
+        fmt_diff(rnd) if rnd else '—',
+        f'{fmt_diff(best[1])} ({METHODS.get(best[0], best[0])})' if best and best[1] else '—',
+        fmt_diff(icf) if icf else '—', it,
+        _wall_time(res),
+        _heldout(res['teachers_heldout']) if res.get('teachers_heldout') else '—',
+        f'`{_commit(res)}`' if _field(res, 'commit', 'provenance') else '—']) + ' |')
+  lines += ['', 'Paired differences are per-task means over the same tasks, ± their 95% CI '
+            'half-width; MH\'s combine its two meta-test sets as a mean of independent '
+            'estimates.', '']
+  for slot in _slots():
+    if slot in cells:
+      lines += _cell_section(slot, cells[slot], out_dir)
+  return '\n'.join(lines).rstrip('\n') + '\n'
+
+
+def _slots():
+  return [(s, d, k) for s, d in SCENARIOS for k in SHOTS]
+
+
+def _cell_section(slot, cell, out_dir) -> list:
+  res = cell['res']
+  lines = [f'## {NAMES[slot[0]]} {NAMES[slot[1]]}, {slot[2]}-shot (`{cell["name"]}`)', '']
+  if slot[1] in ('mini_imagenet', 'mixed'):
+    lines += [f'† {MINI_NOTE}.', '']
+  facts = ([f"meta-learner init: {res['init']}"] if 'init' in res else []) + (
+      [f"best meta-val accuracy: {100 * res['best_val']:.2f}%"] if 'best_val' in res else [])
+  if facts:
+    lines += ['; '.join(facts) + '.', '']
+  if len(cell['datasets']) > 1:
+    methods = sorted({m for d in cell['datasets'].values() for m in d['methods']},
+                     key=lambda m: list(METHODS).index(m) if m in METHODS else len(METHODS))
+    lines += ['| meta-test set | ' + ' | '.join(METHODS.get(m, m) for m in methods) +
+              ' | PURER − Random |', '|---|' + '---|' * (len(methods) + 1)]
+    for ds, d in cell['datasets'].items():
+      rnd = (d['paired'] or {}).get('purer-random')
+      lines.append(f'| {NAMES.get(ds, ds)} | ' + ' | '.join(
+          fmt_acc(d['methods'][m]) if m in d['methods'] else '—' for m in methods) +
+                   f" | {fmt_diff(rnd) if rnd else '—'} |")
+    lines.append('')
+  devs = deviations(res)
+  lines.append('Deviations from the paper\'s protocol:')
+  if devs is None:
+    lines.append('unknown (this results.json records no `config`).')
+  else:
+    lines += [f'- {d}' for d in devs] or ['- none']
+  pngs = _pngs(cell['dir'], out_dir)
+  if pngs:
+    lines += ['', 'Pseudo episodes (one row per class; support | query):', '']
+    lines += [f'![{p.rsplit("/", 1)[-1]}]({p})' for p in pngs]
+  return lines + ['']
+
+
+def write(results_dir: str, out: str = None) -> str:
+  """Writes the page (default: RESULTS.md beside results_dir); returns its path."""
+  out = out or os.path.join(os.path.dirname(os.path.abspath(results_dir)), 'RESULTS.md')
+  page = render(load_cells(results_dir), os.path.dirname(os.path.abspath(out)))
+  with open(out, 'w', newline='\n') as f:
+    f.write(page)
+  return out
+
+
+def main(argv):
+  if len(argv) not in (2, 3):
+    raise SystemExit('usage: python -m purer_jax.report RESULTS_DIR [OUT.md]\n'
+                     '  e.g. python -m purer_jax.report docs/results  (writes docs/RESULTS.md)')
+  print('wrote', write(*argv[1:]))
+
+
+if __name__ == '__main__':
+  main(sys.argv)

@@ -1,0 +1,127 @@
+"""The results page from synthetic results.json files."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from purer_jax import config as config_lib
+from purer_jax import report, utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _methods(**accs):
+  return {m: {'acc': a, 'ci95': 0.0068} for m, a in accs.items()}
+
+
+def _results_dir(tmp_path):
+  """docs/results with SS CIFAR-FS 1-shot (every field) and MH 5-shot (no optional fields)."""
+  results = tmp_path / 'docs' / 'results'
+  config = config_lib.build('ss', 'quick')
+  config.teachers.max_per_class = 200
+  config.eval.batch = 50  # not protocol: no deviation
+  config.meta.test_inner_lr = config.meta.inner_lr  # the paper's, spelt out
+  config.train.augment = 'flip'
+  config.teachers.per_iter = 4
+  utils.write_json(str(results / 'ss_cifar' / 'results.json'), {
+      'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': 600,
+      'methods': _methods(random=0.2213, average=0.2486, ota=0.2512, purer=0.3295,
+                          **{'purer+icfil': 0.3301}),
+      'paired': {'purer-random': {'mean_diff': 0.1082, 'ci95': 0.0071},
+                 'purer-average': {'mean_diff': 0.0809, 'ci95': 0.0069},
+                 'purer-ota': {'mean_diff': 0.0783, 'ci95': 0.0072},
+                 'purer+icfil': {'mean_diff': 0.0006, 'ci95': 0.0011}},
+      'best_val': 0.3412, 'best_it': 1750, 'iterations': 2000, 'init': 'average',
+      'config': json.loads(config.to_json_best_effort()),
+      'timing': {'meta_train_s': 1500.0, 'eval_s': 290.0, 'teachers_train_s': 600.0,
+                 'wall_time_s': 2400.0},
+      'provenance': {'commit': '0123456789abcdef0123456789abcdef01234567', 'dirty': False},
+      'teachers_heldout': [0.6, 0.7, 0.8]})
+  (results / 'ss_cifar' / 'pseudo_conv4.png').write_bytes(b'\x89PNG')
+  mh = {'scenario': 'mh', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 5, 'tasks': 100,
+        'methods': _methods(random=0.21, purer=0.31),
+        'paired': {'purer-random': {'mean_diff': 0.10, 'ci95': 0.008}},
+        'by_dataset': {'cifar_fs': _methods(random=0.21, purer=0.31),
+                       'mini_imagenet': _methods(random=0.23, purer=0.29)}}
+  utils.write_json(str(results / 'mh_5shot' / 'results.json'), mh)
+  utils.write_json(str(results / 'mh_5shot' / 'mini_imagenet' / 'results.json'), dict(
+      mh, dataset='mini_imagenet', methods=mh['by_dataset']['mini_imagenet'],
+      paired={'purer-random': {'mean_diff': 0.06, 'ci95': 0.006}}))
+  (results / 'notes').mkdir()  # a folder without results.json is not a cell
+  return results
+
+
+def test_page_numbers_and_missing_cells(tmp_path):
+  out = report.write(str(_results_dir(tmp_path)))
+  assert out == str(tmp_path / 'docs' / 'RESULTS.md')
+  page = open(out).read()
+  lines = page.splitlines()
+  row = lambda *prefix: next(l for l in lines if l.startswith('| ' + ' | '.join(prefix)))
+  assert row('SS', 'CIFAR-FS', 'Random') == (
+      '| SS | CIFAR-FS | Random | 22.13 ± 0.68 | 21.65 ± 0.45 | not run yet | 21.59 ± 0.45 |')
+  assert '| OTA | 25.12 ± 0.68 | 28.12 ± 0.62 / 29.10 ± 0.65 | not run yet |' in page
+  assert '| PURER+ICFIL | 33.01 ± 0.68 | — | not run yet | — |' in page
+  assert ('| DRO‡ | quoted, not measured here | 23.92 ± 0.49 | quoted, not measured here '
+          '| 24.34 ± 0.49 |') in page
+  # SS MiniImageNet: nothing ran; the paper's figures and the 100-vs-600 note are there.
+  assert row('SS', 'MiniImageNet†', 'Random') == (
+      '| SS | MiniImageNet† | Random | not run yet | 22.45 ± 0.41 | not run yet | 23.48 ± 0.45 |')
+  assert '100 images per class where the paper\'s has 600' in page
+  # MH: the mean of both meta-test sets, CI of a mean of independent estimates.
+  assert row('MH', 'mixed†', 'Random') == (
+      '| MH | mixed† | Random | not run yet | 21.11 | 22.00 ± 0.48 | 21.34 |')
+  assert '| SH MiniImageNet 5-shot | not run yet |' + ' |' * 8 in page
+  assert ('| SS CIFAR-FS 1-shot | `ss_cifar` | 600 | +10.82 ± 0.71 | +7.83 ± 0.72 (OTA) '
+          '| +0.06 ± 0.11 | 1,750 of 2,000 | 40 min (teachers 10 min, meta-training 25 min, '
+          'meta-test 5 min) | 70.0% (min 60.0, max 80.0; 3 teachers) '
+          '| `0123456789` |') in page
+  assert ('| MH mixed 5-shot | `mh_5shot` | 100 | +8.00 ± 0.50 | +8.00 ± 0.50 (Random) | — | — '
+          '| — | — | — |') in page
+  assert '| MiniImageNet | 23.00 ± 0.68 | 29.00 ± 0.68 | +6.00 ± 0.60 |' in page
+  # Deviations come from the recorded config; MH recorded none.
+  assert '- `train.iterations` = 2,000 (paper: 60,000)' in page
+  assert '- `teachers.epochs` = 15 (paper: 60)' in page
+  assert '- `teachers.milestones` = (8, 12) (paper: (30, 40, 50))' in page
+  assert '- `teachers.max_per_class` = 200 (paper: all images)' in page
+  assert '- `train.val_every` = 250 (default: 500)' in page
+  assert '- `train.augment` = \'flip\' (paper: none)' in page
+  assert '- `teachers.per_iter` = 4 (paper: all teachers)' in page
+  assert not any(k in page for k in ('eval.batch', 'inversion.spc', 'test_inner_lr'))
+  assert 'meta-learner init: average; best meta-val accuracy: 34.12%.' in page
+  assert 'unknown (this results.json records no `config`)' in page
+  assert '![pseudo_conv4.png](results/ss_cifar/pseudo_conv4.png)' in page
+  assert 'notes' not in page
+
+
+def test_rerun_reproduces_the_page_byte_for_byte(tmp_path):
+  results = _results_dir(tmp_path)
+  first = open(report.write(str(results)), 'rb').read()
+  other = tmp_path / 'elsewhere.md'
+  assert open(report.write(str(results), str(other)), 'rb').read() == first.replace(
+      b'](results/', b'](docs/results/')  # links are relative to the page
+  assert open(report.write(str(results)), 'rb').read() == first
+
+
+def test_cli_writes_beside_the_results_folder(tmp_path):
+  results = _results_dir(tmp_path)
+  out = subprocess.run([sys.executable, '-m', 'purer_jax.report', 'docs/results'],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / 'docs' / 'RESULTS.md').read_text() == report.render(
+      report.load_cells(str(results)), str(tmp_path / 'docs'))
+
+
+def test_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no results folder'):
+    report.write(str(tmp_path / 'nope'))
+  results = _results_dir(tmp_path)
+  dup = json.load(open(results / 'mh_5shot' / 'results.json'))
+  utils.write_json(str(results / 'mh_again' / 'results.json'), dup)
+  with pytest.raises(ValueError, match='both MH mixed 5-shot: keep one'):
+    report.write(str(results))
+  utils.write_json(str(results / 'mh_again' / 'results.json'), dict(dup, ways=20))
+  with pytest.raises(ValueError, match='20-way 5-shot is not a cell'):
+    report.write(str(results))

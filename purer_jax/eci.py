@@ -38,8 +38,8 @@ def sample_task(images, key, *, ways: int, shots: int, queries: int,
   num_pseudo, spc = images.shape[:2]
   distinct = num_pseudo if real is None else len(real)
   if ways > distinct:
-    raise ValueError(f'{ways}-way pseudo tasks need {ways} distinct classes; the bank has '
-                     f'{distinct}')
+    raise ValueError(f'{ways}-way pseudo tasks need {ways} pseudo classes of distinct real '
+                     f'classes; the bank has {distinct}')
   if shots + queries > spc:
     raise ValueError(f'pseudo tasks need shots + queries = {shots + queries} images per class '
                      f'but the bank holds spc = {spc}: raise config.inversion.spc')

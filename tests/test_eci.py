@@ -168,7 +168,7 @@ def test_tasks_of_a_random_pool_hold_distinct_real_classes():
   assert set(np.asarray(tasks['classes'])[ids == 0]) == {0, 3, 6, 9}
   np.testing.assert_array_equal(np.asarray(tasks['support_x'])[:, :, 0, 0, 0] // 100,
                                 np.asarray(tasks['classes']))
-  with pytest.raises(ValueError, match='6 distinct classes; the bank has 5'):
+  with pytest.raises(ValueError, match='6 pseudo classes of distinct real classes; the bank has 5'):
     eci.sample_task(images, jax.random.key(0), ways=6, shots=1, queries=1, real=real)
   # A disjoint pool needs no table: tasks are drawn as before.
   assert eci.real_classes(types.SimpleNamespace(class_id=tuple(range(12)),

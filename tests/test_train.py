@@ -118,6 +118,7 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
     assert r.pop('timing')['wall_time_s'] > 0
     assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
     assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
+    assert [p.pop('minutes') >= 0 for p in r['val_curve']] == [True, True]  # wall times
   assert res[0] == res[1]
   assert set(res[0]['methods']) == {'random', 'average', 'ota', 'purer'}
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)

@@ -84,8 +84,7 @@ def check(config, workdir: str, *, zoo_config: dict, allow_change: bool = False)
   diff = differences(zoo_config or {}, pool_identity(config))
   if diff:
     problems.append((f'the teacher zoo in {os.path.join(workdir, "teachers")} was made with '
-                     'other values', diff,
-                     'copy W/teachers into a new workdir only if the pool is really the same'))
+                     'other values', diff, ''))
   steps = checkpoint_steps(workdir)
   diff = differences(recorded_run(workdir), run_identity(config)) if steps else []
   if steps and steps[-1] > config.train.iterations:  # would report that run as this one
@@ -100,7 +99,7 @@ def check(config, workdir: str, *, zoo_config: dict, allow_change: bool = False)
   for what, diff, alt in problems:
     lines.append(what + ':')
     lines += [f'  {k}: {old!r} (workdir) != {new!r} (now)' for k, old, new in diff]
-    lines.append(f'  ({alt})')
+    lines += [f'  ({alt})'] if alt else []
   msg = '\n'.join(lines)
   if allow_change:
     print(f'warning: {OVERRIDE_FLAG}: reusing {workdir} although\n{msg}')

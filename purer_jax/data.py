@@ -220,11 +220,21 @@ def _online(host: str = _DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
     return False
 
 
+def _has_tensorflow() -> bool:
+  """TFDS prepares cifar100 with TensorFlow (its extractor and image encoder)."""
+  import importlib.util
+  return importlib.util.find_spec('tensorflow') is not None
+
+
 def _cache_from_tfds(data_dir) -> str:
   """CIFAR-FS built from TFDS' cifar100 download (in TFDS' own data folder) and cached as
-  data_dir/{split}.npz. Offline nothing is tried: returns the note for the caller's error."""
+  data_dir/{split}.npz. When that cannot work nothing is tried: returns the note for the
+  caller's error."""
+  if not _has_tensorflow():
+    return (' No CIFAR-FS download was tried: TFDS needs TensorFlow to prepare cifar100 '
+            '(pip install tensorflow).')
   if not _online():
-    return (f' No CIFAR-FS download was tried: {_DOWNLOAD_HOST} is unreachable (offline?).')
+    return f' No CIFAR-FS download was tried: {_DOWNLOAD_HOST} is unreachable (offline?).'
   print(f'no CIFAR-FS in {data_dir!r}: building it from the TFDS cifar100 download')
   built = _tfds_cifar_fs(None, SPLITS, download=True)
   os.makedirs(data_dir, exist_ok=True)

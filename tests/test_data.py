@@ -118,6 +118,7 @@ def test_tfds_source_not_prepared(tmp_path):
 def test_auto_builds_cifar_fs_from_the_tfds_download_once(tmp_path, monkeypatch):
   """A fresh machine online: CIFAR-FS from TFDS' cifar100 (mocked), cached as {split}.npz."""
   tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(data, '_has_tensorflow', lambda: True)
   monkeypatch.setattr(data, '_online', lambda *a, **k: True)
   fresh = str(tmp_path / 'cifar-fs')
   with tfds.testing.mock_data(num_examples=300, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -134,6 +135,7 @@ def test_auto_builds_cifar_fs_from_the_tfds_download_once(tmp_path, monkeypatch)
 
 def test_auto_offline_fails_at_once(tmp_path, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(data, '_has_tensorflow', lambda: True)
   monkeypatch.setattr(data, '_online', lambda *a, **k: False)
   monkeypatch.setattr(tfds, 'data_source', lambda *a, **k: pytest.fail('TFDS was called'))
   for split_dir in (tmp_path / 'nowhere', tmp_path):  # no folder; a folder without the split
@@ -141,6 +143,10 @@ def test_auto_offline_fails_at_once(tmp_path, monkeypatch):
                        r'CIFAR-FS download was tried: www.cs.toronto.edu is unreachable'):
       data.check('cifar_fs', 'meta_val', str(split_dir))
   assert not os.listdir(tmp_path)
+  monkeypatch.setattr(data, '_has_tensorflow', lambda: False)  # would download, then fail
+  monkeypatch.setattr(data, '_online', lambda *a, **k: pytest.fail('asked the network'))
+  with pytest.raises(data.DataError, match='TFDS needs TensorFlow to prepare cifar100'):
+    data.check('cifar_fs', 'meta_val', str(tmp_path))
 
 
 def test_online_check_is_one_short_connection(monkeypatch):

@@ -90,9 +90,9 @@ def check(config, workdir: str, *, zoo_config: dict, allow_change: bool = False)
   if steps and steps[-1] > config.train.iterations:  # would report that run as this one
     diff.append(('train.iterations', f'{steps[-1]} done', config.train.iterations))
   if diff:
-    problems.append((f'the meta-training checkpoint {steps[-1]} in '
-                     f'{os.path.join(workdir, "checkpoints")} was made with other values', diff,
-                     'delete W/checkpoints to meta-train again with the same teachers'))
+    ckpts = os.path.join(workdir, 'checkpoints')
+    problems.append((f'the meta-training checkpoint {steps[-1]} in {ckpts} was made with other '
+                     'values', diff, f'or delete {ckpts} to meta-train again with these teachers'))
   if not problems:
     return
   lines = []

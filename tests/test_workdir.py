@@ -153,7 +153,7 @@ def test_changed_run_is_refused_while_checkpoints_exist(config, tmp_path):
   msg = _refused(anil, w)
   assert "meta.algo: 'maml' (workdir) != 'anil' (now)" in msg
   assert 'meta.inner_steps: 1 (workdir) != 5 (now)' in msg
-  assert 'checkpoint 4' in msg and 'delete W/checkpoints' in msg
+  assert 'checkpoint 4' in msg and f"delete {os.path.join(w, 'checkpoints')} to meta-train" in msg
   longer = config.copy_and_resolve_references()
   longer.train.iterations, longer.train.ckpt_every, longer.eval.tasks = 8, 4, 50
   cli.prepare(longer, w)  # a longer run, other checkpointing, other final evaluation

@@ -14,17 +14,19 @@ import time
 
 from purer_jax import utils
 
-# Config fields (or whole groups) that define the teacher pool. Not `teachers.num`: a pool is
-# teachers 0..num-1 of a zoo, so a bigger zoo serves a smaller pool and a bigger pool extends
-# the zoo. Not data folders or torch_dir: a moved dataset is the same data.
-POOL = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers')
-POOL_EXCLUDE = ('teachers.num', 'teachers.torch_dir')
 # The pretraining recipe, irrelevant to teachers imported from PyTorch.
-RECIPE = ('seed', 'teachers.epochs', 'teachers.batch_size', 'teachers.milestones',
-          'teachers.gamma', 'teachers.clip', 'teachers.heldout_frac', 'teachers.max_per_class')
-# A meta-training run: its pool, the learner, the bank, ECI, the training levers and checkpoint
-# selection. Not `train.iterations`: a longer run continues a shorter one (`check`).
-RUN = POOL + ('teachers.num', 'meta', 'inversion', 'eci', 'train', 'eval.val_seed')
+RECIPE = ('teachers.epochs', 'teachers.batch_size', 'teachers.milestones', 'teachers.gamma',
+          'teachers.clip', 'teachers.heldout_frac', 'teachers.max_per_class')
+# Config fields that define the teacher pool. Not `teachers.num`: a pool is teachers
+# 0..num-1 of a zoo, so a bigger zoo serves a smaller pool and a bigger pool extends the zoo.
+# Not data folders or torch_dir: a moved dataset is the same data.
+POOL = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers.source', 'teachers.archs',
+        'teachers.assignment', 'teachers.ways') + RECIPE
+# Config fields (or whole groups) that define a meta-training run: its pool and how it uses
+# it, the learner, the bank, ECI, the training levers and checkpoint selection. Not
+# `train.iterations`: a longer run continues a shorter one (`check`).
+RUN = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers', 'meta', 'inversion', 'eci',
+       'train', 'eval.val_seed')
 RUN_EXCLUDE = ('teachers.torch_dir', 'inversion.strategy', 'inversion.steps', 'train.iterations',
                'train.log_every', 'train.ckpt_every', 'train.png_every')
 RUN_FILE = 'run.json'  # in W/checkpoints: deleting that folder restarts meta-training
@@ -47,8 +49,9 @@ def _select(values: dict, fields, exclude) -> dict:
 
 
 def pool_identity(config) -> dict:
-  exclude = POOL_EXCLUDE + (RECIPE if config.teachers.source == 'torch' else ())
-  return _select(flat(config), POOL, exclude)
+  # The seed draws pretrained teachers' inits and random class subsets.
+  torch = config.teachers.source == 'torch'
+  return _select(flat(config), POOL, RECIPE + ('seed',) if torch else ())
 
 
 def run_identity(config) -> dict:

@@ -133,10 +133,11 @@ def test_changed_pool_is_refused_before_any_work(zoo_dir, config, tmp_path):
   assert 'new --workdir' in msg and '--allow_config_change' in msg
   assert open(os.path.join(w, 'config.json')).read() == before  # nothing written
   # A smaller pool of the same zoo (teachers 0..num-1) and a bigger one (extends it) are
-  # legitimate reuse; data folders are not part of the pool's identity.
+  # legitimate reuse, as is another way of using it; data folders are not part of the pool's
+  # identity.
   for num in (1, 5):
     other = config.copy_and_resolve_references()
-    other.teachers.num = num
+    other.teachers.num, other.teachers.per_iter = num, 1
     cli.prepare(other, w)
   other.data.data_dir = _copy(config.data.data_dir, tmp_path / 'moved_data')
   cli.prepare(other, w)
@@ -150,8 +151,10 @@ def test_changed_run_is_refused_while_checkpoints_exist(config, tmp_path):
   anil = config_lib.apply_variants(config.copy_and_resolve_references(), 'anil')
   cli.prepare(anil, w)  # no checkpoint yet: nothing to protect
   os.makedirs(os.path.join(w, 'checkpoints', '4'))
+  anil.teachers.per_iter = 1
   msg = _refused(anil, w)
   assert "meta.algo: 'maml' (workdir) != 'anil' (now)" in msg
+  assert 'teachers.per_iter: 0 (workdir) != 1 (now)' in msg
   assert 'meta.inner_steps: 1 (workdir) != 5 (now)' in msg
   assert 'checkpoint 4' in msg and f"delete {os.path.join(w, 'checkpoints')} to meta-train" in msg
   longer = config.copy_and_resolve_references()

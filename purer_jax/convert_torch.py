@@ -32,7 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from purer_jax import data as data_lib
-from purer_jax import models, zoo
+from purer_jax import models, utils, zoo
 
 _POOL_FILE = re.compile(r'model_(\d+)\.(pth|pt|safetensors)')
 # Conv4's ConvBlock registers C and BN twice: as attributes and inside its nn.Sequential.
@@ -46,7 +46,7 @@ _RESAVE = ('Re-save it from PyTorch as a plain state_dict (torch.save(model.stat
            'or as .safetensors.')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(utils.UserError, ValueError):
   """A PyTorch checkpoint cannot be read, is unsafe, or does not match the architecture."""
 
 
@@ -328,6 +328,7 @@ def _import(files: dict, workdir, *, arch, image_size, dataset, data_dir, ways, 
 
 
 def main(argv=None):
+  from purer_jax import cli  # flags of the other entry points: not on library import
   p = argparse.ArgumentParser(prog='python -m purer_jax.convert_torch', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('src', help='a .pth/.safetensors file, or with --pool a folder of model_{i}.pth')
@@ -343,7 +344,7 @@ def main(argv=None):
   p.add_argument('--assignment', default='disjoint',
                  help='"disjoint" or a JSON file with one list of class indices per teacher')
   args = p.parse_args(argv)
-  try:
+  with cli.user_errors():
     assignment = args.assignment
     if assignment != 'disjoint':
       with open(assignment) as f:
@@ -356,8 +357,6 @@ def main(argv=None):
     teachers = _import(files, args.workdir, arch=args.arch, image_size=args.image_size,
                        dataset=args.dataset, data_dir=args.data_dir, ways=args.ways,
                        assignment=assignment, source_dir=source_dir, num_classes=args.num_classes)
-  except (CheckpointError, data_lib.DataError, OSError, json.JSONDecodeError) as e:
-    raise SystemExit(f'error: {e}') from None
   print(f'{len(teachers)} teachers in {zoo.teachers_dir(args.workdir)}: ' + ', '.join(
       f'{t["index"]}:{t["arch"]}/{t["num_classes"]}' for t in teachers))
 

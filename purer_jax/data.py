@@ -5,9 +5,12 @@ per-task seed so the same `(seed, index)` always gives the same task (paired eva
 """
 import dataclasses
 import os
+import socket
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+
+from purer_jax import utils
 
 SPLITS = ('meta_train', 'meta_val', 'meta_test')
 DATASETS = ('cifar_fs', 'mini_imagenet')
@@ -35,11 +38,13 @@ _HOW_TO_GET = (
     'Expected either {split}.npz files (arrays images uint8 NHWC, labels, class_names) or '
     'class folders {split}/<class>/*.jpg|png. This repository ships no data: point data_dir '
     'at a prepared copy (for example ../shared/data/cifar-fs or ../shared/data/mini-imagenet-100), '
-    'or use source="tfds" with TFDS cifar100 prepared in data_dir.')
+    'run once online (source="auto" then builds cifar_fs from TFDS\' cifar100 download), or use '
+    'source="tfds" with TFDS cifar100 prepared in data_dir.')
 _IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
+_DOWNLOAD_HOST = 'www.cs.toronto.edu'  # TFDS' cifar100 comes from here
 
 
-class DataError(ValueError):
+class DataError(utils.UserError, ValueError):
   """A data folder is missing or not laid out as expected."""
 
 
@@ -64,37 +69,63 @@ class SplitData:
 def load(name: str, split: str, data_dir: str, source: str = 'auto') -> SplitData:
   """Loads `split` of dataset `name` from `data_dir` (the dataset's own folder).
 
-  source: 'auto' (a `{split}.npz` file, else `{split}/<class>/` folders), 'npz', 'folders'
-  or 'tfds' (CIFAR-FS built from TFDS' prepared cifar100, offline).
+  source: 'auto' (a `{split}.npz` file, else `{split}/<class>/` folders; for cifar_fs with
+  neither, built once from TFDS' cifar100 download and cached as {split}.npz), 'npz',
+  'folders' or 'tfds' (CIFAR-FS built from TFDS' prepared cifar100, offline).
   """
+  kind, path = _locate(name, split, data_dir, source)
+  if kind == 'tfds':
+    return _tfds_cifar_fs(path, (split,))[split]
+  images, labels, names = _load_npz(path) if kind == 'npz' else _load_folders(path)
+  return _checked(SplitData(images, labels, tuple(names), name), path)
+
+
+def check(name: str, split: str, data_dir: str, source: str = 'auto'):
+  """Raises DataError if `load` would, without decoding images: entry points check every
+  split a run needs before compiling anything."""
+  kind, path = _locate(name, split, data_dir, source)
+  if kind == 'tfds':
+    _tfds_sources(path, download=False)
+  elif kind == 'npz':
+    _load_npz(path, arrays=False)
+  else:
+    _folder_files(path)
+
+
+def _locate(name, split, data_dir, source):
+  """('npz' | 'folders' | 'tfds', path) of a split, or the DataError that says what to do."""
   if name not in DATASETS:
     raise DataError(f'unknown dataset {name!r}: choose one of {DATASETS}')
   if split not in SPLITS:
     raise DataError(f'unknown split {split!r}: choose one of {SPLITS}')
   data_dir = os.path.expanduser(str(data_dir))
   if source == 'tfds':
-    return _load_tfds(name, split, data_dir)
-  if not os.path.isdir(data_dir):
-    raise DataError(f'data folder {data_dir!r} (dataset {name}) does not exist. {_HOW_TO_GET}')
+    return 'tfds', data_dir
   npz = os.path.join(data_dir, f'{split}.npz')
   folder = os.path.join(data_dir, split)
+  note = ''
+  if (source == 'auto' and name == 'cifar_fs' and not os.path.isfile(npz)
+      and not os.path.isdir(folder)):
+    note = _cache_from_tfds(data_dir)
+  if not os.path.isdir(data_dir):
+    raise DataError(f'data folder {data_dir!r} (dataset {name}) does not exist.{note} '
+                    f'{_HOW_TO_GET}')
   if source in ('auto', 'npz') and os.path.isfile(npz):
-    images, labels, names = _load_npz(npz)
-  elif source in ('auto', 'folders') and os.path.isdir(folder):
-    images, labels, names = _load_folders(folder)
-  else:
-    raise DataError(f'{data_dir!r} has neither {split}.npz nor a {split}/ folder of classes '
-                    f'(source={source!r}). {_HOW_TO_GET}')
-  return _checked(SplitData(images, labels, tuple(names), name), f'{data_dir}/{split}')
+    return 'npz', npz
+  if source in ('auto', 'folders') and os.path.isdir(folder):
+    return 'folders', folder
+  raise DataError(f'{data_dir!r} has neither {split}.npz nor a {split}/ folder of classes '
+                  f'(source={source!r}).{note} {_HOW_TO_GET}')
 
 
-def _load_npz(path):
+def _load_npz(path, arrays=True):
   try:
     with np.load(path, allow_pickle=False) as z:
       missing = {'images', 'labels', 'class_names'} - set(z.files)
       if missing:
         raise DataError(f'{path!r} lacks arrays {sorted(missing)}. {_HOW_TO_GET}')
-      return z['images'], z['labels'].astype(np.int32), [str(c) for c in z['class_names']]
+      if arrays:
+        return z['images'], z['labels'].astype(np.int32), [str(c) for c in z['class_names']]
   except DataError:
     raise
   except Exception as e:  # zip/LZMA/pickle errors from a damaged file
@@ -102,19 +133,26 @@ def _load_npz(path):
                     f'not a numpy .npz. {_HOW_TO_GET}') from None
 
 
-def _load_folders(folder):
-  from PIL import Image
+def _folder_files(folder):
+  """(class names, [image paths per class]), sorted."""
   names = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
   if not names:
     raise DataError(f'{folder!r} has no class sub-folders. {_HOW_TO_GET}')
-  images, labels = [], []
-  for c, cname in enumerate(names):
-    files = sorted(f for f in os.listdir(os.path.join(folder, cname))
-                   if f.lower().endswith(_IMAGE_EXTS))
-    if not files:
+  files = []
+  for cname in names:
+    files.append([os.path.join(folder, cname, f) for f in sorted(os.listdir(
+        os.path.join(folder, cname))) if f.lower().endswith(_IMAGE_EXTS)])
+    if not files[-1]:
       raise DataError(f'class folder {os.path.join(folder, cname)!r} has no images. {_HOW_TO_GET}')
-    for f in files:
-      path = os.path.join(folder, cname, f)
+  return names, files
+
+
+def _load_folders(folder):
+  from PIL import Image
+  names, files = _folder_files(folder)
+  images, labels = [], []
+  for c, paths in enumerate(files):
+    for path in paths:
       try:
         with Image.open(path) as im:
           images.append(np.asarray(im.convert('RGB'), np.uint8))
@@ -128,35 +166,83 @@ def _load_folders(folder):
   return np.stack(images), np.asarray(labels, np.int32), names
 
 
-def _load_tfds(name, split, data_dir):
-  if name != 'cifar_fs':
-    raise DataError(f'source="tfds" builds only cifar_fs (from cifar100), not {name!r}')
+def _tfds_sources(data_dir, download: bool):
+  """TFDS cifar100's train and test data sources and its fine label names."""
   import tensorflow_datasets as tfds
-  wanted = CIFAR_FS_CLASSES[split]
-  images, labels = [], []
-  for part in ('train', 'test'):  # CIFAR-FS pools both: 600 images per class
-    try:
-      source = tfds.data_source('cifar100', split=part, data_dir=data_dir, download=False)
-      fine = tfds.builder('cifar100', data_dir=data_dir).info.features['label'].names
-    except Exception as e:
+  try:
+    sources = {part: tfds.data_source('cifar100', split=part, data_dir=data_dir,
+                                      download=download) for part in ('train', 'test')}
+    fine = tfds.builder('cifar100', data_dir=data_dir).info.features['label'].names
+  except Exception as e:
+    if download:
       raise DataError(
-          f'TFDS cifar100 is not prepared under {data_dir!r} ({type(e).__name__}: {e}). Prepare '
-          'it where TFDS can download (tfds build cifar100 --file_format=array_record '
-          f'--data_dir={data_dir}); this loader never downloads.') from None
-    if fine[0] == '0':  # names live in dataset_info.json; CIFAR-100's fine labels are alphabetical
-      fine = sorted(c for cs in CIFAR_FS_CLASSES.values() for c in cs)
-    to_split = {fine.index(c): i for i, c in enumerate(wanted)}
-    for ex in source:
-      c = to_split.get(int(ex['label']))
-      if c is not None:
-        images.append(np.asarray(ex['image'], np.uint8))
-        labels.append(c)
-  if not images:
-    raise DataError(f'TFDS cifar100 under {data_dir!r} holds no image of the {split} classes')
-  labels = np.asarray(labels, np.int32)
-  order = np.argsort(labels, kind='stable')
-  return _checked(SplitData(np.stack(images)[order], labels[order], tuple(wanted), name),
-                  f'tfds:{data_dir}')
+          f'TFDS could not download and prepare cifar100 ({type(e).__name__}: {e}). Preparing '
+          'it needs internet and TensorFlow (pip install tensorflow). '
+          f'{_HOW_TO_GET}') from None
+    raise DataError(
+        f'TFDS cifar100 is not prepared under {data_dir!r} ({type(e).__name__}: {e}). Prepare '
+        'it where TFDS can download (tfds build cifar100 --file_format=array_record '
+        f'--data_dir={data_dir}); this loader never downloads.') from None
+  if fine[0] == '0':  # names live in dataset_info.json; CIFAR-100's fine labels are alphabetical
+    fine = sorted(c for cs in CIFAR_FS_CLASSES.values() for c in cs)
+  return sources, fine
+
+
+def _tfds_cifar_fs(data_dir, splits, download: bool = False) -> dict:
+  """{split: SplitData} of CIFAR-FS from TFDS' cifar100, in one pass over its records."""
+  sources, fine = _tfds_sources(data_dir, download)
+  to_split = {fine.index(c): (s, i) for s in splits for i, c in enumerate(CIFAR_FS_CLASSES[s])}
+  images = {s: [] for s in splits}
+  labels = {s: [] for s in splits}
+  for part in ('train', 'test'):  # CIFAR-FS pools both: 600 images per class
+    for ex in sources[part]:
+      hit = to_split.get(int(ex['label']))
+      if hit is not None:
+        images[hit[0]].append(np.asarray(ex['image'], np.uint8))
+        labels[hit[0]].append(hit[1])
+  out = {}
+  for s in splits:
+    if not images[s]:
+      raise DataError(f'TFDS cifar100 under {data_dir!r} holds no image of the {s} classes')
+    y = np.asarray(labels[s], np.int32)
+    order = np.argsort(y, kind='stable')
+    out[s] = _checked(SplitData(np.stack(images[s])[order], y[order],
+                                tuple(CIFAR_FS_CLASSES[s]), 'cifar_fs'), f'tfds:{data_dir}')
+  return out
+
+
+def _online(host: str = _DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
+  """Whether `host` answers: offline, TFDS would retry its download for minutes."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _has_tensorflow() -> bool:
+  """TFDS prepares cifar100 with TensorFlow (its extractor and image encoder)."""
+  import importlib.util
+  return importlib.util.find_spec('tensorflow') is not None
+
+
+def _cache_from_tfds(data_dir) -> str:
+  """CIFAR-FS built from TFDS' cifar100 download (in TFDS' own data folder) and cached as
+  data_dir/{split}.npz. When that cannot work nothing is tried: returns the note for the
+  caller's error."""
+  if not _has_tensorflow():
+    return (' No CIFAR-FS download was tried: TFDS needs TensorFlow to prepare cifar100 '
+            '(pip install tensorflow).')
+  if not _online():
+    return f' No CIFAR-FS download was tried: {_DOWNLOAD_HOST} is unreachable (offline?).'
+  print(f'no CIFAR-FS in {data_dir!r}: building it from the TFDS cifar100 download')
+  built = _tfds_cifar_fs(None, SPLITS, download=True)
+  os.makedirs(data_dir, exist_ok=True)
+  for split, d in built.items():
+    tmp = os.path.join(data_dir, f'{split}.tmp.npz')
+    np.savez(tmp, images=d.images, labels=d.labels, class_names=np.asarray(d.class_names))
+    os.replace(tmp, os.path.join(data_dir, f'{split}.npz'))
+  return ''
 
 
 def _checked(d: SplitData, where: str) -> SplitData:

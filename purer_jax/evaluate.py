@@ -11,7 +11,6 @@ import os
 
 import jax
 import numpy as np
-from absl import app
 
 from purer_jax import data as data_lib
 from purer_jax import cli, meta, models, ota, utils, zoo
@@ -176,7 +175,7 @@ def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dic
 
 def main(argv):
   del argv
-  config, workdir = cli.config_and_workdir()
+  config, workdir = cli.config_and_workdir(splits=('meta_test',))
   model = meta_model(config)
   teachers = zoo.load(workdir) if zoo.read_manifest(workdir)['teachers'] else []
   split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir, config.data.source)
@@ -194,4 +193,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -15,7 +15,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 
 from purer_jax import bank as bank_lib
 from purer_jax import cli, inversion, pretrain, utils, zoo
@@ -122,7 +121,7 @@ def run(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  config, workdir = cli.config_and_workdir()
+  config, workdir = cli.config_and_workdir(splits=('meta_train',))
   report = run(config, workdir)
   accs = [t['target_acc'] for t in report['teachers']]
   print(f"{report['steps']} steps in {report['seconds']:.0f}s; target accuracy mean "
@@ -131,4 +130,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

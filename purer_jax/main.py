@@ -12,7 +12,6 @@ import os
 import time
 
 import jax
-from absl import app
 
 from purer_jax import cli
 from purer_jax import data as data_lib
@@ -40,7 +39,7 @@ def get_teachers(config, workdir):
 def main(argv):
   del argv
   started = time.time()
-  config, workdir = cli.config_and_workdir()
+  config, workdir = cli.config_and_workdir(splits=data_lib.SPLITS)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
                                                                 'jax_cache'))
@@ -49,4 +48,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -2,7 +2,7 @@
 
   python -m purer_jax.pretrain --config=configs/ss.py:smoke --workdir=W
 
-Resumable: teachers already in the manifest are skipped.
+Resumable: teachers already in the manifest (with their checkpoint) are skipped.
 """
 import functools
 import math
@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 
 from purer_jax import data as data_lib
 from purer_jax import cli, models, utils, zoo
+from purer_jax import workdir as workdir_lib
 
 
 
@@ -127,7 +127,7 @@ def run(config, workdir: str) -> list:
                                 config.data.dataset else 'auto')
             for name, d in datasets.items()}
   plan = pool_plan(config, {k: v.num_classes for k, v in splits.items()})
-  done = {t['index'] for t in zoo.read_manifest(workdir)['teachers']}
+  done = zoo.complete(workdir)
   todo = [i for i in range(len(plan)) if i not in done]
   if not todo:
     print(f'teacher zoo complete: {len(plan)} teachers in {zoo.teachers_dir(workdir)}')
@@ -149,7 +149,8 @@ def run(config, workdir: str) -> list:
                           heldout_acc=float(acc), checkpoint='',
                           train_seconds=round(time.time() - t0, 1))
     zoo.save_teacher(workdir, teacher, variables,
-                     meta={'source': 'pretrain', 'assignment': config.teachers.assignment})
+                     meta={'source': 'pretrain', 'assignment': config.teachers.assignment,
+                           'config': workdir_lib.pool_identity(config)})
     prog.update(len(plan) - len(todo) + n + 1,
                 f'teacher {i} ({arch}, {ds}) held-out acc {acc:.3f} in {time.time() - t0:.0f}s',
                 force=True)
@@ -158,7 +159,7 @@ def run(config, workdir: str) -> list:
 
 def main(argv):
   del argv
-  config, workdir = cli.config_and_workdir()
+  config, workdir = cli.config_and_workdir(splits=('meta_train',))
   teachers = run(config, workdir)
   accs = [t['heldout_acc'] for t in teachers]
   print(f'{len(teachers)} teachers, mean held-out accuracy {np.mean(accs):.3f} '
@@ -166,4 +167,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -27,6 +27,7 @@ from tensorboardX import SummaryWriter
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
 from purer_jax import eci, evaluate, icfil, inversion, meta, utils, zoo
+from purer_jax import workdir as workdir_lib
 
 # Checked every iteration, in this order, so the error names the first term that broke.
 GUARDED = ('inv/ce', 'inv/bn', 'inv/tv', 'inv/l2', 'inv/adv', 'inv/loss', 'meta/loss',
@@ -203,9 +204,36 @@ def _checkpoint_manager(workdir):
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=True, cleanup_tmp_directories=True,
+          # Two: a damaged latest checkpoint can be deleted to resume from the one before.
+          max_to_keep=2, create=True, cleanup_tmp_directories=True,
           # Synchronous: the step donates the state's buffers right after a save.
           enable_async_checkpointing=False))
+
+
+def _save(mngr, step: int, tree):
+  """Saves checkpoint `step`, then the digest of its files (see purer_jax.workdir)."""
+  mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+  path = os.path.join(mngr.directory, str(step))
+  utils.write_json(os.path.join(path, workdir_lib.DIGEST_FILE),
+                   {'sha256': workdir_lib.digest(path)})
+
+
+def _restore(mngr, step: int, target=None):
+  """Checkpoint `step` (to `target`'s structure); a damaged one raises an error that names it
+  and says how to resume."""
+  path = os.path.join(mngr.directory, str(step))
+  earlier = [s for s in mngr.all_steps() if s < step]
+  fix = (f'delete {path} to resume from checkpoint {earlier[-1]}' if earlier else
+         f'delete {path} to meta-train again from iteration 0 (the teachers are kept)')
+  what = f'meta-training checkpoint {step}'
+  recorded = os.path.join(path, workdir_lib.DIGEST_FILE)
+  if os.path.isfile(recorded):
+    with open(recorded) as f:
+      workdir_lib.verify(path, json.load(f).get('sha256'), what, fix)
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(target))
+  except Exception as e:  # tensorstore / orbax errors of a truncated or damaged file
+    raise workdir_lib.damaged(what, path, e, fix) from None
 
 
 def load_best(workdir) -> dict:
@@ -217,7 +245,7 @@ def load_best(workdir) -> dict:
   if step is None:
     raise FileNotFoundError(f'no training checkpoint in {workdir}/checkpoints: meta-train '
                             'first (python -m purer_jax.main --config=... --workdir=W)')
-  best = mngr.restore(step, args=ocp.args.StandardRestore())['best']
+  best = _restore(mngr, step)['best']
   if float(best['val']) < 0:
     raise ValueError(f'checkpoint {step} in {mngr.directory} holds no meta-val evaluation '
                      'yet (config.train.val_every iterations are needed)')
@@ -226,11 +254,20 @@ def load_best(workdir) -> dict:
 
 
 def _truncate_jsonl(path, start):
-  """Drops the records of iterations >= start (written by a run that was then interrupted)."""
+  """Drops the records of iterations >= start (written by a run that was then interrupted)
+  and a line a kill left half-written."""
   if not os.path.isfile(path):
     return
+  keep = []
   with open(path) as f:
-    keep = [l for l in f if json.loads(l).get('it', -1) < start]
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except ValueError:
+        print(f'{path}: dropped a half-written line ({line.strip()[:60]!r})')
+        continue
+      if rec.get('it', -1) < start:
+        keep.append(line if line.endswith('\n') else line + '\n')
   with open(path, 'w') as f:
     f.writelines(keep)
 
@@ -268,10 +305,11 @@ def train(config, workdir, teachers) -> dict:
           'it': jnp.asarray(-1)}
   mngr = _checkpoint_manager(workdir)
   start = mngr.latest_step() or 0
+  workdir_lib.record_run(config, workdir)
   if not start and t.warmup:
     state = trainer.warmup(state)
   if start:
-    restored = mngr.restore(start, args=ocp.args.StandardRestore({'state': state, 'best': best}))
+    restored = _restore(mngr, start, {'state': state, 'best': best})
     # Re-created as fresh (uncommitted) arrays, like the initial state's: restored arrays
     # carry a committed sharding that changes the compiled program (no compilation cache hit).
     state, best = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)),
@@ -283,9 +321,6 @@ def train(config, workdir, teachers) -> dict:
   val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
   prog = utils.Progress(t.iterations, 'meta-train', start=start)
   window, t_window = [], time.time()
-
-  def save(done):
-    mngr.save(done, args=ocp.args.StandardSave({'state': state, 'best': best}), force=True)
 
   with _StopRequest() as stop:
     for it in range(start, t.iterations):
@@ -323,7 +358,7 @@ def train(config, workdir, teachers) -> dict:
         utils.write_jsonl(metrics_path, {'it': it, 'val_acc': acc, 'best_val': float(best['val'])})
         tb.add_scalar('val/acc', acc, it)
       if done % t.ckpt_every == 0 or done == t.iterations or stop.signum:
-        save(done)
+        _save(mngr, done, {'state': state, 'best': best})
       prog.update(done, f"loss {m['meta/loss']:.3f} pseudo-acc {m['meta/pseudo_acc']:.3f} "
                         f"inv {m['inv/loss']:.2f} best-val {float(best['val']):.3f}")
       if stop.signum:

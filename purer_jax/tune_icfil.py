@@ -24,7 +24,7 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 from flax import traverse_util
 
 from purer_jax import data as data_lib
@@ -179,7 +179,8 @@ def test(params, config, workdir: str, settings: dict) -> dict:
 
 def main(argv):
   del argv
-  config, workdir = cli.config_and_workdir()
+  config, workdir = cli.config_and_workdir(
+      splits=('meta_val', 'meta_test') if TEST.value else ('meta_val',))
   res = run(config, workdir, PARAMS.value, num_tasks=TASKS.value or None, test_best=TEST.value)
   b = res['best']
   print(f"best on {res['tasks']} meta-val tasks: {b['settings']} acc {b['acc']:.4f} ± "
@@ -190,4 +191,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -1,4 +1,5 @@
-"""Small helpers: progress with ETA, JSON-lines metrics, config loading, run provenance."""
+"""Small helpers: progress with ETA, JSON and JSON-lines files, run provenance, the user-error
+type."""
 import json
 import os
 import platform
@@ -50,10 +51,6 @@ def write_json(path: str, obj):
   os.replace(tmp, path)
 
 
-def save_config(config, workdir: str):
-  write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
-
-
 def provenance() -> dict:
   """Where and on what code a result was produced: commit (with uncommitted changes to tracked
   files flagged), jax version, CPU count and load average."""
@@ -70,3 +67,19 @@ def provenance() -> dict:
           'jax': jax.__version__, 'backend': jax.default_backend(),
           'cpus': os.cpu_count(), 'load_avg': [round(x, 2) for x in os.getloadavg()],
           'machine': platform.processor() or platform.machine()}
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a.b': leaf} of a nested dict."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+class UserError(Exception):
+  """An error the user can fix (bad data, workdir or config); the message says how. Command-line
+  entry points print it as one line, without a traceback (purer_jax.cli)."""

@@ -2,18 +2,22 @@
 
 `purer_jax.pretrain` and `purer_jax.convert_torch` write it; inversion, training and
 evaluation read it. Entries are written one at a time, so an interrupted job keeps the
-teachers it finished.
+teachers it finished. Checkpoint paths are stored relative to the workdir and each entry holds
+its files' digest, so a copied workdir reads its own files and a damaged one is named.
 """
 import dataclasses
+import glob
 import json
 import os
+import shutil
 from typing import Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from purer_jax import models
+from purer_jax import models, utils
+from purer_jax import workdir as workdir_lib
 
 MANIFEST = 'manifest.json'
 
@@ -28,7 +32,8 @@ class Teacher:
   classes: list          # indices into the dataset's meta_train split
   class_names: list
   heldout_acc: Optional[float]
-  checkpoint: str        # absolute path of the orbax checkpoint
+  checkpoint: str        # the orbax checkpoint (relative to the workdir in the manifest)
+  digest: Optional[str] = None  # of the checkpoint's files (purer_jax.workdir.digest)
   variables: Optional[dict] = None
   train_seconds: Optional[float] = None
 
@@ -45,33 +50,63 @@ def read_manifest(workdir: str) -> dict:
   path = os.path.join(teachers_dir(workdir), MANIFEST)
   if not os.path.isfile(path):
     return {'teachers': []}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:  # written atomically: only damage from outside gets here
+    raise workdir_lib.WorkdirError(
+        f'{path} is damaged ({e}); delete it and re-run pretrain (teachers are retrained) or '
+        'restore it from a backup') from None
+
+
+def checkpoint_path(workdir: str, entry: dict) -> str:
+  """Absolute path of a manifest entry's checkpoint inside `workdir`. Older manifests hold
+  absolute paths: the workdir's own teachers/ folder is used (a copied workdir reads its
+  own files, never the original's)."""
+  ckpt = entry['checkpoint']
+  if os.path.isabs(ckpt):
+    return os.path.join(teachers_dir(workdir), os.path.basename(ckpt.rstrip('/')))
+  return os.path.join(os.path.abspath(workdir), ckpt)
+
+
+def _fix(workdir, index) -> str:
+  return (f'delete {os.path.join(teachers_dir(workdir), f"teacher_{index:03d}")} and re-run '
+          f'`python -m purer_jax.pretrain --config=... --workdir={workdir}` to retrain teacher '
+          f'{index} (PyTorch teachers: import them again into a fresh workdir)')
 
 
 def save_teacher(workdir: str, teacher: Teacher, variables: dict, meta: Optional[dict] = None):
   """Writes the checkpoint, then records it in the manifest (atomically)."""
   tdir = teachers_dir(workdir)
   os.makedirs(tdir, exist_ok=True)
-  ckpt = os.path.join(tdir, f'teacher_{teacher.index:03d}')
+  name = f'teacher_{teacher.index:03d}'
+  ckpt = os.path.join(tdir, name)
   variables = jax.tree.map(np.asarray, {k: variables[k] for k in ('params', 'batch_stats')})
+  for leftover in glob.glob(ckpt + '.orbax-checkpoint-tmp*'):  # of a save that was killed
+    shutil.rmtree(leftover, ignore_errors=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(ckpt, variables, force=True)
   manifest = read_manifest(workdir)
-  manifest.update(meta or {})
+  for k, v in (meta or {}).items():  # how the zoo was made: kept from its first teacher
+    manifest.setdefault(k, v)
   entry = {k: v for k, v in dataclasses.asdict(teacher).items() if k != 'variables'}
-  entry['checkpoint'] = ckpt
+  entry['checkpoint'] = os.path.join('teachers', name)
+  entry['digest'] = workdir_lib.digest(ckpt)
   manifest['teachers'] = [t for t in manifest['teachers'] if t['index'] != teacher.index]
   manifest['teachers'].append(entry)
   manifest['teachers'].sort(key=lambda t: t['index'])
-  tmp = os.path.join(tdir, MANIFEST + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(tmp, os.path.join(tdir, MANIFEST))
+  utils.write_json(os.path.join(tdir, MANIFEST), manifest)
+
+
+def complete(workdir: str) -> set:
+  """Indices of the manifest's teachers whose checkpoint is on disk."""
+  return {t['index'] for t in read_manifest(workdir)['teachers']
+          if os.path.isdir(checkpoint_path(workdir, t))}
 
 
 def load(workdir: str, with_variables: bool = True) -> list:
-  """The zoo's teachers in index order; a clear error if the workdir has none."""
+  """The zoo's teachers in index order; a clear error if the workdir has none, or if a
+  teacher's checkpoint is missing or damaged."""
   manifest = read_manifest(workdir)
   if not manifest['teachers']:
     raise FileNotFoundError(
@@ -80,13 +115,18 @@ def load(workdir: str, with_variables: bool = True) -> list:
         '`python -m purer_jax.convert_torch --pool ...`')
   out = []
   for entry in manifest['teachers']:
-    t = Teacher(**entry)
+    t = Teacher(**dict(entry, checkpoint=checkpoint_path(workdir, entry)))
     if with_variables:
+      what = f'teacher {t.index}'
       if not os.path.isdir(t.checkpoint):
-        raise FileNotFoundError(f'teacher {t.index}: checkpoint {t.checkpoint!r} is missing; '
-                                'delete its manifest entry and re-run pretrain to retrain it')
+        raise FileNotFoundError(f'{what}: checkpoint {t.checkpoint!r} is missing; re-run '
+                                'pretrain to retrain it')
+      workdir_lib.verify(t.checkpoint, t.digest, what, _fix(workdir, t.index))
       abstract = jax.eval_shape(lambda m=t.model: models.init(m, jax.random.key(0)))
-      with ocp.StandardCheckpointer() as ckptr:
-        t.variables = ckptr.restore(t.checkpoint, abstract)
+      try:
+        with ocp.StandardCheckpointer() as ckptr:
+          t.variables = ckptr.restore(t.checkpoint, abstract)
+      except Exception as e:  # tensorstore / orbax errors of a truncated or damaged file
+        raise workdir_lib.damaged(what, t.checkpoint, e, _fix(workdir, t.index)) from None
     out.append(t)
   return out

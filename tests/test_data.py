@@ -61,7 +61,8 @@ def test_episodes_deterministic_and_disjoint(ways, shots):
     assert not (s[:, None, :] == q[None, :, :]).all(-1).any()
 
 
-def test_missing_folder_error_names_path(tmp_path):
+def test_missing_folder_error_names_path(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, '_online', lambda *a, **k: False)
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(data.DataError, match='nowhere.*does not exist'):
     data.load('cifar_fs', 'meta_test', missing)
@@ -112,3 +113,47 @@ def test_tfds_source_not_prepared(tmp_path):
   pytest.importorskip('tensorflow_datasets')
   with pytest.raises(data.DataError, match='not prepared'):
     data.load('cifar_fs', 'meta_test', str(tmp_path / 'empty'), source='tfds')
+
+
+def test_auto_builds_cifar_fs_from_the_tfds_download_once(tmp_path, monkeypatch):
+  """A fresh machine online: CIFAR-FS from TFDS' cifar100 (mocked), cached as {split}.npz."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(data, '_has_tensorflow', lambda: True)
+  monkeypatch.setattr(data, '_online', lambda *a, **k: True)
+  fresh = str(tmp_path / 'cifar-fs')
+  with tfds.testing.mock_data(num_examples=300, policy=tfds.testing.MockPolicy.USE_CODE):
+    built = data.load('cifar_fs', 'meta_val', fresh)
+    from_tfds = data.load('cifar_fs', 'meta_val', str(tmp_path), source='tfds')
+  assert sorted(os.listdir(fresh)) == ['meta_test.npz', 'meta_train.npz', 'meta_val.npz']
+  for a, b in ((built, from_tfds), (data.load('cifar_fs', 'meta_val', fresh), from_tfds)):
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.class_names == b.class_names
+  monkeypatch.setattr(data, '_online', lambda *a, **k: pytest.fail('asked the network again'))
+  data.check('cifar_fs', 'meta_test', fresh)  # the cache serves every split from now on
+
+
+def test_auto_offline_fails_at_once(tmp_path, monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(data, '_has_tensorflow', lambda: True)
+  monkeypatch.setattr(data, '_online', lambda *a, **k: False)
+  monkeypatch.setattr(tfds, 'data_source', lambda *a, **k: pytest.fail('TFDS was called'))
+  for split_dir in (tmp_path / 'nowhere', tmp_path):  # no folder; a folder without the split
+    with pytest.raises(data.DataError, match=r'(does not exist|neither meta_val.npz).* No '
+                       r'CIFAR-FS download was tried: www.cs.toronto.edu is unreachable'):
+      data.check('cifar_fs', 'meta_val', str(split_dir))
+  assert not os.listdir(tmp_path)
+  monkeypatch.setattr(data, '_has_tensorflow', lambda: False)  # would download, then fail
+  monkeypatch.setattr(data, '_online', lambda *a, **k: pytest.fail('asked the network'))
+  with pytest.raises(data.DataError, match='TFDS needs TensorFlow to prepare cifar100'):
+    data.check('cifar_fs', 'meta_val', str(tmp_path))
+
+
+def test_online_check_is_one_short_connection(monkeypatch):
+  calls = []
+  def connect(address, timeout):
+    calls.append((address, timeout))
+    raise OSError('network is unreachable')
+  monkeypatch.setattr(data.socket, 'create_connection', connect)
+  assert not data._online()
+  assert calls == [(('www.cs.toronto.edu', 443), 3.0)]

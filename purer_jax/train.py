@@ -433,6 +433,7 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
   (`started`: when the command began, so that wall_time_s includes teacher training)."""
   # The pool is teachers 0..num-1: a workdir holding a bigger zoo can be reused.
   teachers = [t for t in zoo.load(workdir) if t.index < config.teachers.num]
+  prov = utils.provenance()  # the code as loaded: HEAD may move while the run goes on
   t0 = time.time()
   best = train(config, workdir, teachers)
   meta_s = time.time() - t0
@@ -450,7 +451,8 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
   if started is not None:
     timing['wall_time_s'] = round(time.time() - started, 1)
   for where, res in _results_files(workdir, config):
-    res.update(timing=timing, provenance=utils.provenance())
+    res.update(timing=timing, provenance=dict(
+        prov, load_avg_end=[round(x, 2) for x in os.getloadavg()]))
     utils.write_json(where, res)
   for name, res in out.items():
     print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"

@@ -125,3 +125,36 @@ def test_clear_errors(tmp_path):
   utils.write_json(str(results / 'mh_again' / 'results.json'), dict(dup, ways=20))
   with pytest.raises(ValueError, match='20-way 5-shot is not a cell'):
     report.write(str(results))
+
+
+def _run(config, scores, best_val, **extra):
+  return {'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': len(scores),
+          'methods': _methods(purer=sum(scores) / len(scores)), 'best_val': best_val,
+          'init': 'average', 'config': json.loads(config.to_json_best_effort()),
+          'per_task': {'purer': scores}, 'timing': {'wall_time_s': 600.0},
+          'val_curve': [{'it': 250, 'val_acc': best_val, 'minutes': 4.0}], **extra}
+
+
+def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
+  results = tmp_path / 'docs' / 'results'
+  quick = config_lib.build('ss', 'quick')
+  quick.eval.tune_adapt = True  # evaluation settings are not levers
+  control = [0.2, 0.4, 0.6, 0.4]
+  utils.write_json(str(results / 'quick' / 'results.json'), _run(
+      quick, control, 0.30, per_task={'purer': [0.3, 0.4, 0.6, 0.5], 'purer_untuned': control},
+      adaptation={'purer': {'steps': 5, 'lr': 0.03, 'val_acc': 0.31}}))
+  aug = config_lib.build('ss', 'quick')
+  aug.train.augment, aug.train.warmup = 'flip,shift', 100
+  utils.write_json(str(results / 'ablation' / 'aug' / 'results.json'),
+                   _run(aug, [0.3, 0.4, 0.7, 0.6], 0.33))
+  report.write(str(results))
+  page = (tmp_path / 'docs' / 'ABLATION.md').read_text()
+  rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
+  assert 'control (`:quick`)' in rows['quick'] and '40.00 ±' in rows['quick']
+  # aug - control = (.1, 0, .1, .2): mean +10.00; its changes name both levers, nothing else.
+  assert "`train.augment` '' → 'flip,shift'; `train.warmup` 0 → 100" in rows['ablation/aug']
+  assert '| +10.00 ± ' in rows['ablation/aug'] and '| 33.00 |' in rows['ablation/aug']
+  tuned = next(l for l in page.splitlines() if 'tuned adaptation' in l)
+  assert 'test-time 5 steps at lr 0.03' in tuned and '+5.00 ±' in tuned
+  assert '## 5-shot\n\nNo `:quick` control run yet.' in page
+  assert (tmp_path / 'docs' / 'figures' / 'time_to_accuracy.png').stat().st_size > 1000

@@ -2,12 +2,15 @@
 
   python -m purer_jax.main --config=configs/ss.py --workdir=W         # paper protocol
   python -m purer_jax.main --config=configs/ss.py:smoke --workdir=W   # minutes on a 2-core CPU
-  python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # <= 60 min on a 2-core CPU
+  python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
 
-Variants: smoke | quick | 1shot | 5shot | protonet | anil, comma-separated (`:quick,5shot`).
-Measured here (README.md has the curves and the command per figure), 600 meta-test tasks:
-  :quick        1-shot PURER 32.95 +- 0.68 (random 22.13, average 24.86), 40 min, teachers included
-  :quick,5shot  5-shot PURER 44.25 +- 0.71 (random 21.70, average 25.26), ~55 min
+Variants: smoke | quick | 1shot | 5shot | mini | protonet | anil, comma-separated
+(`:quick,5shot`). The meta-learner starts from the teachers' average (`meta.init='auto'`).
+Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
+  :quick        1-shot PURER 38.27 +- 0.75 (random 22.13, average 24.86 with one test-time
+                step); 58 min at load ~7, teachers included (14 min), meta-training 43 min
+  :quick,5shot  5-shot PURER 51.98 +- 0.77 reported in the tracker for this command; not yet
+                re-run into docs/results
   :smoke        a few minutes; accuracies mean little at that size
 """
 from purer_jax import config

@@ -7,9 +7,9 @@ statistics, L2), the gradient w.r.t. the bank and the bank's Adam update. Headli
 original protocol, 13 Conv4 teachers at 32 px, 80 images each (spc 16 x 5 classes).
 Images/s counts teacher-images (teachers x images per teacher) per second.
 
-The PyTorch reference is written here with the same math and a fair best effort: teachers
-in eval mode with requires_grad=False, BN statistics from forward hooks, the same number of
-threads as cores JAX uses. JAX and PyTorch steps are timed in interleaved rounds within one
+The PyTorch reference (purer_jax/torch_reference.py, shared with the tests) has the same math
+and a fair best effort: the original networks in eval mode with requires_grad=False, BN
+statistics from forward hooks, the same number of threads as cores JAX uses. JAX and PyTorch steps are timed in interleaved rounds within one
 run, so machine load hits both alike; `speedup` uses the medians, `speedup_min` the best
 rounds. PyTorch eager is far more sensitive to other processes on the cores than XLA (its
 OpenMP barriers wait for descheduled threads at every op): compare runs at low load.
@@ -27,109 +27,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from purer_jax import bank as bank_lib  # noqa: E402
 from purer_jax import config as config_lib  # noqa: E402
-from purer_jax import inversion, models  # noqa: E402
+from purer_jax import inversion, models, torch_reference  # noqa: E402
 
 XNNPACK = {'xla_cpu_use_xnnpack': True}
 
 
 # ---------------------------------------------------------------------------------------------
-# PyTorch reference.
-
-class TorchConv4(nn.Module):
-
-  def __init__(self, n, size):
-    super().__init__()
-    self.convs = nn.ModuleList([nn.Conv2d(3 if i == 0 else 32, 32, 3, padding=1)
-                                for i in range(4)])
-    self.bns = nn.ModuleList([nn.BatchNorm2d(32) for _ in range(4)])
-    self.head = nn.Linear(32 * (size // 16) ** 2, n)
-
-  def forward(self, x):
-    for conv, bn in zip(self.convs, self.bns):
-      x = F.max_pool2d(F.relu(bn(conv(x))), 2)
-    return self.head(x.flatten(1))
-
-
-class TorchBlock(nn.Module):
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.b1 = nn.BatchNorm2d(cout)
-    self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.b2 = nn.BatchNorm2d(cout)
-    self.short = None
-    if cin != cout:
-      self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-  def forward(self, x):
-    out = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
-    return F.relu(out + (x if self.short is None else self.short(x)))
-
-
-class TorchResNet18(nn.Module):
-
-  def __init__(self, n):
-    super().__init__()
-    layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64)]
-    cin = 64
-    for i, w in enumerate((64, 128, 256, 512)):
-      for j in range(2):
-        layers.append(TorchBlock(cin, w, 2 if i > 0 and j == 0 else 1))
-        cin = w
-    self.trunk = nn.Sequential(*layers)
-    self.head = nn.Linear(512, n)
-
-  def forward(self, x):
-    return self.head(self.trunk(x).mean((2, 3)))
-
+# PyTorch reference (purer_jax/torch_reference.py: the original networks and §4's loss).
 
 class TorchInversion:
   """The same step in PyTorch eager: hooks collect each BN layer's input statistics."""
 
   def __init__(self, arch, teachers, n, spc, size, w, jitter, lr):
-    self.nets = []
+    self.losses = []
     for _ in range(teachers):
-      net = (TorchConv4(n, size) if arch == 'conv4' else TorchResNet18(n)).eval()
+      net = torch_reference.create(arch, n, size).eval()
       for p in net.parameters():
         p.requires_grad_(False)
-      net.feats = []
-      for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-          m.register_forward_hook(self._hook(net))
-      self.nets.append(net)
+      self.losses.append(torch_reference.DeepInversionLoss(net, w))
     self.bank = torch.randn(teachers, n * spc, 3, size, size, requires_grad=True)
     self.opt = torch.optim.Adam([self.bank], lr=lr)
     self.targets = torch.arange(n).repeat(spc)
-    self.w, self.jitter = w, jitter
-
-  @staticmethod
-  def _hook(net):
-    def hook(mod, inp, _):
-      x = inp[0]
-      mean = x.mean([0, 2, 3])
-      var = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(1, unbiased=False)
-      net.feats.append(torch.norm(mod.running_var - var, 2) + torch.norm(mod.running_mean - mean, 2))
-    return hook
+    self.jitter = jitter
 
   def step(self):
     self.opt.zero_grad(set_to_none=True)
     total = 0.0
-    for i, net in enumerate(self.nets):
+    for i, loss in enumerate(self.losses):
       j = self.jitter
       x = torch.roll(self.bank[i], (random.randint(-j, j), random.randint(-j, j)), (2, 3))
-      net.feats = []
-      out = net(x)
-      tv = (torch.norm(x[:, :, :, :-1] - x[:, :, :, 1:]) + torch.norm(x[:, :, :-1, :] - x[:, :, 1:, :])
-            + torch.norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:])
-            + torch.norm(x[:, :, :-1, :-1] - x[:, :, 1:, 1:]))
-      total = total + (self.w.ce * F.cross_entropy(out, self.targets) + self.w.tv * tv
-                       + self.w.bn * sum(net.feats) + self.w.l2 * torch.norm(x, 2))
+      total = total + loss(x, self.targets)
     total.backward()
     self.opt.step()
 

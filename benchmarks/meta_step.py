@@ -94,59 +94,38 @@ def time_strategies(iters):
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch eager reference (NCHW), written the way the original code computes the step.
-
-def _torch_conv4(torch, num_classes):
-  nn = torch.nn
-  layers = []
-  for i in range(4):
-    layers += [nn.Conv2d(3 if i == 0 else 32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-               nn.MaxPool2d(2)]
-  return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * (SIZE // 16) ** 2, num_classes))
-
+# PyTorch eager reference (NCHW), the way the original code computes the step, on the shared
+# reference networks and loss (purer_jax/torch_reference.py).
 
 def time_torch(iters):
   import torch
   import torch.nn.functional as F
+  from purer_jax import inversion, torch_reference
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
   teachers = []
   for i in range(13):
     n = min(5, 64 - 5 * i)
-    t = _torch_conv4(torch, n).eval()
+    t = torch_reference.create('conv4', n, SIZE).eval()
     for p in t.parameters():
       p.requires_grad_(False)
-    stats = []
-    for m in t.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):  # BN input statistics, as DeepInversion's hooks
-        m.register_forward_hook(lambda mod, inp, out, stats=stats: stats.append(
-            (mod, inp[0].mean((0, 2, 3)), inp[0].permute(1, 0, 2, 3).flatten(1).var(1, unbiased=False))))
-    teachers.append((t, n, stats))
+    teachers.append((torch_reference.DeepInversionLoss(t, inversion.Weights()), n))
   bank = torch.randn(64 * SPC, 3, SIZE, SIZE, requires_grad=True)
   bank_opt = torch.optim.Adam([bank], lr=0.25)
-  learner = _torch_conv4(torch, WAYS).train()
+  learner = torch_reference.create('conv4', WAYS, SIZE).train()
   outer_opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
   names = [k for k, _ in learner.named_parameters()]
   labels = torch.arange(64).repeat_interleave(SPC)  # bank rows per class, for task sampling
 
-  def norm(x):
-    return torch.norm(x)
-
   def inversion_step():
     loss = 0.0
     start = 0
-    for t, n, stats in teachers:
+    for teacher_loss, n in teachers:
       x = bank[start:start + n * SPC]
       start += n * SPC
       dh, dw = np.random.randint(-2, 3, 2)
       x = torch.roll(x, shifts=(int(dh), int(dw)), dims=(2, 3))
-      stats.clear()
-      out = t(x)
-      tgt = torch.arange(n).repeat(SPC)
-      bn = sum(norm(mu - m.running_mean) + norm(var - m.running_var) for m, mu, var in stats)
-      tv = (norm(x[:, :, 1:, :] - x[:, :, :-1, :]) + norm(x[:, :, :, 1:] - x[:, :, :, :-1]) +
-            norm(x[:, :, 1:, 1:] - x[:, :, :-1, :-1]) + norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:]))
-      loss = loss + F.cross_entropy(out, tgt) + 1e-4 * tv + 0.01 * bn + 1e-5 * norm(x)
+      loss = loss + teacher_loss(x, torch.arange(n).repeat(SPC))
     bank_opt.zero_grad()
     loss.backward()
     bank_opt.step()

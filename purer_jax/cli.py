@@ -1,14 +1,20 @@
-"""Command-line flags shared by every entry point (`--config`, `--workdir`,
-`--allow_config_change`), defined once, and the entry points' common start and error handling.
+"""Command-line entry points: the shared flags (`--config`, `--workdir`,
+`--allow_config_change`), their common start, and their error handling.
 
-Entry points read them through `config_and_workdir()` so that importing several of them
-(as main and the tests do) never defines a flag twice, and run through `run()` (or
-`user_errors()`), which prints the project's errors as one message without a traceback.
+Flags are defined when a command starts (`run`), never on import, so the library modules
+(train, evaluate, icfil, ...) can be imported together, by tests or by other programs, without
+defining a flag. A command with more flags passes a function that defines them:
+
+  if __name__ == '__main__':
+    cli.run(main)            # or cli.run(main, define_flags)
+
+`run` (or `user_errors()`) prints the project's errors as one message without a traceback.
 """
 import contextlib
 import json
 import os
 import sys
+from typing import Callable, Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -16,15 +22,21 @@ from ml_collections import config_flags
 from purer_jax import data as data_lib
 from purer_jax import train, utils, workdir as workdir_lib, zoo
 
-CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file and variant, e.g. configs/ss.py:smoke; override fields '
-    'with --config.meta.shots=5.', lock_config=True)
-WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory (teachers, checkpoints, results).')
-ALLOW_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False, 'Reuse a workdir whose teachers or checkpoints were made with '
-    'other config values (listed as a warning instead of refused).')
 # Errors whose message is the whole story; anything else keeps its traceback.
 USER_ERRORS = (utils.UserError, OSError, FloatingPointError, json.JSONDecodeError)
+
+
+def define_flags():
+  """--config, --workdir and --allow_config_change (once per process)."""
+  if 'config' in flags.FLAGS:
+    return
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file and variant, e.g. configs/ss.py:smoke; override fields '
+      'with --config.meta.shots=5.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Work directory (teachers, checkpoints, results).')
+  flags.DEFINE_bool(
+      'allow_config_change', False, 'Reuse a workdir whose teachers or checkpoints were made '
+      'with other config values (listed as a warning instead of refused).')
 
 
 def config_and_workdir(splits=()):
@@ -33,13 +45,14 @@ def config_and_workdir(splits=()):
   point will read (`splits`, of each dataset of the run) is there. Then W/config.json is
   written (the one it replaces goes to W/config_history/)."""
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config = CONFIG.value
+  f = flags.FLAGS
+  config = f.config
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/ss.py:smoke')
-  workdir = WORKDIR.value or config.workdir
+  workdir = f.workdir or config.workdir
   if not workdir:
     raise app.UsageError('--workdir is required')
-  prepare(config, workdir, splits=splits, allow_change=ALLOW_CHANGE.value)
+  prepare(config, workdir, splits=splits, allow_change=f.allow_config_change)
   return config, workdir
 
 
@@ -66,8 +79,13 @@ def user_errors():
     raise SystemExit(1) from None
 
 
-def run(main):
-  """absl's `app.run(main)` inside `user_errors()`."""
+def run(main: Callable, define_extra: Optional[Callable] = None):
+  """Defines the flags (the shared ones and `define_extra()`'s), then absl's `app.run(main)`
+  inside `user_errors()`."""
+  define_flags()
+  if define_extra is not None:
+    define_extra()
+
   def guarded(argv):
     with user_errors():
       return main(argv)

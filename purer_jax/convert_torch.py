@@ -224,6 +224,30 @@ def convert(state_dict: Mapping, arch: str, num_classes: Optional[int], image_si
   return traverse_util.unflatten_dict(flat)
 
 
+def to_state_dict(variables: Mapping, arch: str, image_size: int) -> dict:
+  """`convert`'s inverse: the original-layout state_dict (numpy, Conv4's aliased keys
+  included, no `num_batches_tracked`) of Flax {'params', 'batch_stats'}, for PyTorch
+  references of a Flax model (purer_jax/torch_reference.py)."""
+  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(variables)))
+  layout = _layout(arch, int(flat[('params', 'head', 'bias')].shape[0]), image_size)
+  width = models.create(arch, 1, image_size).width if arch == 'conv4' else 0
+  out = {}
+  for key, (path, _) in layout.items():
+    arr = flat[path]
+    if arr.ndim == 4:  # HWIO -> OIHW
+      arr = arr.transpose(3, 2, 0, 1)
+    elif arr.ndim == 2:
+      arr = arr.T
+      if arch == 'conv4':  # (N, H*W*C) -> (N, C*H*W): PyTorch's NCHW flatten order
+        arr = arr.reshape(arr.shape[0], -1, width).transpose(0, 2, 1).reshape(arr.shape[0], -1)
+    out[key] = np.ascontiguousarray(arr)
+  for key in list(out):  # Conv4's ConvBlock holds C and BN again in its nn.Sequential
+    m = re.fullmatch(r'(trunk\.\d+)\.(C|BN)\.(.+)', key) if arch == 'conv4' else None
+    if m:
+      out[f'{m[1]}.trunk.{0 if m[2] == "C" else 1}.{m[3]}'] = out[key]
+  return out
+
+
 def _head_classes(tensors: dict, arch: str, image_size: int) -> int:
   key = next(k for k, (p, _) in _layout(arch, 1, image_size).items()
              if p[1:] == ('head', 'bias'))

@@ -2,9 +2,10 @@
 
   python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
 
-scores the `random`, `average` and `ota` baselines on `eval.tasks` 5-way K-shot meta-test tasks
-with config.meta's test-time adaptation (MAML's inner loop by default) and transductive
-BatchNorm, and writes W/results.json and W/results.md. Every method sees the same tasks:
+scores the `random`, `average` and `ota` baselines (the latter two of the config's teacher
+pool, `zoo.pool`) on `eval.tasks` 5-way K-shot meta-test tasks with config.meta's test-time
+adaptation (MAML's inner loop by default) and transductive BatchNorm, and writes
+W/results.json and W/results.md. Every method sees the same tasks:
 task i is drawn from (eval.seed, i).
 """
 import os
@@ -177,7 +178,7 @@ def main(argv):
   del argv
   config, workdir = cli.config_and_workdir(splits=('meta_test',))
   model = meta_model(config)
-  teachers = zoo.load(workdir) if zoo.read_manifest(workdir)['teachers'] else []
+  teachers = zoo.pool(config, workdir) if zoo.read_manifest(workdir)['teachers'] else []
   split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir, config.data.source)
   accs = {}
   for name in BASELINES:

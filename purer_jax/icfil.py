@@ -1,11 +1,13 @@
 """ICFIL: inversion calibration following the inner loop, at meta-test time (METHOD.md §7).
 
 A plug-in of the evaluation harness for any meta-learned model (params of
-`evaluate.meta_model(config)`). Per test task:
-  1. adapt on the real support with the MAML inner loop (transductive BN) -> φ + head;
+`evaluate.meta_model(config)`) and any learner that adapts parameters (`meta.Learner.adapt`:
+MAML all of them, ANIL the head; ProtoNet adapts none and is refused). Per test task:
+  1. adapt on the real support with the learner's own test-time adaptation (transductive
+     BN) -> φ + head, the model plain evaluation scores;
   2. invert the adapted model into a pseudo support (`images_per_class` per task class) with
-     §4's loss, BN-matching the pseudo batch to the adapted model's BN-input statistics on the
-     real support;
+     §4's loss (`inversion.objective`, as the bank), BN-matching the pseudo batch to the
+     adapted model's BN-input statistics on the real support;
   3. calibrate the backbone φ (head fixed) with the supervised contrastive loss between real
      support features and pseudo features;
   4. predict the query with the calibrated backbone and the adapted head.
@@ -25,7 +27,7 @@ import optax
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import evaluate, inversion, utils
+from purer_jax import evaluate, inversion, meta, utils, viz
 from purer_jax.meta import maml
 
 HEAD = 'head'
@@ -66,8 +68,9 @@ class Settings(NamedTuple):
       raise ValueError('; '.join(f'{k} must be {need}, got {v!r}' for k, v, need in bad))
 
   def compiled(self) -> 'Settings':
-    """What the compiled steps see: loop counts zeroed, so changing them never recompiles."""
-    return self._replace(inv_steps=0, cal_steps=0)
+    """What the compiled steps see as static: loop counts zeroed, tau and lr left out (they
+    are traced arguments), so changing them never recompiles (the tuner's trials)."""
+    return self._replace(inv_steps=0, cal_steps=0, tau=1.0, lr=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,19 +93,13 @@ def pseudo_labels(ways: int, settings: Settings):
 
 
 def inversion_objective(x, params, stats, key, *, model, settings: Settings):
-  """§4's loss for the adapted model: CE to its head, BN matching of the (jittered) pseudo
-  batch's own BN-input statistics to the real support's `stats`, TV and L2 on `x`.
-  Returns (loss, unweighted terms)."""
+  """§4's loss (`inversion.objective`) for the adapted model: CE to its head, BN matching of
+  the (jittered) pseudo batch's own BN-input statistics to the real support's `stats`, TV and
+  L2 on `x`. Returns (loss, unweighted terms)."""
   logits, state = model.apply({'params': params}, inversion.jitter(x, key, settings.jitter),
                               train=True, mutable=['bn_stats'])
-  terms = {
-      'ce': optax.softmax_cross_entropy_with_integer_labels(
-          logits, pseudo_labels(model.num_classes, settings)).mean(),
-      'tv': inversion.tv_loss(x),
-      'bn': inversion.bn_loss(state['bn_stats'], stats),
-      'l2': inversion.l2_loss(x),
-  }
-  return sum(getattr(settings.weights, k) * v for k, v in terms.items()), terms
+  return inversion.objective(x, logits, state['bn_stats'], stats,
+                             pseudo_labels(model.num_classes, settings), settings.weights)
 
 
 def _unit(f):
@@ -143,12 +140,12 @@ def _inversion_tx(settings: Settings):
   return optax.adam(settings.inv_lr)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ('inner_lr', 'steps'))
-def prepare(params, support_x, support_y, key, *, model, inner_lr, steps, settings: Settings):
-  """Step 1 and the start of step 2: (adapted params, the real support's BN-input
-  statistics under them, N(0, 1) pseudo images, their Adam state)."""
-  fast = maml.adapt(params, support_x, support_y, model=model, inner_lr=inner_lr, steps=steps,
-                    second_order=False)
+@functools.partial(jax.jit, static_argnames=('learner', 'settings'))
+def prepare(params, support_x, support_y, key, *, learner: meta.Learner, settings: Settings):
+  """Step 1 and the start of step 2: (params adapted by `learner`, the real support's
+  BN-input statistics under them, N(0, 1) pseudo images, their Adam state)."""
+  model = learner.model
+  fast = learner.adapt(params, support_x, support_y)
   x = jax.random.normal(key, (model.num_classes * settings.images_per_class,)
                         + support_x.shape[1:], support_x.dtype)
   return (fast, support_statistics(fast, support_x, model=model), x,
@@ -165,20 +162,24 @@ def inversion_step(x, opt_state, params, stats, key, step, *, model, settings: S
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def calibration_step(params, support_x, support_y, pseudo_x, *, model, settings: Settings):
-  """One SGD step at `lr` on the contrastive loss, for the backbone only (head fixed)."""
+def calibration_step(params, support_x, support_y, pseudo_x, tau, lr, *, model,
+                     settings: Settings):
+  """One SGD step at `lr` on the contrastive loss at `tau`, for the backbone only (head
+  fixed)."""
   body = {k: v for k, v in params.items() if k != HEAD}
-  grads = jax.grad(lambda b: calibration_loss({**b, HEAD: params[HEAD]}, support_x, support_y,
-                                              pseudo_x, model=model, settings=settings))(body)
-  return {**jax.tree.map(lambda p, g: p - settings.lr * g, body, grads), HEAD: params[HEAD]}
+  grads = jax.grad(lambda b: calibration_loss(
+      {**b, HEAD: params[HEAD]}, support_x, support_y, pseudo_x, model=model,
+      settings=settings._replace(tau=tau)))(body)
+  return {**jax.tree.map(lambda p, g: p - lr * g, body, grads), HEAD: params[HEAD]}
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def measure(adapted, calibrated, task, pseudo_x, *, model, settings: Settings) -> dict:
+def measure(adapted, calibrated, task, pseudo_x, tau, *, model, settings: Settings) -> dict:
   """Query accuracy after calibration ('acc') and of the adapted model alone ('acc_adapted',
-  = plain MAML evaluation); per model ('before' = adapted, 'after' = calibrated) the
+  = plain evaluation of the learner); per model ('before' = adapted, 'after' = calibrated) the
   contrastive loss, the support × pseudo cosine similarities and their pos-minus-neg margin;
-  'inv_acc', the adapted model's accuracy on its own pseudo support."""
+  'inv_acc', the adapted model's accuracy on its own pseudo support. Both accuracies predict
+  the query with the full model in transductive mode, as MAML and ANIL score a task."""
   sx, sy = task['support_x'], task['support_y']
   py = pseudo_labels(model.num_classes, settings)
   out = {'pseudo_y': py, 'inv_acc': maml.loss_and_acc(adapted, pseudo_x, py, model=model)[1]}
@@ -186,7 +187,7 @@ def measure(adapted, calibrated, task, pseudo_x, *, model, settings: Settings) -
     sf, pf = features(p, sx, model=model), features(p, pseudo_x, model=model)
     out[f'sims_{when}'] = _unit(sf) @ _unit(pf).T
     out[f'margin_{when}'] = margin(out[f'sims_{when}'], sy, py)
-    out[f'loss_{when}'] = contrastive_loss(sf, sy, pf, py, settings.tau)
+    out[f'loss_{when}'] = contrastive_loss(sf, sy, pf, py, tau)
   out['acc_adapted'] = maml.loss_and_acc(adapted, task['query_x'], task['query_y'],
                                          model=model)[1]
   out['acc'] = maml.loss_and_acc(calibrated, task['query_x'], task['query_y'], model=model)[1]
@@ -196,19 +197,20 @@ def measure(adapted, calibrated, task, pseudo_x, *, model, settings: Settings) -
 # ---------------------------------------------------------------------------------------------
 # One task, many tasks.
 
-def invert_task(params, task, key, *, model, inner_lr, steps, settings: Settings):
+def invert_task(params, task, key, *, learner: meta.Learner, settings: Settings):
   """Steps 1-2 on one task (an episode dict): (adapted params, pseudo support images).
 
-  key: this task's key; the pseudo support starts from fold_in(key, 0) noise and is jittered
-  with fold_in(fold_in(key, 1), step).
+  learner: the test-time learner (`meta.from_config(config.meta, model, test=True)`), MAML or
+  ANIL. key: this task's key; the pseudo support starts from fold_in(key, 0) noise and is
+  jittered with fold_in(fold_in(key, 1), step).
   """
   adapted, stats, x, opt_state = prepare(
-      params, task['support_x'], task['support_y'], jax.random.fold_in(key, 0), model=model,
-      inner_lr=inner_lr, steps=steps, settings=settings.compiled())
+      params, task['support_x'], task['support_y'], jax.random.fold_in(key, 0),
+      learner=learner, settings=settings.compiled())
   jitter_key = jax.random.fold_in(key, 1)
   for i in range(settings.inv_steps):
-    x, opt_state = inversion_step(x, opt_state, adapted, stats, jitter_key, i, model=model,
-                                  settings=settings.compiled())
+    x, opt_state = inversion_step(x, opt_state, adapted, stats, jitter_key, i,
+                                  model=learner.model, settings=settings.compiled())
   return adapted, x
 
 
@@ -218,17 +220,18 @@ def calibrate_task(adapted, task, pseudo_x, *, model, settings: Settings) -> dic
   calibrated = adapted
   for _ in range(settings.cal_steps):
     calibrated = calibration_step(calibrated, task['support_x'], task['support_y'], pseudo_x,
-                                  model=model, settings=settings.compiled())
-  out = measure(adapted, calibrated, task, pseudo_x, model=model, settings=settings.compiled())
+                                  settings.tau, settings.lr, model=model,
+                                  settings=settings.compiled())
+  out = measure(adapted, calibrated, task, pseudo_x, settings.tau, model=model,
+                settings=settings.compiled())
   out['pseudo_x'] = pseudo_x
   return out
 
 
-def run_task(params, task, key, *, model, inner_lr, steps, settings: Settings) -> dict:
+def run_task(params, task, key, *, learner: meta.Learner, settings: Settings) -> dict:
   """ICFIL on one task: `calibrate_task` after `invert_task`."""
-  adapted, pseudo_x = invert_task(params, task, key, model=model, inner_lr=inner_lr,
-                                  steps=steps, settings=settings)
-  return calibrate_task(adapted, task, pseudo_x, model=model, settings=settings)
+  adapted, pseudo_x = invert_task(params, task, key, learner=learner, settings=settings)
+  return calibrate_task(adapted, task, pseudo_x, model=learner.model, settings=settings)
 
 
 def scalars(result: dict) -> dict:
@@ -241,7 +244,27 @@ def task_key(seed: int, index: int):
   return jax.random.fold_in(jax.random.key(seed), index)
 
 
-def check_inputs(params, model, ways: int, settings: Settings):
+def check_learner(learner: meta.Learner):
+  """ICFIL calibrates what the learner adapted, with its adapted head fixed: refuses a
+  learner that adapts no parameters (ProtoNet)."""
+  if learner.algo not in ('maml', 'anil'):
+    raise ValueError(
+        f"ICFIL calibrates the model a learner adapts to the support, with its adapted head "
+        f"fixed; config.meta.algo={learner.algo!r} adapts no parameters (it classifies by "
+        "distance to prototypes). Set config.icfil.enabled=False, or use "
+        "config.meta.algo='maml' or 'anil'")
+
+
+def learner_from_config(config) -> meta.Learner:
+  """The test-time learner of config.meta, checked to suit ICFIL (`check_learner`)."""
+  learner = meta.from_config(config.meta, evaluate.meta_model(config), test=True)
+  check_learner(learner)
+  return learner
+
+
+def check_inputs(params, learner: meta.Learner, ways: int, settings: Settings):
+  check_learner(learner)
+  model = learner.model
   if not isinstance(params, Mapping) or HEAD not in params:
     raise ValueError(f'ICFIL calibrates the backbone with the head fixed: params need a '
                      f'{HEAD!r} entry (the classifier Dense), got keys {list(params)[:8]}')
@@ -251,12 +274,13 @@ def check_inputs(params, model, ways: int, settings: Settings):
   settings.check()
 
 
-def task_metrics(params, *, model, split, ways, shots, queries, num_tasks, seed, inner_lr, steps,
+def task_metrics(params, *, learner: meta.Learner, split, ways, shots, queries, num_tasks, seed,
                  settings: Settings, batch=25, image_size=None, progress=None) -> dict:
   """Per-task scalar results of `run_task` (numpy arrays) on tasks (seed, 0..num_tasks-1):
-  the tasks of `evaluate.task_accuracies` with the same arguments. Tasks run one after the
-  other (see 'Compiled steps'); `batch` is how many are drawn and reported at a time."""
-  check_inputs(params, model, ways, settings)
+  the tasks of `evaluate.task_accuracies` with the same arguments, so 'acc_adapted' is its
+  accuracy. Tasks run one after the other (see 'Compiled steps'); `batch` is how many are
+  drawn and reported at a time."""
+  check_inputs(params, learner, ways, settings)
   if num_tasks < 1 or batch < 1:
     raise ValueError(f'num_tasks and batch must be >= 1, got {num_tasks} and {batch}')
   eps = data_lib.episodes(split, ways, shots, queries, seed, num=num_tasks,
@@ -267,8 +291,7 @@ def task_metrics(params, *, model, split, ways, shots, queries, num_tasks, seed,
     for i in range(start, min(start + batch, num_tasks)):
       task = next(eps)
       task.pop('classes')
-      out = run_task(params, task, task_key(seed, i), model=model, inner_lr=inner_lr,
-                     steps=steps, settings=settings)
+      out = run_task(params, task, task_key(seed, i), learner=learner, settings=settings)
       chunk.append(scalars(out))
     rows += jax.device_get(chunk)
     if progress:
@@ -276,29 +299,29 @@ def task_metrics(params, *, model, split, ways, shots, queries, num_tasks, seed,
   return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
 
 
-def task_accuracies(params, *, model, split, ways, shots, queries, num_tasks, seed, inner_lr,
-                    steps, icfil_config, inversion_config, batch=25, image_size=None,
+def task_accuracies(params, *, learner: meta.Learner, split, ways, shots, queries, num_tasks, seed,
+                    icfil_config, inversion_config, batch=25, image_size=None,
                     progress=None) -> np.ndarray:
   """Per-task query accuracy of purer+icfil, paired with `evaluate.task_accuracies`."""
   return task_metrics(
-      params, model=model, split=split, ways=ways, shots=shots, queries=queries,
-      num_tasks=num_tasks, seed=seed, inner_lr=inner_lr, steps=steps,
+      params, learner=learner, split=split, ways=ways, shots=shots, queries=queries,
+      num_tasks=num_tasks, seed=seed,
       settings=Settings.from_config(icfil_config, inversion_config), batch=batch,
       image_size=image_size, progress=progress)['acc']
 
 
 def config_metrics(params, config, split, seed=None, num_tasks=None, desc=None,
                    settings=None) -> dict:
-  """`task_metrics` with the config's protocol; `settings` overrides config.icfil."""
-  model = evaluate.meta_model(config)
+  """`task_metrics` with the config's protocol (config.meta's test-time learner, as
+  `evaluate.evaluate_params`); `settings` overrides config.icfil."""
+  learner = learner_from_config(config)
   n = num_tasks or config.eval.tasks
   return task_metrics(
-      params, model=model, split=split, ways=config.meta.ways, shots=config.meta.shots,
+      params, learner=learner, split=split, ways=config.meta.ways, shots=config.meta.shots,
       queries=config.meta.queries, num_tasks=n,
-      seed=config.eval.seed if seed is None else seed, inner_lr=config.meta.inner_lr,
-      steps=config.meta.test_inner_steps,
+      seed=config.eval.seed if seed is None else seed,
       settings=settings or Settings.from_config(config.icfil, config.inversion),
-      batch=config.eval.batch, image_size=model.image_size,
+      batch=config.eval.batch, image_size=learner.model.image_size,
       progress=utils.Progress(n, desc) if desc else None)
 
 
@@ -319,31 +342,24 @@ def save_figure(path: str, task: dict, result: dict, dataset: str = 'cifar_fs'):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  mean, std = (np.asarray(v, np.float32) for v in data_lib.MEAN_STD[dataset])
-  show = lambda x: np.clip(np.asarray(x) * std + mean, 0, 1)
   sy, py = np.asarray(task['support_y']), np.asarray(result['pseudo_y'])
   ways = int(py.max()) + 1
   real = [np.asarray(task['support_x'])[sy == c] for c in range(ways)]
   fake = [np.asarray(result['pseudo_x'])[py == c] for c in range(ways)]
-  rows = len(real[0]) + len(fake[0])
-  fig = plt.figure(figsize=(1.1 * ways + 7.5, max(1.1 * rows, 3.5)))
+  rows = [[real[c][r] for c in range(ways)] for r in range(len(real[0]))]
+  rows += [[fake[c][r] for c in range(ways)] for r in range(len(fake[0]))]
+  fig = plt.figure(figsize=(1.1 * ways + 7.5, max(1.1 * len(rows), 3.5)))
   # An empty column keeps the heat map's axis label off the pictures.
-  grid = fig.add_gridspec(rows, ways + 3, width_ratios=[1] * ways + [0.6, 3, 3], wspace=0.15)
-  for c in range(ways):
-    for r, img in enumerate(list(real[c]) + list(fake[c])):
-      ax = fig.add_subplot(grid[r, c])
-      ax.imshow(show(img))
-      ax.set_xticks([]), ax.set_yticks([])
-      if r == 0:
-        ax.set_title(f'class {c}', fontsize=8)
-      if c == 0:
-        ax.set_ylabel('real' if r < len(real[0]) else 'pseudo', fontsize=8)
+  grid = fig.add_gridspec(1, 4, width_ratios=[ways, 0.6, 3, 3], wspace=0.15)
+  viz.draw(fig.add_subplot(grid[0, 0]), rows, [dataset] * len(rows),
+           row_labels=['real'] * len(real[0]) + ['pseudo'] * len(fake[0]),
+           col_labels=[f'class {c}' for c in range(ways)])
   order = np.argsort(py, kind='stable')
   sims = {w: np.asarray(result[f'sims_{w}'])[np.argsort(sy, kind='stable')][:, order]
           for w in ('before', 'after')}
   low = min(0.0, *(v.min() for v in sims.values()))  # post-ReLU features: cosines >= 0
   for j, when in enumerate(('before', 'after')):
-    ax = fig.add_subplot(grid[:, ways + 1 + j])
+    ax = fig.add_subplot(grid[0, 2 + j])
     im = ax.imshow(sims[when], vmin=low, vmax=1, cmap='viridis', aspect='auto')
     ax.set_title(f'cos(support, pseudo) {when} calibration\n'
                  f'margin {float(result[f"margin_{when}"]):+.3f}, '

@@ -2,7 +2,8 @@
 
 Pure functions, bottom-up:
   bn_statistics -> (logits, BN-input statistics) of an eval-mode teacher in one pass;
-  bn_loss, tv_loss, l2_loss, jitter -> the terms of §4;
+  bn_loss, tv_loss, l2_loss, jitter -> the terms of §4, and `objective`, their weighted sum
+    (shared with ICFIL's inversion of an adapted model);
   deep_inversion_loss -> one teacher's loss on its (jittered) slice;
   inversion_loss -> L_inv = sum over all teachers, group by group;
   inversion_update -> one Adam step on the bank (optionally plus an extra loss, for ECI);
@@ -84,6 +85,19 @@ def tv_loss(x):
 
 def l2_loss(x):
   return _norm(x)
+
+
+def objective(x, logits, stats, bn_targets, targets, weights: Weights):
+  """§4's loss from one forward pass on `x`: CE of `logits` to `targets`, BN matching of
+  the BN-input `stats` to `bn_targets` (a teacher's running statistics; for ICFIL the real
+  support's), TV and L2 on `x`. Returns (loss, the unweighted terms 'ce', 'tv', 'bn', 'l2')."""
+  terms = {
+      'ce': optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(),
+      'tv': tv_loss(x),
+      'bn': bn_loss(stats, bn_targets),
+      'l2': l2_loss(x),
+  }
+  return sum(getattr(weights, k) * v for k, v in terms.items()), terms
 
 
 def jitter(x, key, max_shift: int):
@@ -187,13 +201,7 @@ def deep_inversion_loss(x, variables, targets, *, model, weights: Weights = Weig
   xin = x if x.shape[1] == size else jax.image.resize(
       x, (x.shape[0], size, size, x.shape[3]), 'bilinear')
   logits, stats = _forward(model, strategy)(variables, xin)
-  terms = {
-      'ce': optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(),
-      'tv': tv_loss(x),
-      'bn': bn_loss(stats, variables['batch_stats']),
-      'l2': l2_loss(x),
-  }
-  loss = sum(getattr(weights, k) * v for k, v in terms.items())
+  loss, terms = objective(x, logits, stats, variables['batch_stats'], targets, weights)
   terms['acc'] = jnp.mean(jnp.argmax(logits, -1) == targets)
   return loss, terms
 

@@ -60,13 +60,20 @@ def split_heldout(split: data_lib.SplitData, classes, frac: float, max_per_class
 
 def make_optimizer(model, tc, steps_per_epoch: int):
   """Conv4: Adam; ResNets: SGD with momentum 0.9 and weight decay 5e-4 (METHOD.md §3)."""
+  return _optimizer(isinstance(model, models.Conv4), tuple(tc.milestones), float(tc.gamma),
+                    float(tc.clip), int(steps_per_epoch))
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(adam: bool, milestones: tuple, gamma: float, clip: float, steps_per_epoch: int):
+  # Cached: equal settings give the same (static) `tx`, so teachers share a compiled step.
   schedule = optax.piecewise_constant_schedule(
-      0.01, {m * steps_per_epoch: tc.gamma for m in tc.milestones})
-  if isinstance(model, models.Conv4):
+      0.01, {m * steps_per_epoch: gamma for m in milestones})
+  if adam:
     opt = optax.adam(schedule)
   else:
     opt = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(schedule, momentum=0.9))
-  return optax.chain(optax.clip_by_global_norm(tc.clip), opt)
+  return optax.chain(optax.clip_by_global_norm(clip), opt)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0, 1))

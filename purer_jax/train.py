@@ -21,12 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from PIL import Image
 from tensorboardX import SummaryWriter
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import eci, evaluate, icfil, inversion, meta, utils, zoo
+from purer_jax import eci, evaluate, icfil, inversion, meta, utils, viz, zoo
 from purer_jax import workdir as workdir_lib
 
 # Checked every iteration, in this order, so the error names the first term that broke.
@@ -164,19 +163,8 @@ def save_episode_png(path: str, task: dict, class_datasets) -> None:
   ways = len(task['classes'])
   sx = task['support_x'].reshape((ways, -1) + task['support_x'].shape[1:])
   qx = task['query_x'].reshape((ways, -1) + task['query_x'].shape[1:])
-  size, pad = sx.shape[2], 2
-  cols = sx.shape[1] + 1 + qx.shape[1]  # an empty column between support and query
-  grid = np.full((ways * (size + pad) + pad, cols * (size + pad) + pad, 3), 255, np.uint8)
-  for r in range(ways):
-    mean, std = (np.asarray(v, np.float32) for v in data_lib.MEAN_STD[class_datasets[r]])
-    row = np.concatenate([sx[r], np.full_like(sx[r][:1], np.nan), qx[r]])
-    for c, img in enumerate(row):
-      if np.isnan(img).all():
-        continue
-      pix = np.clip((img * std + mean) * 255.0, 0, 255).astype(np.uint8)
-      y, x = pad + r * (size + pad), pad + c * (size + pad)
-      grid[y:y + size, x:x + size] = pix
-  Image.fromarray(grid).save(path)
+  # An empty column between support and query.
+  viz.save(path, [list(s) + [None] + list(q) for s, q in zip(sx, qx)], class_datasets)
 
 
 class _StopRequest:
@@ -431,8 +419,9 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
 def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict:
   """Meta-trains and scores; results.json records the config, the timings and provenance
   (`started`: when the command began, so that wall_time_s includes teacher training)."""
-  # The pool is teachers 0..num-1: a workdir holding a bigger zoo can be reused.
-  teachers = [t for t in zoo.load(workdir) if t.index < config.teachers.num]
+  if config.icfil.enabled:
+    icfil.learner_from_config(config)  # refuses a learner ICFIL cannot follow before training
+  teachers = zoo.pool(config, workdir)
   prov = utils.provenance()  # the code as loaded: HEAD may move while the run goes on
   t0 = time.time()
   best = train(config, workdir, teachers)

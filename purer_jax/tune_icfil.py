@@ -6,8 +6,9 @@
 Coordinate search from config.icfil: each field of GRID in turn takes its best value on the
 same meta-val tasks (mean accuracy), the others held at their current best. Pseudo supports
 depend only on the inversion settings, so they are computed once per `inv_steps` and reused
-by every calibration trial. Writes W/icfil_search.json (all trials, each with its paired
-difference to plain MAML evaluation on the same tasks) and prints the best settings.
+by every calibration trial. ICFIL follows config.meta's test-time adaptation (MAML or ANIL;
+see purer_jax/icfil.py). Writes W/icfil_search.json (all trials, each with its paired
+difference to the learner's plain evaluation on the same tasks) and prints the best settings.
 
 --test then scores the best settings once on config.eval.tasks meta-test tasks (config.eval.seed,
 the tasks of the main results): W/icfil_<K>shot/results.json and results.md with `purer`
@@ -16,8 +17,8 @@ the tasks of the main results): W/icfil_<K>shot/results.json and results.md with
 
 --params: an .npz file ('/'-joined parameter paths, an optional 'params/' prefix), an orbax
 checkpoint folder (its 'params' entry if it has one), 'best' (the training loop's best
-meta-val checkpoint in W/checkpoints), or empty for the `average` baseline of the workdir's
-teacher zoo.
+meta-val checkpoint in W/checkpoints), or empty for the `average` baseline of the config's
+teacher pool (`zoo.pool`).
 """
 import os
 
@@ -29,11 +30,6 @@ from flax import traverse_util
 
 from purer_jax import data as data_lib
 from purer_jax import cli, evaluate, icfil, models, train, utils, zoo
-
-PARAMS = flags.DEFINE_string('params', '', 'Meta-learner parameters: .npz file, orbax '
-                             'checkpoint folder, "best", or empty for the zoo average.')
-TASKS = flags.DEFINE_integer('tasks', 0, 'Meta-val tasks per trial (0: config.train.val_tasks).')
-TEST = flags.DEFINE_bool('test', False, 'Then score the best settings on the meta-test tasks.')
 
 GRID = {
     'inv_steps': (25, 50, 100),
@@ -49,7 +45,7 @@ def load_params(spec: str, config, workdir: str):
   model = evaluate.meta_model(config)
   key = jax.random.key(config.seed)
   if not spec:
-    return evaluate.baseline_params('average', zoo.load(workdir), model, key)
+    return evaluate.baseline_params('average', zoo.pool(config, workdir), model, key)
   if spec == 'best':
     params = train.load_best(workdir)
   elif spec.endswith('.npz') and os.path.isfile(spec):
@@ -94,7 +90,8 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
   if unknown:
     raise ValueError(f'unknown ICFIL settings {sorted(unknown)} in the grid: choose from '
                      f'{icfil.Settings._fields}')
-  model = evaluate.meta_model(config)
+  learner = icfil.learner_from_config(config)
+  model = learner.model
   seed = config.eval.val_seed
   tasks = list(data_lib.episodes(split, config.meta.ways, config.meta.shots,
                                  config.meta.queries, seed, num=num_tasks,
@@ -102,7 +99,7 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
   for t in tasks:
     t.pop('classes')
   best = icfil.Settings.from_config(config.icfil, config.inversion)
-  icfil.check_inputs(params, model, config.meta.ways, best)
+  icfil.check_inputs(params, learner, config.meta.ways, best)
   pseudo, trials = {}, {}
 
   def trial(settings):
@@ -111,9 +108,8 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
       return trials[settings]
     inv = settings._replace(tau=1.0, cal_steps=0, lr=0.0)  # what the pseudo support depends on
     if inv not in pseudo:
-      pseudo[inv] = [icfil.invert_task(params, t, icfil.task_key(seed, i), model=model,
-                                       inner_lr=config.meta.inner_lr,
-                                       steps=config.meta.test_inner_steps, settings=settings)
+      pseudo[inv] = [icfil.invert_task(params, t, icfil.task_key(seed, i), learner=learner,
+                                       settings=settings)
                      for i, t in enumerate(tasks)]
     rows = jax.device_get([icfil.scalars(icfil.calibrate_task(a, t, x, model=model,
                                                               settings=settings))
@@ -163,13 +159,12 @@ def test(params, config, workdir: str, settings: dict) -> dict:
   os.makedirs(out, exist_ok=True)
   accs = {'purer': m['acc_adapted'], 'purer+icfil': m['acc']}
   diff = dict(zip(('mean_diff', 'ci95'), evaluate.paired(m['acc'], m['acc_adapted'])))
-  model = evaluate.meta_model(config)
+  learner = icfil.learner_from_config(config)
   task = next(data_lib.episodes(split, config.meta.ways, config.meta.shots, config.meta.queries,
-                                config.eval.seed, num=1, image_size=model.image_size))
+                                config.eval.seed, num=1, image_size=learner.model.image_size))
   task.pop('classes')
   result = icfil.run_task(
-      params, task, icfil.task_key(config.eval.seed, 0), model=model,
-      inner_lr=config.meta.inner_lr, steps=config.meta.test_inner_steps,
+      params, task, icfil.task_key(config.eval.seed, 0), learner=learner,
       settings=icfil.Settings.from_config(config.icfil, config.inversion))
   icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, result, config.data.dataset)
   extra = {'paired': {'purer+icfil': diff},
@@ -177,18 +172,27 @@ def test(params, config, workdir: str, settings: dict) -> dict:
            **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}}
   return evaluate.write_results(out, config, accs, extra=extra)
 
+def define_flags():
+  """This command's flags (defined by `cli.run`, never on import)."""
+  flags.DEFINE_string('params', '', 'Meta-learner parameters: .npz file, orbax checkpoint '
+                      'folder, "best", or empty for the zoo average.')
+  flags.DEFINE_integer('tasks', 0, 'Meta-val tasks per trial (0: config.train.val_tasks).')
+  flags.DEFINE_bool('test', False, 'Then score the best settings on the meta-test tasks.')
+
+
 def main(argv):
   del argv
+  f = flags.FLAGS
   config, workdir = cli.config_and_workdir(
-      splits=('meta_val', 'meta_test') if TEST.value else ('meta_val',))
-  res = run(config, workdir, PARAMS.value, num_tasks=TASKS.value or None, test_best=TEST.value)
+      splits=('meta_val', 'meta_test') if f.test else ('meta_val',))
+  res = run(config, workdir, f.params, num_tasks=f.tasks or None, test_best=f.test)
   b = res['best']
   print(f"best on {res['tasks']} meta-val tasks: {b['settings']} acc {b['acc']:.4f} ± "
         f"{b['ci95']:.4f} (plain {b['plain_acc']:.4f}, paired {b['mean_diff']:+.4f} ± "
         f"{b['diff_ci95']:.4f}) -> {os.path.join(workdir, SEARCH_FILE)}")
-  if TEST.value:
+  if f.test:
     print(open(os.path.join(workdir, f'icfil_{config.meta.shots}shot', 'results.md')).read())
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

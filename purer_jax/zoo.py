@@ -130,3 +130,29 @@ def load(workdir: str, with_variables: bool = True) -> list:
         raise workdir_lib.damaged(what, t.checkpoint, e, _fix(workdir, t.index)) from None
     out.append(t)
   return out
+
+
+def pool(config, workdir: str) -> list:
+  """The teachers a run with `config` uses, variables loaded: the one pool rule of every
+  entry point (meta-training, synthesis, the `average` baseline, ICFIL tuning).
+
+  The pool is the zoo's teachers 0..config.teachers.num-1, so a bigger zoo serves a smaller
+  run. Each must come from one of the config's datasets (config.data.dataset, plus
+  config.data.extra_dataset for MH) and archs (config.teachers.archs): a zoo trained for
+  another scenario is an error that names the teacher, not a silently different pool.
+  """
+  datasets = tuple(d for d in (config.data.dataset, config.data.extra_dataset) if d)
+  archs = tuple(config.teachers.archs)
+  teachers = [t for t in load(workdir) if t.index < config.teachers.num]
+  if not teachers:
+    raise workdir_lib.WorkdirError(
+        f'the zoo under {teachers_dir(workdir)!r} has no teacher with an index below '
+        f'config.teachers.num={config.teachers.num}')
+  bad = [f'teacher {t.index} is {t.arch} on {t.dataset}' for t in teachers
+         if t.arch not in archs or t.dataset not in datasets]
+  if bad:
+    raise workdir_lib.WorkdirError(
+        f'the zoo under {teachers_dir(workdir)!r} does not fit this config (archs {archs}, '
+        f'datasets {datasets}): {"; ".join(bad[:4])}. Use a new workdir for this config, or '
+        'the config the zoo was trained with')
+  return teachers

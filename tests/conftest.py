@@ -1,10 +1,22 @@
-"""Shared fixtures. Fake CPU devices must be requested before jax initialises."""
+"""Shared fixtures. Fake CPU devices must be requested before jax initialises.
+
+Unit tests run on a synthetic CIFAR-FS (`synthetic_dir`: the real class names and counts,
+64/16/20, 20 tiny images per class) and a zoo of 3 Conv4 teachers trained on it in seconds
+(`smoke_zoo`). Tests that need the real data (`real_*` fixtures, `CIFAR_DIR`, `MINI_DIR`),
+start subprocesses or are compile-bound are marked `slow` (pytest.ini): `pytest -m "not slow"`
+is the fast path.
+"""
 import os
 
 os.environ.setdefault('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=8'
+# Test programs are tiny and compiling them is most of the suite's time: XLA's backend
+# optimisations off halves it here (set XLA_FLAGS yourself to test another level).
+if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from purer_jax import config as config_lib  # noqa: E402
@@ -14,26 +26,86 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get('PURER_SHARED_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 CIFAR_DIR = os.path.join(SHARED, 'cifar-fs')
 MINI_DIR = os.path.join(SHARED, 'mini-imagenet-100')
+SYNTHETIC_PER_CLASS = 20  # >= 5 shots + 15 queries
+
+
+def write_synthetic(folder: str, per_class: int = SYNTHETIC_PER_CLASS, size: int = 32,
+                    seed: int = 0) -> str:
+  """CIFAR-FS-shaped `{split}.npz` files in `folder`: the real class names, `per_class`
+  uint8 images per class. A class is a random 4x4 colour pattern (upsampled) under uniform
+  noise, so a teacher learns it in a few steps and a random network does not."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  for split, names in data.CIFAR_FS_CLASSES.items():
+    n = len(names)
+    templates = rng.integers(0, 256, (n, 1, 4, 4, 3)).repeat(size // 4, 2).repeat(size // 4, 3)
+    noise = rng.integers(0, 256, (n, per_class, size, size, 3))
+    images = (0.35 * templates + 0.65 * noise).astype(np.uint8).reshape(-1, size, size, 3)
+    np.savez(os.path.join(folder, f'{split}.npz'), images=images,
+             labels=np.repeat(np.arange(n, dtype=np.int32), per_class),
+             class_names=np.asarray(names))
+  return folder
 
 
 @pytest.fixture(scope='session')
-def cifar_train():
-  return data.load('cifar_fs', 'meta_train', CIFAR_DIR)
+def synthetic_dir(tmp_path_factory):
+  return write_synthetic(str(tmp_path_factory.mktemp('synthetic_cifar_fs')))
 
 
 @pytest.fixture(scope='session')
-def smoke_config():
+def meta_train(synthetic_dir):
+  return data.load('cifar_fs', 'meta_train', synthetic_dir)
+
+
+@pytest.fixture(scope='session')
+def meta_test(synthetic_dir):
+  return data.load('cifar_fs', 'meta_test', synthetic_dir)
+
+
+@pytest.fixture(scope='session')
+def meta_val(synthetic_dir):
+  return data.load('cifar_fs', 'meta_val', synthetic_dir)
+
+
+def _smoke(data_dir):
   """ss:smoke with only the first 3 disjoint teachers (classes 0-14)."""
   c = config_lib.build('ss', 'smoke')
-  c.data.data_dir = CIFAR_DIR
+  c.data.data_dir = data_dir
   c.teachers.num = 3
   return c
 
 
 @pytest.fixture(scope='session')
+def smoke_config(synthetic_dir):
+  """ss:smoke, 3 teachers, on the synthetic data."""
+  return _smoke(synthetic_dir)
+
+
+@pytest.fixture(scope='session')
 def smoke_zoo(tmp_path_factory, smoke_config):
-  """A workdir with 3 real Conv4 teachers smoke-trained on CIFAR-FS meta-train classes."""
+  """A workdir with 3 Conv4 teachers smoke-trained on the synthetic meta-train classes."""
   from purer_jax import pretrain
   workdir = str(tmp_path_factory.mktemp('zoo'))
   pretrain.run(smoke_config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def cifar_train():
+  """The real CIFAR-FS meta-train split (slow tests only)."""
+  return data.load('cifar_fs', 'meta_train', CIFAR_DIR)
+
+
+@pytest.fixture(scope='session')
+def real_config():
+  """ss:smoke, 3 teachers, on the real CIFAR-FS."""
+  return _smoke(CIFAR_DIR)
+
+
+@pytest.fixture(scope='session')
+def real_zoo(tmp_path_factory, real_config):
+  """A workdir with 3 real Conv4 teachers smoke-trained on CIFAR-FS meta-train classes."""
+  from purer_jax import pretrain
+  workdir = str(tmp_path_factory.mktemp('real_zoo'))
+  pretrain.run(real_config, workdir)
   return workdir

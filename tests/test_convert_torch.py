@@ -10,132 +10,17 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
-from torch import nn
 
-from tests.conftest import CIFAR_DIR
-from purer_jax import convert_torch, data, evaluate, models, zoo
+from purer_jax import convert_torch, data, evaluate, models, torch_reference, zoo
 from purer_jax.convert_torch import CheckpointError
 
 
-# Module layout and attribute names of the original network.py, so state_dict keys match.
-class Flatten(nn.Module):
-
-  def forward(self, x):
-    return x.view(x.size(0), -1)
-
-
-class ConvBlock(nn.Module):
-
-  def __init__(self, indim, outdim):
-    super().__init__()
-    self.C = nn.Conv2d(indim, outdim, 3, padding=1)
-    self.BN = nn.BatchNorm2d(outdim)
-    self.relu = nn.ReLU(inplace=True)
-    self.pool = nn.MaxPool2d(2)
-    self.trunk = nn.Sequential(self.C, self.BN, self.relu, self.pool)  # registers C, BN twice
-
-  def forward(self, x):
-    return self.trunk(x)
-
-
-class ConvNet(nn.Module):
-
-  def __init__(self, out_dim, img_size):
-    super().__init__()
-    blocks = [ConvBlock(3 if i == 0 else 32, 32) for i in range(4)]
-    self.trunk = nn.Sequential(*blocks, Flatten(), nn.Linear(32 * (img_size >> 4) ** 2, out_dim))
-
-  def forward(self, x):
-    return self.trunk(x)
-
-
-class SimpleBlock(nn.Module):
-
-  def __init__(self, indim, outdim, half_res):
-    super().__init__()
-    self.C1 = nn.Conv2d(indim, outdim, 3, stride=2 if half_res else 1, padding=1, bias=False)
-    self.BN1 = nn.BatchNorm2d(outdim)
-    self.C2 = nn.Conv2d(outdim, outdim, 3, padding=1, bias=False)
-    self.BN2 = nn.BatchNorm2d(outdim)
-    self.relu1, self.relu2 = nn.ReLU(inplace=True), nn.ReLU(inplace=True)
-    self.identity = indim == outdim
-    if not self.identity:
-      self.shortcut = nn.Conv2d(indim, outdim, 1, 2 if half_res else 1, bias=False)
-      self.BNshortcut = nn.BatchNorm2d(outdim)
-
-  def forward(self, x):
-    out = self.BN2(self.C2(self.relu1(self.BN1(self.C1(x)))))
-    return self.relu2(out + (x if self.identity else self.BNshortcut(self.shortcut(x))))
-
-
-class BottleneckBlock(nn.Module):
-
-  def __init__(self, indim, outdim, half_res):
-    super().__init__()
-    mid = outdim // 4
-    self.C1 = nn.Conv2d(indim, mid, 1, bias=False)
-    self.BN1 = nn.BatchNorm2d(mid)
-    self.C2 = nn.Conv2d(mid, mid, 3, stride=2 if half_res else 1, padding=1)  # with bias
-    self.BN2 = nn.BatchNorm2d(mid)
-    self.C3 = nn.Conv2d(mid, outdim, 1, bias=False)
-    self.BN3 = nn.BatchNorm2d(outdim)
-    self.relu = nn.ReLU()
-    self.identity = indim == outdim
-    if not self.identity:
-      self.shortcut = nn.Conv2d(indim, outdim, 1, stride=2 if half_res else 1, bias=False)
-
-  def forward(self, x):
-    short = x if self.identity else self.shortcut(x)
-    out = self.relu(self.BN1(self.C1(x)))
-    out = self.relu(self.BN2(self.C2(out)))
-    return self.relu(self.BN3(self.C3(out)) + short)
-
-
-class ResNet(nn.Module):
-
-  def __init__(self, block, layers, dims, out_dim):
-    super().__init__()
-    trunk = [nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64)]
-    indim = 64
-    for i in range(4):
-      for j in range(layers[i]):
-        trunk.append(block(indim, dims[i], i >= 1 and j == 0))
-        indim = dims[i]
-    trunk += [nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(dims[-1], out_dim)]
-    self.trunk = nn.Sequential(*trunk)
-
-  def forward(self, x):
-    return self.trunk(x)
-
-
-SIMPLE = (64, 128, 256, 512)
-TORCH_MODELS = {
-    'conv4': lambda n, s: ConvNet(n, s),
-    'resnet10': lambda n, s: ResNet(SimpleBlock, (1, 1, 1, 1), SIMPLE, n),
-    'resnet18': lambda n, s: ResNet(SimpleBlock, (2, 2, 2, 2), SIMPLE, n),
-    'resnet50': lambda n, s: ResNet(BottleneckBlock, (3, 4, 6, 3), (256, 512, 1024, 2048), n),
-}
-
-
-def torch_model(arch, num_classes, image_size, seed):
-  """Random weights and non-trivial BN affine parameters and running statistics."""
-  torch.manual_seed(seed)
-  m = TORCH_MODELS[arch](num_classes, image_size)
-  with torch.no_grad():
-    for mod in m.modules():
-      if isinstance(mod, nn.BatchNorm2d):
-        c = mod.num_features
-        mod.weight.uniform_(0.5, 1.5)
-        mod.bias.normal_(0, 0.2)
-        mod.running_mean.normal_(0, 0.2)
-        mod.running_var.uniform_(0.5, 2.0)
-        mod.num_batches_tracked.fill_(c)
-  return m.eval()
+torch_model = torch_reference.random_model
 
 
 def torch_logits(m, x_nhwc):
   with torch.no_grad():
-    return m(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
+    return m(torch_reference.nchw(x_nhwc)).numpy()
 
 
 def images(split, n, size):
@@ -154,7 +39,7 @@ CASES = [('conv4', 32, 8, 'trunk.5'), ('conv4', 84, 4, 'trunk.5'), ('resnet10', 
 
 
 @pytest.mark.parametrize('arch,size,batch,head', CASES)
-def test_logits_match_pytorch(arch, size, batch, head, cifar_train, tmp_path):
+def test_logits_match_pytorch(arch, size, batch, head, meta_train, tmp_path):
   m = torch_model(arch, 5, size, seed=1)
   sd = m.state_dict()
   assert f'{head}.weight' in sd  # the test model reproduces the original keys
@@ -164,7 +49,7 @@ def test_logits_match_pytorch(arch, size, batch, head, cifar_train, tmp_path):
     assert 'trunk.2.shortcut.weight' in sd and not any('BNshortcut' in k for k in sd)
   path = str(tmp_path / 'model_0.pth')
   torch.save(sd, path)
-  x = images(cifar_train, batch, size)
+  x = images(meta_train, batch, size)
   ref = torch_logits(m, x)
   variables = convert_torch.load(path, arch, 5, size)
   out = np.asarray(models.create(arch, 5, size).apply(variables, x, train=False))
@@ -176,16 +61,32 @@ def test_logits_match_pytorch(arch, size, batch, head, cifar_train, tmp_path):
   assert np.std(ref) > 1e-3  # logits vary, so a constant output could not pass
 
 
-def test_safetensors_and_in_memory_state_dict(conv4_sd, cifar_train, tmp_path):
+def test_safetensors_and_in_memory_state_dict(conv4_sd, meta_train, tmp_path):
   path = str(tmp_path / 'model_0.safetensors')
   safetensors.numpy.save_file({k: v.numpy().copy() for k, v in conv4_sd.items()}, path)
   from_file = convert_torch.load(path, 'conv4', 5, 32)
   from_dict = convert_torch.load(conv4_sd, 'conv4', None, 32)  # num_classes from the head
   chex.assert_trees_all_equal(from_file, from_dict)
   m = torch_model('conv4', 5, 32, seed=0)
-  x = images(cifar_train, 4, 32)
+  x = images(meta_train, 4, 32)
   out = models.create('conv4', 5, 32).apply(from_file, x, train=False)
   np.testing.assert_allclose(out, torch_logits(m, x), atol=1e-4 * np.abs(out).max())
+
+
+@pytest.mark.parametrize('arch', ['conv4', 'resnet10'])
+def test_to_state_dict_inverts_convert(arch, meta_train):
+  model = models.create(arch, 5, 32)
+  rng = np.random.default_rng(0)
+  v = jax.tree.map(lambda a: np.asarray(a) + rng.uniform(0.1, 0.5, a.shape).astype(np.float32),
+                   models.init(model, jax.random.key(0)))  # every BN statistic non-trivial
+  sd = convert_torch.to_state_dict(v, arch, 32)
+  if arch == 'conv4':
+    assert 'trunk.3.trunk.0.weight' in sd and 'trunk.3.BN.running_var' in sd
+  chex.assert_trees_all_equal(convert_torch.convert(sd, arch, 5, 32), v)
+  x = images(meta_train, 4, 32)
+  out = np.asarray(model.apply(v, x))
+  np.testing.assert_allclose(torch_logits(torch_reference.from_flax(v, arch, 32), x), out,
+                             atol=1e-4 * np.abs(out).max())
 
 
 class Evil:
@@ -307,7 +208,7 @@ def test_truncated_or_missing_file(suffix, conv4_sd, tmp_path):
     convert_torch.load(str(tmp_path / 'nope.pth'), 'conv4', 5, 32)
 
 
-def test_import_pool_of_13_conv4_teachers(cifar_train, tmp_path):
+def test_import_pool_of_13_conv4_teachers(meta_train, synthetic_dir, tmp_path):
   src = tmp_path / 'model_try'
   src.mkdir()
   sds = []
@@ -317,7 +218,7 @@ def test_import_pool_of_13_conv4_teachers(cifar_train, tmp_path):
     sds.append(sd)
   workdir = str(tmp_path / 'w')
   entries = convert_torch.import_pool(str(src), workdir, arch='conv4', image_size=32,
-                                      dataset='cifar_fs', data_dir=CIFAR_DIR)
+                                      dataset='cifar_fs', data_dir=synthetic_dir)
   assert len(entries) == 13
   teachers = zoo.load(workdir)
   assert [t.index for t in teachers] == list(range(13))
@@ -325,7 +226,7 @@ def test_import_pool_of_13_conv4_teachers(cifar_train, tmp_path):
     want = list(range(5 * t.index, min(5 * t.index + 5, 64)))
     assert (t.arch, t.image_size, t.dataset, t.heldout_acc) == ('conv4', 32, 'cifar_fs', None)
     assert t.classes == want and t.num_classes == len(want)
-    assert t.class_names == [cifar_train.class_names[c] for c in want]
+    assert t.class_names == [meta_train.class_names[c] for c in want]
   assert teachers[-1].num_classes == 4
   chex.assert_trees_all_equal(teachers[7].variables, convert_torch.load(sds[7], 'conv4', 5, 32))
 
@@ -385,6 +286,7 @@ def test_cli_single_file_and_pool(conv4_sd, resnet10_sd, tmp_path, capsys):
   assert 'resnet10' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_importing_purer_jax_needs_no_torch(tmp_path, conv4_sd):
   path = str(tmp_path / 'model_0.safetensors')
   safetensors.numpy.save_file({k: v.numpy().copy() for k, v in conv4_sd.items()}, path)

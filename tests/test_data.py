@@ -1,4 +1,4 @@
-"""Loaders, normalisation and episodes on the real shared data."""
+"""Loaders, normalisation and episodes (real shared data: the `slow` tests)."""
 import os
 
 import numpy as np
@@ -8,6 +8,7 @@ from purer_jax import data
 from tests.conftest import CIFAR_DIR, MINI_DIR
 
 
+@pytest.mark.slow
 def test_cifar_fs_meta_test_shapes():
   d = data.load('cifar_fs', 'meta_test', CIFAR_DIR)
   assert d.images.shape == (12000, 32, 32, 3) and d.images.dtype == np.uint8
@@ -16,12 +17,14 @@ def test_cifar_fs_meta_test_shapes():
   assert list(d.class_names) == data.CIFAR_FS_CLASSES['meta_test']
 
 
+@pytest.mark.slow
 def test_cifar_fs_train_val_classes(cifar_train):
   assert cifar_train.num_classes == 64 and len(cifar_train.images) == 38400
   assert list(cifar_train.class_names) == data.CIFAR_FS_CLASSES['meta_train']
   assert data.load('cifar_fs', 'meta_val', CIFAR_DIR).num_classes == 16
 
 
+@pytest.mark.slow
 def test_mini_imagenet_folders():
   d = data.load('mini_imagenet', 'meta_test', MINI_DIR)
   assert d.images.shape == (2000, 84, 84, 3)
@@ -37,8 +40,8 @@ def test_normalize_matches_formula():
 
 
 @pytest.mark.parametrize('ways,shots', [(5, 1), (5, 5)])
-def test_episodes_deterministic_and_disjoint(ways, shots):
-  d = data.load('cifar_fs', 'meta_val', CIFAR_DIR)
+def test_episodes_deterministic_and_disjoint(ways, shots, meta_val):
+  d = meta_val
   a = list(data.episodes(d, ways, shots, 15, seed=3, num=4))
   b = list(data.episodes(d, ways, shots, 15, seed=3, num=4))
   c = list(data.episodes(d, ways, shots, 15, seed=4, num=4))

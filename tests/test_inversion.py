@@ -1,4 +1,4 @@
-"""The inversion engine (METHOD.md §4) on real smoke-trained teachers."""
+"""The inversion engine (METHOD.md §4) on smoke-trained teachers (synthetic data)."""
 import dataclasses
 import functools
 import time
@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from purer_jax import bank as bank_lib
 from purer_jax import config as config_lib
-from purer_jax import inversion, zoo
+from purer_jax import inversion, torch_reference, zoo
 
 
 @pytest.fixture(scope='module')
@@ -106,58 +105,6 @@ def test_bn_statistics_equal_a_direct_computation(teachers, layout):
     chex.assert_trees_all_close(fs, stats, rtol=1e-4, atol=1e-5)
 
 
-def _torch_conv4(variables):
-  """A PyTorch Conv4 (NCHW) holding copies of the Flax weights, eval mode, frozen."""
-  p, bs = variables['params'], variables['batch_stats']
-  layers = []
-  for i in range(4):
-    k = np.asarray(p[f'conv{i}']['kernel'])
-    conv = torch.nn.Conv2d(k.shape[2], k.shape[3], 3, padding=1)
-    conv.weight.data = torch.tensor(k.transpose(3, 2, 0, 1).copy())
-    conv.bias.data = torch.tensor(np.asarray(p[f'conv{i}']['bias']))
-    bn = torch.nn.BatchNorm2d(k.shape[3], eps=1e-5)
-    bn.weight.data = torch.tensor(np.asarray(p[f'bn{i}']['scale']))
-    bn.bias.data = torch.tensor(np.asarray(p[f'bn{i}']['bias']))
-    bn.running_mean.data = torch.tensor(np.asarray(bs[f'bn{i}']['mean']))
-    bn.running_var.data = torch.tensor(np.asarray(bs[f'bn{i}']['var']))
-    layers += [conv, bn, torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
-  head = torch.nn.Linear(*np.asarray(p['head']['kernel']).shape)
-  head.weight.data = torch.tensor(np.asarray(p['head']['kernel']).T.copy())
-  head.bias.data = torch.tensor(np.asarray(p['head']['bias']))
-  # Flax flattens NHWC: permute before flattening so the head's columns line up.
-  net = torch.nn.Sequential(*layers, _NHWC(), torch.nn.Flatten(), head).eval()
-  for q in net.parameters():
-    q.requires_grad_(False)
-  return net
-
-
-class _NHWC(torch.nn.Module):
-
-  def forward(self, x):
-    return x.permute(0, 2, 3, 1)
-
-
-def _torch_loss(net, x, targets, w):
-  """§4's loss in PyTorch with DeepInversion's forward hooks on every BatchNorm2d."""
-  feats = []
-
-  def hook(mod, inp, _):
-    m = inp[0].mean([0, 2, 3])
-    v = inp[0].permute(1, 0, 2, 3).reshape(inp[0].shape[1], -1).var(1, unbiased=False)
-    feats.append(torch.norm(mod.running_var - v, 2) + torch.norm(mod.running_mean - m, 2))
-
-  hs = [m.register_forward_hook(hook) for m in net.modules()
-        if isinstance(m, torch.nn.BatchNorm2d)]
-  out = net(x)
-  for h in hs:
-    h.remove()
-  tv = (torch.norm(x[:, :, :, :-1] - x[:, :, :, 1:]) + torch.norm(x[:, :, :-1, :] - x[:, :, 1:, :])
-        + torch.norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:])
-        + torch.norm(x[:, :, :-1, :-1] - x[:, :, 1:, 1:]))
-  return (w.ce * F.cross_entropy(out, targets) + w.tv * tv + w.bn * sum(feats)
-          + w.l2 * torch.norm(x, 2))
-
-
 def test_loss_and_gradient_agree_with_pytorch(teachers, layout, cfg):
   w = inversion.Weights.from_config(cfg)
   tgt = bank_lib.targets(5, layout.spc)
@@ -171,14 +118,16 @@ def test_loss_and_gradient_agree_with_pytorch(teachers, layout, cfg):
   for strategy in ('loop', 'vmap'):
     loss, grad = jax.value_and_grad(lambda a, s=strategy: inversion.deep_inversion_loss(
         a, t.variables, tgt, model=t.model, weights=w, strategy=s)[0])(xj)
-    xt = torch.tensor(np.asarray(xj).transpose(0, 3, 1, 2).copy(), requires_grad=True)
-    ref = _torch_loss(_torch_conv4(t.variables), xt, torch.tensor(np.asarray(tgt)).long(), w)
+    xt = torch_reference.nchw(xj).requires_grad_(True)
+    ref = torch_reference.DeepInversionLoss(torch_reference.from_flax(t.variables, 'conv4', 32),
+                                            w)(xt, torch.tensor(np.asarray(tgt)).long())
     ref.backward()
     np.testing.assert_allclose(float(loss), ref.item(), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(grad).transpose(0, 3, 1, 2), xt.grad.numpy(),
                                rtol=1e-3, atol=2e-6)
 
 
+@pytest.mark.slow  # compile-bound
 def test_gradient_check(teachers, cfg):
   t = teachers[2]
   w = inversion.Weights.from_config(cfg)
@@ -243,6 +192,7 @@ def test_teachers_see_their_slice_resized_to_their_input_size(teachers, cfg):
 # ---------------------------------------------------------------------------------------------
 # The compiled step.
 
+@pytest.mark.slow  # compile-bound
 def test_strategies_agree_and_auto_picks_one(layout, stacked, cfg):
   images, key = _images(layout), jax.random.key(3)
   out = {}
@@ -279,6 +229,7 @@ def test_step_does_not_recompile_and_extra_loss_reaches_the_bank(layout, stacked
   np.testing.assert_allclose(moved[1:], base[1:], atol=1e-6)
 
 
+@pytest.mark.slow  # compile-bound
 def test_200_steps_make_teachers_recognise_their_classes(teachers, stacked, cfg):
   lay = bank_lib.make_layout(teachers, spc=16)
   step = inversion.make_inversion_step(lay, cfg, strategy='loop')
@@ -303,6 +254,7 @@ def _target_acc(teachers, lay, images):
   return accs
 
 
+@pytest.mark.slow  # compile-bound
 def test_sharded_step_equals_single_device(layout, stacked, cfg):
   assert jax.device_count() == 8, 'tests/conftest.py sets 8 fake CPU devices'
   mesh = jax.make_mesh((8,), ('teachers',), axis_types=(jax.sharding.AxisType.Auto,))

@@ -9,8 +9,8 @@ from purer_jax import config, data, meta, models
 from purer_jax.meta import anil, maml, protonet
 
 
-def _tiny_tasks(cifar_train, num, ways=3, shots=2, queries=3, size=16, seed=0):
-  eps = list(data.episodes(cifar_train, ways, shots, queries, seed=seed, num=num,
+def _tiny_tasks(meta_train, num, ways=3, shots=2, queries=3, size=16, seed=0):
+  eps = list(data.episodes(meta_train, ways, shots, queries, seed=seed, num=num,
                            image_size=size))
   tasks = data.stack(eps)
   tasks.pop('classes')
@@ -21,13 +21,14 @@ def _outer(learner, tasks):
   return lambda p: meta.batch_loss(p, tasks, learner=learner)[0]
 
 
-def test_maml_meta_gradient_matches_finite_differences(cifar_train):
+@pytest.mark.slow  # compile-bound
+def test_maml_meta_gradient_matches_finite_differences(meta_train):
   with jax.enable_x64(True):
     model = models.Conv4(num_classes=3, image_size=16, width=4)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
                           models.init(model, jax.random.key(0))['params'])
     tasks = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == np.float32 else a,
-                         _tiny_tasks(cifar_train, 2))
+                         _tiny_tasks(meta_train, 2))
     # A large inner lr makes the second-order term big enough to tell apart from first order.
     learner = meta.Learner('maml', model, inner_lr=0.5, steps=2, second_order=True)
     outer = jax.jit(_outer(learner, tasks))
@@ -47,10 +48,11 @@ def test_maml_meta_gradient_matches_finite_differences(cifar_train):
   assert min(fo_err) > 1e-3, fo_err  # the check can tell second from first order
 
 
-def test_strategies_agree(cifar_train):
+@pytest.mark.slow  # compile-bound
+def test_strategies_agree(meta_train):
   model = models.Conv4(num_classes=3, image_size=16, width=4)
   params = models.init(model, jax.random.key(0))['params']
-  tasks = _tiny_tasks(cifar_train, 3)
+  tasks = _tiny_tasks(meta_train, 3)
   learner = meta.Learner('maml', model, inner_lr=0.1, steps=1)
   out = {s: jax.jit(lambda p, s=s: meta.batch_loss(p, tasks, learner=learner, strategy=s))(params)
          for s in meta.STRATEGIES}
@@ -66,10 +68,10 @@ def test_strategies_agree(cifar_train):
     meta.batch_loss(params, tasks, learner=learner, strategy='pmap')
 
 
-def test_protonet_is_negative_squared_distance_to_prototypes(cifar_train):
+def test_protonet_is_negative_squared_distance_to_prototypes(meta_train):
   model = models.Conv4(num_classes=3, image_size=16, width=4)
   params = models.init(model, jax.random.key(0))['params']
-  task = jax.tree.map(lambda a: a[0], _tiny_tasks(cifar_train, 1, shots=2))
+  task = jax.tree.map(lambda a: a[0], _tiny_tasks(meta_train, 1, shots=2))
   f = np.asarray(model.apply({'params': params},
                              np.concatenate([task['support_x'], task['query_x']]),
                              train=True, features=True), np.float64)
@@ -82,10 +84,10 @@ def test_protonet_is_negative_squared_distance_to_prototypes(cifar_train):
   assert np.isfinite(loss) and 0 <= acc <= 1
 
 
-def test_anil_adapts_only_the_head(cifar_train):
+def test_anil_adapts_only_the_head(meta_train):
   model = models.Conv4(num_classes=3, image_size=16, width=4)
   params = models.init(model, jax.random.key(0))['params']
-  task = jax.tree.map(lambda a: a[0], _tiny_tasks(cifar_train, 1))
+  task = jax.tree.map(lambda a: a[0], _tiny_tasks(meta_train, 1))
   learner = meta.Learner('anil', model, inner_lr=0.5, steps=5)
   # Zero steps: plain query loss of the meta-parameters.
   zero = anil.task_loss(params, task, model=model, inner_lr=0.5, steps=0)
@@ -105,10 +107,10 @@ def test_anil_adapts_only_the_head(cifar_train):
                    inner_lr=0.5, steps=1)
 
 
-def test_from_config_and_evaluate(cifar_train, smoke_config):
+def test_from_config_and_evaluate(meta_train, smoke_config):
   model = models.Conv4(num_classes=3, image_size=16, width=4)
   params = models.init(model, jax.random.key(0))['params']
-  tasks = _tiny_tasks(cifar_train, 3)
+  tasks = _tiny_tasks(meta_train, 3)
   train = meta.from_config(smoke_config.meta, model)
   test = meta.from_config(smoke_config.meta, model, test=True)
   assert train.second_order and not test.second_order

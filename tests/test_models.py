@@ -1,11 +1,15 @@
 """Model zoo: output shapes, parameter counts from METHOD.md §3's formulas, BN semantics."""
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import traverse_util
+
 from purer_jax import models
+from purer_jax.models.layers import BatchNorm
 
 
 def _bn(c):
@@ -61,6 +65,7 @@ def test_conv4_84px_head_has_800_inputs():
   assert v['params']['head']['kernel'].shape == (800, 5)
 
 
+@pytest.mark.slow  # compile-bound
 def test_resnet18_84px_runs():
   model = models.create('resnet18', 7, 84)
   v = models.init(model, jax.random.key(1))
@@ -87,13 +92,30 @@ def test_batchnorm_train_eval_and_running_stats():
   assert not np.allclose(a, b)
 
 
-def test_bn_stats_capture_is_input_statistics():
-  model = models.create('conv4', 5, 32)
+@pytest.mark.parametrize('arch', ['conv4', 'resnet10'])
+def test_bn_stats_capture_is_input_statistics(arch):
+  model = models.create(arch, 5, 16)
   v = models.init(model, jax.random.key(0))
-  x = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+  x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
   logits, st = model.apply(v, x, mutable=['bn_stats'])
   np.testing.assert_allclose(logits, model.apply(v, x), rtol=1e-6)
   assert jax.tree.structure(st['bn_stats']) == jax.tree.structure(v['batch_stats'])
+  # The values: mean and biased variance over (N, H, W) of what each BatchNorm received.
+  inputs = {}
+
+  def record(call, args, kwargs, context):
+    if isinstance(context.module, BatchNorm) and context.method_name == '__call__':
+      inputs[context.module.path] = np.asarray(args[0], np.float64)
+    return call(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply(v, x)
+  flat = traverse_util.flatten_dict(st['bn_stats'])
+  assert {p[:-1] for p in flat} == set(inputs)
+  assert len(inputs) == {'conv4': 4, 'resnet10': 12}[arch]  # ResNet: stem, 2 + 3 + 3 + 3
+  for path, h in inputs.items():
+    np.testing.assert_allclose(flat[path + ('mean',)], h.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flat[path + ('var',)], h.var((0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_arguments():

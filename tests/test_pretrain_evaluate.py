@@ -1,13 +1,14 @@
-"""Teacher zoo on real CIFAR-FS and the evaluation harness."""
+"""The teacher zoo and the evaluation harness (synthetic data; real CIFAR-FS in `slow`)."""
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
 
-from purer_jax import data, evaluate, models, pretrain, zoo
-from tests.conftest import CIFAR_DIR
+from purer_jax import data, evaluate, models, pretrain, tune_icfil, zoo
+from purer_jax import workdir as workdir_lib
 
 
 def test_pool_plans(smoke_config):
@@ -24,20 +25,21 @@ def test_pool_plans(smoke_config):
   assert len(plan) == 100 and all(len(set(p)) == 5 for _, _, p in plan)
 
 
-def test_heldout_split_is_last_20_percent(cifar_train):
-  (xt, yt), (xh, yh) = pretrain.split_heldout(cifar_train, [3, 7], 0.2)
-  assert len(xt) == 960 and len(xh) == 240
-  rows = cifar_train.class_indices()[7]
-  np.testing.assert_array_equal(xh[-1], data.normalize(cifar_train.images[rows[-1:]], 'cifar_fs')[0])
+def test_heldout_split_is_last_20_percent(meta_train):
+  (xt, yt), (xh, yh) = pretrain.split_heldout(meta_train, [3, 7], 0.2)
+  assert len(xt) == 2 * 16 and len(xh) == 2 * 4  # 20 images per class
+  rows = meta_train.class_indices()[7]
+  np.testing.assert_array_equal(xh[-1], data.normalize(meta_train.images[rows[-1:]], 'cifar_fs')[0])
 
 
-def test_smoke_teachers_well_above_chance(smoke_zoo, cifar_train, smoke_config):
-  teachers = zoo.load(smoke_zoo)
+@pytest.mark.slow
+def test_smoke_teachers_well_above_chance(real_zoo, cifar_train, real_config):
+  teachers = zoo.load(real_zoo)
   assert [t.classes for t in teachers] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
   assert teachers[1].class_names == list(cifar_train.class_names[5:10])
   for t in teachers:
     _, (xh, yh) = pretrain.split_heldout(cifar_train, t.classes, 0.2,
-                                         smoke_config.teachers.max_per_class)
+                                         real_config.teachers.max_per_class)
     # The stored checkpoint is the epoch whose held-out accuracy the manifest records.
     acc = pretrain.accuracy(t.variables, t.model, xh, yh)
     assert acc == pytest.approx(t.heldout_acc, abs=1e-6)
@@ -51,13 +53,33 @@ def test_pretrain_resumes(smoke_zoo, smoke_config):
   assert os.path.getmtime(os.path.join(zoo.teachers_dir(smoke_zoo), zoo.MANIFEST)) == before
 
 
+def test_pool_is_one_rule_for_every_entry_point(smoke_zoo, smoke_config):
+  c = smoke_config.copy_and_resolve_references()
+  assert [t.index for t in zoo.pool(c, smoke_zoo)] == [0, 1, 2]
+  c.teachers.num = 2  # a smaller run reuses a bigger zoo: teachers 0..num-1
+  pool = zoo.pool(c, smoke_zoo)
+  assert [t.index for t in pool] == [0, 1]
+  # The tuner's default params are the `average` baseline of that same pool.
+  avg = evaluate.baseline_params('average', pool, evaluate.meta_model(c), jax.random.key(c.seed))
+  chex.assert_trees_all_close(tune_icfil.load_params('', c, smoke_zoo), avg)
+  c.teachers.archs = ('resnet10',)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"teacher 0 is conv4 on cifar_fs; teacher 1 .*new workdir"):
+    zoo.pool(c, smoke_zoo)
+  c.teachers.archs, c.data.dataset = ('conv4',), 'mini_imagenet'
+  with pytest.raises(workdir_lib.WorkdirError, match=r"datasets \('mini_imagenet',\)\): teacher 0"):
+    zoo.pool(c, smoke_zoo)
+  c.data.dataset, c.teachers.num = 'cifar_fs', 0
+  with pytest.raises(workdir_lib.WorkdirError, match='no teacher with an index below config.teachers.num=0'):
+    zoo.pool(c, smoke_zoo)
+
+
 def test_zoo_missing_gives_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no teacher zoo.*purer_jax.pretrain'):
     zoo.load(str(tmp_path))
 
 
-def test_evaluate_random_and_average_paired(smoke_zoo, smoke_config, tmp_path):
-  split = data.load('cifar_fs', 'meta_test', CIFAR_DIR)
+def test_evaluate_random_and_average_paired(smoke_zoo, smoke_config, meta_test, tmp_path):
+  split = meta_test
   model = evaluate.meta_model(smoke_config)
   teachers = zoo.load(smoke_zoo)
   avg = evaluate.baseline_params('average', teachers, model, jax.random.key(0))

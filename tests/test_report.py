@@ -104,6 +104,7 @@ def test_rerun_reproduces_the_page_byte_for_byte(tmp_path):
   assert open(report.write(str(results)), 'rb').read() == first
 
 
+@pytest.mark.slow
 def test_cli_writes_beside_the_results_folder(tmp_path):
   results = _results_dir(tmp_path)
   out = subprocess.run([sys.executable, '-m', 'purer_jax.report', 'docs/results'],

@@ -65,6 +65,7 @@ def _metrics(workdir):
   return recs
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke_config):
   data_dir = smoke_config.data.data_dir
   full = _workdir(tmp_path, 'full', smoke_zoo)

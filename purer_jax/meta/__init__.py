@@ -39,6 +39,21 @@ class Learner(NamedTuple):
                             steps=self.steps, second_order=self.second_order)
     return protonet.task_loss(params, task, model=self.model)
 
+  def adapt(self, params, support_x, support_y):
+    """The parameters adapted to a support set: all of them (MAML) or the head (ANIL).
+
+    ProtoNet has no adapted parameters (it classifies by distance to the support's
+    prototypes): a ValueError.
+    """
+    kw = dict(model=self.model, inner_lr=self.inner_lr, steps=self.steps,
+              second_order=self.second_order)
+    if self.algo == 'maml':
+      return maml.adapt(params, support_x, support_y, **kw)
+    if self.algo == 'anil':
+      return anil.adapt(params, support_x, support_y, **kw)
+    raise ValueError(f'{self.algo} does not adapt parameters to a support set (it classifies '
+                     'by distance to prototypes)')
+
 
 def from_config(meta_config, model, *, test: bool = False) -> Learner:
   """The learner of config.meta; `test=True` gives the first-order test-time adaptation

@@ -27,9 +27,21 @@ def adapt_head(head, f, y, *, inner_lr, steps, second_order=True):
   return head
 
 
-def task_loss(params, task, *, model, inner_lr, steps, second_order=True):
+def _check(params, model):
   if 'head' not in params:
     raise ValueError(f'ANIL adapts the Dense `head`; {type(model).__name__} params have none')
+
+
+def adapt(params, x, y, *, model, inner_lr, steps, second_order=True):
+  """`params` with the head adapted on the support (x, y); the backbone unchanged."""
+  _check(params, model)
+  f = model.apply({'params': params}, x, train=True, features=True)
+  return {**params, 'head': adapt_head(params['head'], f, y, inner_lr=inner_lr, steps=steps,
+                                       second_order=second_order)}
+
+
+def task_loss(params, task, *, model, inner_lr, steps, second_order=True):
+  _check(params, model)
   feats = lambda x: model.apply({'params': params}, x, train=True, features=True)
   head = adapt_head(params['head'], feats(task['support_x']), task['support_y'],
                     inner_lr=inner_lr, steps=steps, second_order=second_order)

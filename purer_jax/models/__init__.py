@@ -33,8 +33,14 @@ def create(arch: str, num_classes: int, image_size: int = 32):
 def init(model, rng):
   """{'params', 'batch_stats'} for `model` at its image size."""
   x = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  variables = jax.jit(model.init)(rng, x)
+  variables = _jit_init(model)(rng, x)
   return {k: variables[k] for k in ('params', 'batch_stats')}
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_init(model):
+  # One compiled init per model: a pool of teachers of one arch compiles it once.
+  return jax.jit(model.init)
 
 
 def num_params(variables) -> int:

@@ -1,9 +1,10 @@
-"""Synthesises a pseudo dataset from the teacher zoo (METHOD.md §4), no meta-learning.
+"""Synthesises a pseudo dataset from the teacher pool (METHOD.md §4), no meta-learning: the
+command over the inversion engine (purer_jax/inversion.py).
 
-  python -m purer_jax.invert --config=configs/ss.py:smoke --workdir=W
+  python -m purer_jax.synthesize --config=configs/ss.py:smoke --workdir=W
 
 Trains the teachers first when W has none (purer_jax.pretrain). Every step is one Adam step
-on the bank over all teachers of the pool (config.inversion.steps steps). Writes
+on the bank over all teachers of the pool (`zoo.pool`; config.inversion.steps steps). Writes
 W/inversion/bank.npz (images + layout), W/inversion/teacher_XXX.png (a pseudo episode per
 teacher: a row per class), W/inversion/metrics.jsonl and W/inversion/report.json with each
 teacher's `target_acc`: how often it assigns the synthesised images their target class.
@@ -17,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purer_jax import bank as bank_lib
-from purer_jax import cli, inversion, pretrain, utils, zoo
-from purer_jax import data as data_lib
+from purer_jax import cli, inversion, pretrain, utils, viz, zoo
 
 _EPISODE_SHOTS = 8  # images per class drawn in each teacher's PNG
 
@@ -41,35 +41,21 @@ def target_accuracy(teachers, layout, images) -> list:
 
 def save_episode_png(path, images, layout, teacher, position, shots=_EPISODE_SHOTS):
   """A grid of the teacher's pseudo classes (rows) x their first `shots` images."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
   classes = layout.classes_of(position)
   shots = min(shots, layout.spc)
-  mean, std = (np.asarray(a, np.float32) for a in data_lib.MEAN_STD[teacher.dataset])
-  pix = np.clip(np.asarray(images[classes, :shots]) * std + mean, 0.0, 1.0)
-  fig, axes = plt.subplots(len(classes), shots, figsize=(1.1 * shots, 1.2 * len(classes)),
-                           squeeze=False)
-  for r, c in enumerate(classes):
-    for s in range(shots):
-      ax = axes[r, s]
-      ax.imshow(pix[r, s], interpolation='nearest')
-      ax.set_xticks([])
-      ax.set_yticks([])
-    name = teacher.class_names[layout.label[c]] if teacher.class_names else str(layout.label[c])
-    axes[r, 0].set_ylabel(name, fontsize=8)
-  fig.suptitle(f'teacher {teacher.index} ({teacher.arch}, {teacher.dataset})', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  names = [teacher.class_names[layout.label[c]] if teacher.class_names else str(layout.label[c])
+           for c in classes]
+  viz.save(path, np.asarray(images[classes, :shots]), [teacher.dataset] * len(classes),
+           row_labels=names,
+           title=f'teacher {teacher.index} ({teacher.arch}, {teacher.dataset})')
 
 
 def run(config, workdir: str) -> dict:
-  """Inverts the zoo in `workdir` for config.inversion.steps steps; returns the report."""
+  """Inverts the pool in `workdir` for config.inversion.steps steps; returns the report."""
   if not zoo.read_manifest(workdir)['teachers']:
     print(f'no teachers in {zoo.teachers_dir(workdir)}: training them first')
     pretrain.run(config, workdir)
-  teachers = zoo.load(workdir)
+  teachers = zoo.pool(config, workdir)
   # MH: the bank lives at the largest input size (the meta-learner's, 84 px); teachers
   # trained at 32 px see their slice resized inside the step.
   size = max(t.image_size for t in teachers)

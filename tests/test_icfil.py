@@ -65,7 +65,8 @@ def _inversion_terms(params, model, task, res):
 
 
 def test_pseudo_support_inverts_the_adapted_model(average, one_task):
-  start, end = _inversion_terms(*average, *one_task)
+  model, params = average
+  start, end = _inversion_terms(params, model, *one_task)
   assert end['ce'] < 0.25 * start['ce']  # the BN term: real images, the test below
 
 

@@ -68,7 +68,7 @@ def base() -> ml_collections.ConfigDict:
   c.inversion.l2 = 1e-5
   c.inversion.jitter = 2
   c.inversion.strategy = 'auto'              # loop | vmap | auto
-  c.inversion.steps = 200                    # `purer_jax.invert` only
+  c.inversion.steps = 200                    # `purer_jax.synthesize` only
 
   c.eci = ml_collections.ConfigDict()
   c.eci.adv_start = 4000

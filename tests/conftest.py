@@ -47,6 +47,23 @@ def write_synthetic(folder: str, per_class: int = SYNTHETIC_PER_CLASS, size: int
   return folder
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache per session: tests that build the same program anew
+  (a fresh jit per InversionStep, Trainer or teacher) compile it once."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  old = [getattr(jax.config, k) for k in keys]
+  for k, v in zip(keys, (str(tmp_path_factory.mktemp('jax_cache')), 0.2)):
+    jax.config.update(k, v)
+  cc.reset_cache()
+  yield
+  for k, v in zip(keys, old):
+    jax.config.update(k, v)
+  cc.reset_cache()
+
+
 @pytest.fixture(scope='session')
 def synthetic_dir(tmp_path_factory):
   return write_synthetic(str(tmp_path_factory.mktemp('synthetic_cifar_fs')))

@@ -55,7 +55,7 @@ def compilation_cache(tmp_path_factory):
   from jax.experimental.compilation_cache import compilation_cache as cc
   keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
   old = [getattr(jax.config, k) for k in keys]
-  for k, v in zip(keys, (str(tmp_path_factory.mktemp('jax_cache')), 0.2)):
+  for k, v in zip(keys, (str(tmp_path_factory.mktemp('jax_cache')), 0)):
     jax.config.update(k, v)
   cc.reset_cache()
   yield
@@ -98,13 +98,17 @@ def smoke_config(synthetic_dir):
   return _smoke(synthetic_dir)
 
 
+def _zoo(tmp_path_factory, name, config):
+  from purer_jax import pretrain
+  workdir = str(tmp_path_factory.mktemp(name))
+  pretrain.run(config, workdir)
+  return workdir
+
+
 @pytest.fixture(scope='session')
 def smoke_zoo(tmp_path_factory, smoke_config):
   """A workdir with 3 Conv4 teachers smoke-trained on the synthetic meta-train classes."""
-  from purer_jax import pretrain
-  workdir = str(tmp_path_factory.mktemp('zoo'))
-  pretrain.run(smoke_config, workdir)
-  return workdir
+  return _zoo(tmp_path_factory, 'zoo', smoke_config)
 
 
 @pytest.fixture(scope='session')
@@ -122,7 +126,4 @@ def real_config():
 @pytest.fixture(scope='session')
 def real_zoo(tmp_path_factory, real_config):
   """A workdir with 3 real Conv4 teachers smoke-trained on CIFAR-FS meta-train classes."""
-  from purer_jax import pretrain
-  workdir = str(tmp_path_factory.mktemp('real_zoo'))
-  pretrain.run(real_config, workdir)
-  return workdir
+  return _zoo(tmp_path_factory, 'real_zoo', real_config)

@@ -11,10 +11,8 @@ import subprocess
 import sys
 
 import chex
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from orbax.checkpoint._src.path import atomicity
 
 from purer_jax import cli, data, pretrain, train, utils, zoo
@@ -26,20 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class Killed(BaseException):
   """Stands for SIGKILL: not an Exception, so no handler on the way cleans up."""
-
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-  """Every teacher compiles the same programs again (a new optimizer object each): cache them."""
-  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  old = [getattr(jax.config, k) for k in keys]
-  for k, v in zip(keys, (str(tmp_path_factory.mktemp('jax_cache')), 0)):
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in zip(keys, old):
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope='module')

@@ -436,7 +436,9 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
            'config': json.loads(config.to_json_best_effort())}
   out = final_evaluation(config, workdir, teachers, best['params'], extra=extra)
   timing = {'meta_train_s': round(meta_s, 1), 'eval_s': round(time.time() - t0 - meta_s, 1),
-            'teachers_train_s': round(sum(t.train_seconds or 0.0 for t in teachers), 1)}
+            # Unknown for teachers imported or trained by older code: then left out.
+            'teachers_train_s': (round(sum(t.train_seconds for t in teachers), 1) if all(
+                t.train_seconds is not None for t in teachers) else None)}
   if started is not None:
     timing['wall_time_s'] = round(time.time() - started, 1)
   for where, res in _results_files(workdir, config):

@@ -70,7 +70,7 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
       (params, images))]))
   metrics = {f'inv/{k}': inv_m[k] for k in ('ce', 'bn', 'tv', 'l2', 'acc', 'loss')}
   metrics.update({'inv/adv': inv_m['extra'], 'meta/loss': loss, 'meta/pseudo_acc': acc,
-                  'meta/grad_norm': optax.global_norm(grads), 'eci/on': on,
+                  'meta/grad_norm': optax.tree.norm(grads), 'eci/on': on,
                   'state_finite': finite.astype(jnp.float32)})
   return new, metrics
 

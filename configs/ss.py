@@ -9,8 +9,8 @@ Variants: smoke | quick | 1shot | 5shot | mini | protonet | anil, comma-separate
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
   :quick        1-shot PURER 38.27 +- 0.75 (random 22.13, average 24.86 with one test-time
                 step); 58 min at load ~7, teachers included (14 min), meta-training 43 min
-  :quick,5shot  5-shot PURER 51.98 +- 0.77 reported in the tracker for this command; not yet
-                re-run into docs/results
+  :quick,5shot  5-shot PURER 51.98 +- 0.77 (random 21.70, average 25.26); meta-training 31 min
+                on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
   :smoke        a few minutes; accuracies mean little at that size
 """
 from purer_jax import config

@@ -7,7 +7,7 @@ statistics, L2), the gradient w.r.t. the bank and the bank's Adam update. Headli
 original protocol, 13 Conv4 teachers at 32 px, 80 images each (spc 16 x 5 classes).
 Images/s counts teacher-images (teachers x images per teacher) per second.
 
-The PyTorch reference (purer_jax/torch_reference.py, shared with the tests) has the same math
+The PyTorch reference (tests/torch_reference.py, shared with the tests) has the same math
 and a fair best effort: the original networks in eval mode with requires_grad=False, BN
 statistics from forward hooks, the same number of threads as cores JAX uses. JAX and PyTorch steps are timed in interleaved rounds within one
 run, so machine load hits both alike; `speedup` uses the medians, `speedup_min` the best
@@ -30,13 +30,14 @@ import torch  # noqa: E402
 
 from purer_jax import bank as bank_lib  # noqa: E402
 from purer_jax import config as config_lib  # noqa: E402
-from purer_jax import inversion, models, torch_reference  # noqa: E402
+from purer_jax import inversion, models  # noqa: E402
+from tests import torch_reference  # noqa: E402
 
 XNNPACK = {'xla_cpu_use_xnnpack': True}
 
 
 # ---------------------------------------------------------------------------------------------
-# PyTorch reference (purer_jax/torch_reference.py: the original networks and §4's loss).
+# PyTorch reference (tests/torch_reference.py: the original networks and §4's loss).
 
 class TorchInversion:
   """The same step in PyTorch eager: hooks collect each BN layer's input statistics."""

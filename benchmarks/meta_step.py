@@ -95,12 +95,13 @@ def time_strategies(iters):
 
 # ----------------------------------------------------------------------------------------------
 # PyTorch eager reference (NCHW), the way the original code computes the step, on the shared
-# reference networks and loss (purer_jax/torch_reference.py).
+# reference networks and loss (tests/torch_reference.py).
 
 def time_torch(iters):
   import torch
   import torch.nn.functional as F
-  from purer_jax import inversion, torch_reference
+  from purer_jax import inversion
+  from tests import torch_reference
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
   teachers = []

@@ -227,7 +227,7 @@ def convert(state_dict: Mapping, arch: str, num_classes: Optional[int], image_si
 def to_state_dict(variables: Mapping, arch: str, image_size: int) -> dict:
   """`convert`'s inverse: the original-layout state_dict (numpy, Conv4's aliased keys
   included, no `num_batches_tracked`) of Flax {'params', 'batch_stats'}, for PyTorch
-  references of a Flax model (purer_jax/torch_reference.py)."""
+  references of a Flax model (tests/torch_reference.py)."""
   flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(variables)))
   layout = _layout(arch, int(flat[('params', 'head', 'bias')].shape[0]), image_size)
   width = models.create(arch, 1, image_size).width if arch == 'conv4' else 0

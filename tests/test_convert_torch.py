@@ -11,7 +11,8 @@ import pytest
 import safetensors.numpy
 import torch
 
-from purer_jax import convert_torch, data, evaluate, models, torch_reference, zoo
+from purer_jax import convert_torch, data, evaluate, models, zoo
+from tests import torch_reference
 from purer_jax.convert_torch import CheckpointError
 
 

@@ -14,7 +14,8 @@ import torch
 
 from purer_jax import bank as bank_lib
 from purer_jax import config as config_lib
-from purer_jax import inversion, torch_reference, zoo
+from purer_jax import inversion, zoo
+from tests import torch_reference
 
 
 @pytest.fixture(scope='module')

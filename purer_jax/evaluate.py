@@ -157,6 +157,14 @@ def with_adaptation(config, steps: int, lr: float):
   return c
 
 
+def validate(params, config, splits, num_tasks=None) -> float:
+  """Mean query accuracy on fixed meta-val tasks (config.eval.val_seed; num_tasks, default
+  config.train.val_tasks), per dataset of `splits`, averaged."""
+  n = num_tasks or config.train.val_tasks
+  return float(np.mean([np.mean(evaluate_params(params, config, s, seed=config.eval.val_seed,
+                                                num_tasks=n)) for s in splits]))
+
+
 def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dict:
   """Test-time inner steps x lr (config.eval.adapt_steps x config.eval.adapt_lrs) chosen by
   mean accuracy on meta-val tasks (config.eval.val_seed; `splits`: meta-val, one per dataset).
@@ -165,9 +173,7 @@ def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dic
   trials = []
   for steps in config.eval.adapt_steps:
     for lr in config.eval.adapt_lrs:
-      c = with_adaptation(config, steps, lr)
-      acc = float(np.mean([np.mean(evaluate_params(params, c, s, seed=c.eval.val_seed,
-                                                   num_tasks=n)) for s in splits]))
+      acc = validate(params, with_adaptation(config, steps, lr), splits, n)
       trials.append({'steps': int(steps), 'lr': float(lr), 'val_acc': acc})
       log(f'  test-time adaptation {steps} steps at lr {lr}: meta-val {acc:.4f}')
   best = max(trials, key=lambda t: (t['val_acc'], -t['steps']))

@@ -275,13 +275,6 @@ def val_curve(metrics_path: str) -> list:
   return curve
 
 
-def validate(config, params, splits) -> float:
-  """Mean query accuracy on config.train.val_tasks fixed meta-val tasks (per dataset, averaged)."""
-  return float(np.mean([np.mean(evaluate.evaluate_params(
-      params, config, s, seed=config.eval.val_seed, num_tasks=config.train.val_tasks))
-                        for s in splits]))
-
-
 def train(config, workdir, teachers) -> dict:
   """Meta-trains (resuming from W/checkpoints); returns {'params', 'val', 'it'} of the best
   meta-val evaluation (the final parameters if none ran)."""
@@ -339,7 +332,7 @@ def train(config, workdir, teachers) -> dict:
                          [trainer.layout.dataset[c] or config.data.dataset
                           for c in ep['classes']])
       if done % t.val_every == 0 or done == t.iterations:
-        acc = validate(config, state['params'], val_splits)
+        acc = evaluate.validate(state['params'], config, val_splits)
         if acc > float(best['val']):
           best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(acc),
                   'it': jnp.asarray(done)}

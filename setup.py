@@ -25,6 +25,7 @@ setup(
     extras_require={
         # Exact pin: takes the CPU wheel; a looser spec can pull a multi-GB CUDA build.
         'torch': ['torch==2.13.0', 'safetensors>=0.4'],
-        'test': ['pytest>=8.0', 'torch==2.13.0', 'safetensors>=0.4'],
+        # pytest-xdist: the fast path runs on both cores (`-n 2`, README.md).
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'torch==2.13.0', 'safetensors>=0.4'],
     },
 )

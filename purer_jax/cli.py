@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from purer_jax import data as data_lib
-from purer_jax import train, utils, workdir as workdir_lib, zoo
+from purer_jax import parallel, train, utils, workdir as workdir_lib, zoo
 
 # Errors whose message is the whole story; anything else keeps its traceback.
 USER_ERRORS = (utils.UserError, OSError, FloatingPointError, json.JSONDecodeError)
@@ -66,7 +66,8 @@ def prepare(config, workdir: str, *, splits=(), allow_change: bool = False):
     for split in splits:
       data_lib.check(name, split, data_dir, source)
   os.makedirs(workdir, exist_ok=True)
-  workdir_lib.record_config(config, workdir)
+  if parallel.is_primary():  # one writer under jax.distributed
+    workdir_lib.record_config(config, workdir)
 
 
 @contextlib.contextmanager
@@ -81,12 +82,14 @@ def user_errors():
 
 def run(main: Callable, define_extra: Optional[Callable] = None):
   """Defines the flags (the shared ones and `define_extra()`'s), then absl's `app.run(main)`
-  inside `user_errors()`."""
+  inside `user_errors()`, in the multi-process run the environment names, if any
+  (`purer_jax.parallel.initialize`)."""
   define_flags()
   if define_extra is not None:
     define_extra()
 
   def guarded(argv):
     with user_errors():
+      parallel.initialize()
       return main(argv)
   app.run(guarded)

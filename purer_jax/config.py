@@ -69,6 +69,9 @@ def base() -> ml_collections.ConfigDict:
   c.inversion.jitter = 2
   c.inversion.strategy = 'auto'              # loop | vmap | auto
   c.inversion.steps = 200                    # `purer_jax.synthesize` only
+  # Meta-training shards the teacher axis of the inversion over every device of every process
+  # (`purer_jax.parallel`: pods, jax.distributed); needs teachers.per_iter = 0.
+  c.inversion.shard = False
 
   c.eci = ml_collections.ConfigDict()
   c.eci.adv_start = 4000
@@ -168,6 +171,17 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.train.val_every = 250
       c.train.ckpt_every = 250
       c.train.png_every = 500
+      if c.scenario == 'sh':  # <= 90 min: ResNet teachers cost 10-40x a Conv4's (README.md)
+        # Teachers: 300 images per class (240 train), batch 32 so a short recipe still takes
+        # ~150 steps; 4 epochs of the 4 ResNet-18s take ~10 of the teachers' ~15 min.
+        c.teachers.max_per_class = 300
+        c.teachers.batch_size = 32
+        c.teachers.epochs = 4
+        c.teachers.milestones = (3,)
+        # PURER-Plus: one teacher per architecture refines its bank classes per iteration
+        # (~2.3 s, against ~8 s for the whole pool).
+        c.teachers.per_iter = 3
+        c.train.iterations = 1500
   return c
 
 

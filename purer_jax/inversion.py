@@ -376,9 +376,15 @@ class InversionStep:
     images, opt_state, metrics = inversion_update(
         images, opt_state, teachers, key, tx=self.tx, extra_loss=extra_loss,
         extra_args=extra_args, lazy=self.lazy, **self.loss_kw)
-    if self.mesh is not None:  # keep the bank's sharding fixed across steps
-      images, opt_state = jax.tree.map(self._constrain, (images, opt_state))
+    images, opt_state = self.constrain((images, opt_state))
     return images, opt_state, metrics
+
+  def constrain(self, tree):
+    """Inside a traced step: the bank-shaped arrays of `tree` kept on the bank's sharding,
+    so that every step takes and returns the same layout (no recompilation)."""
+    if self.mesh is None:
+      return tree
+    return jax.tree.map(self._constrain, tree)
 
   def __call__(self, images, opt_state, teachers, key, extra_loss: Optional[Callable] = None,
                extra_args=None):

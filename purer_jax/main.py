@@ -15,7 +15,7 @@ import jax
 
 from purer_jax import cli
 from purer_jax import data as data_lib
-from purer_jax import pretrain, train, zoo
+from purer_jax import pretrain, train, utils, zoo
 
 
 def get_teachers(config, workdir):
@@ -43,7 +43,15 @@ def main(argv):
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
                                                                 'jax_cache'))
-  get_teachers(config, workdir)
+  if jax.process_count() > 1:  # one process writes the zoo; the others would race it
+    if (pretrain.missing(config, workdir)[1] if config.teachers.source == 'pretrain' else
+        not zoo.read_manifest(workdir)['teachers']):
+      raise utils.UserError(
+          f'a multi-process run needs its teachers in {zoo.teachers_dir(workdir)} first: train '
+          'or import them with one process (python -m purer_jax.pretrain --config=... '
+          f'--workdir={workdir}), then start every process')
+  else:
+    get_teachers(config, workdir)
   train.train_and_evaluate(config, workdir, started=started)
 
 

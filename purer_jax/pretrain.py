@@ -125,17 +125,27 @@ def train_teacher(model, train, heldout, tc, rng, log=None):
   return best, best_acc
 
 
-def run(config, workdir: str) -> list:
-  """Trains every teacher the manifest lacks; returns the zoo's entries."""
+def _splits(config) -> dict:
   datasets = {config.data.dataset: config.data.data_dir}
   if config.data.extra_dataset:
     datasets[config.data.extra_dataset] = config.data.extra_data_dir
-  splits = {name: data_lib.load(name, 'meta_train', d, config.data.source if name ==
-                                config.data.dataset else 'auto')
-            for name, d in datasets.items()}
+  return {name: data_lib.load(name, 'meta_train', d, config.data.source if name ==
+                              config.data.dataset else 'auto')
+          for name, d in datasets.items()}
+
+
+def missing(config, workdir: str, splits=None) -> tuple:
+  """(plan, indices of the planned teachers the zoo lacks)."""
+  splits = splits or _splits(config)
   plan = pool_plan(config, {k: v.num_classes for k, v in splits.items()})
   done = zoo.complete(workdir)
-  todo = [i for i in range(len(plan)) if i not in done]
+  return plan, [i for i in range(len(plan)) if i not in done]
+
+
+def run(config, workdir: str) -> list:
+  """Trains every teacher the manifest lacks; returns the zoo's entries."""
+  splits = _splits(config)
+  plan, todo = missing(config, workdir, splits)
   if not todo:
     print(f'teacher zoo complete: {len(plan)} teachers in {zoo.teachers_dir(workdir)}')
   prog = utils.Progress(len(plan), 'teachers', start=len(plan) - len(todo))

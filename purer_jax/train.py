@@ -25,7 +25,7 @@ from tensorboardX import SummaryWriter
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import eci, evaluate, icfil, inversion, meta, utils, viz, zoo
+from purer_jax import eci, evaluate, icfil, inversion, meta, parallel, utils, viz, zoo
 from purer_jax import workdir as workdir_lib
 
 # Checked every iteration, in this order, so the error names the first term that broke.
@@ -54,6 +54,7 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
   images, bank_opt, inv_m = inversion.inversion_update(
       state['images'], state['bank_opt'], teachers, k_inv, tx=inv.tx, extra_loss=adversarial,
       extra_args=state['params'], lazy=inv.lazy, **inv.loss_kw)
+  images, bank_opt = inv.constrain((images, bank_opt))
   tasks = eci.sample_tasks(jax.lax.stop_gradient(images), k_tasks, num=meta_batch, **task_kw)
   if flip or shift:
     tasks = eci.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
@@ -103,7 +104,12 @@ class Trainer:
     self.learner = meta.from_config(config.meta, self.model)
     self.layout = bank_lib.make_layout(teachers, config.inversion.spc, self.model.image_size)
     stacked = bank_lib.stack_teachers(teachers, self.layout)
+    if config.inversion.shard and config.teachers.per_iter:
+      raise ValueError('config.inversion.shard shards the whole pool: set '
+                       'config.teachers.per_iter=0 (or inversion.shard=False)')
+    self.mesh = parallel.teacher_mesh() if config.inversion.shard else None
     self.inv = inversion.make_inversion_step(self.layout, config.inversion, teachers=stacked,
+                                             mesh=self.mesh,
                                              per_iter=int(config.teachers.per_iter))
     self.teacher_vars = self.inv.place_teachers(stacked)
     self.tx = optax.adam(config.meta.outer_lr)
@@ -125,9 +131,25 @@ class Trainer:
   def init_state(self) -> dict:
     params = self.init_params()
     images, bank_opt = self.inv.init(self.bank_rng)
-    return {'it': jnp.asarray(0, jnp.int32), 'params': params, 'opt_state': self.tx.init(params),
-            'images': images, 'bank_opt': bank_opt,
-            'switch': eci.switch_init(self.config.eci.adv_start)}
+    return self.place({'it': jnp.asarray(0, jnp.int32), 'params': params,
+                       'opt_state': self.tx.init(params), 'images': images,
+                       'bank_opt': bank_opt, 'switch': eci.switch_init(self.config.eci.adv_start)})
+
+  def place(self, state: dict) -> dict:
+    """The state's arrays where the step expects them, so that the first step compiles the
+    program every later one (and a resumed run) runs: on a mesh, the bank and its Adam moments
+    sharded over their class axis and the rest replicated; otherwise fresh (uncommitted)."""
+    if self.mesh is None:
+      return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state)
+    bank = self.inv.bank_sharding()
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    def put(a):
+      if isinstance(a, jax.Array) and a.sharding in (bank, replicated):
+        return a
+      a = parallel.to_host(a)
+      return jax.make_array_from_callback(
+          a.shape, bank if a.shape == self.layout.shape else replicated, lambda idx: a[idx])
+    return jax.tree.map(put, state)
 
   def warmup(self, state: dict) -> dict:
     """config.train.warmup inversion-only steps on a fresh bank, so that meta-training starts
@@ -167,6 +189,16 @@ def save_episode_png(path: str, task: dict, class_datasets) -> None:
   viz.save(path, [list(s) + [None] + list(q) for s, q in zip(sx, qx)], class_datasets)
 
 
+class _NoWriter:
+  """TensorBoard's writer for the processes that write no files."""
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
 class _StopRequest:
   """SIGTERM/SIGINT: finish the iteration, checkpoint, exit. A second signal acts at once."""
 
@@ -201,6 +233,8 @@ def _checkpoint_manager(workdir):
 def _save(mngr, step: int, tree):
   """Saves checkpoint `step`, then the digest of its files (see purer_jax.workdir)."""
   mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+  if not parallel.is_primary():
+    return
   path = os.path.join(mngr.directory, str(step))
   utils.write_json(os.path.join(path, workdir_lib.DIGEST_FILE),
                    {'sha256': workdir_lib.digest(path)})
@@ -224,6 +258,19 @@ def _restore(mngr, step: int, target=None):
     raise workdir_lib.damaged(what, path, e, fix) from None
 
 
+def _local_target(mngr, step: int):
+  """Checkpoint `step`'s arrays as one device of this process holds them, whatever mesh or
+  processes saved it (orbax needs a target to restore across topologies)."""
+  from etils import epath  # orbax's own path type
+  path = epath.Path(os.path.abspath(os.path.join(mngr.directory, str(step), 'default')))
+  try:
+    tree = ocp.StandardCheckpointHandler().metadata(path).tree
+  except Exception:  # unreadable metadata: _restore names the damaged checkpoint
+    return None
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
+
+
 def load_best(workdir) -> dict:
   """The best meta-val parameters saved by `train` in W/checkpoints (finished or not)."""
   # Checked first: the manager would create the folder.
@@ -233,7 +280,7 @@ def load_best(workdir) -> dict:
   if step is None:
     raise FileNotFoundError(f'no training checkpoint in {workdir}/checkpoints: meta-train '
                             'first (python -m purer_jax.main --config=... --workdir=W)')
-  best = _restore(mngr, step)['best']
+  best = _restore(mngr, step, _local_target(mngr, step))['best']
   if float(best['val']) < 0:
     raise ValueError(f'checkpoint {step} in {mngr.directory} holds no meta-val evaluation '
                      'yet (config.train.val_every iterations are needed)')
@@ -281,24 +328,30 @@ def train(config, workdir, teachers) -> dict:
   t = config.train
   trainer = Trainer(config, teachers)
   state = trainer.init_state()
-  # A copy: the step donates the state's buffers.
-  best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(-1.0),
-          'it': jnp.asarray(-1)}
+  # On the host: a copy (the step donates the state's buffers) that every process holds.
+  best = {'params': parallel.to_host(state['params']), 'val': np.asarray(-1.0, np.float32),
+          'it': np.asarray(-1, np.int32)}
   mngr = _checkpoint_manager(workdir)
   start = mngr.latest_step() or 0
-  workdir_lib.record_run(config, workdir)
+  # Under jax.distributed every process runs this loop; process 0 alone writes files (orbax
+  # checkpoints are written by all of them together).
+  primary = parallel.is_primary()
+  if primary:
+    workdir_lib.record_run(config, workdir)
   if not start and t.warmup:
     state = trainer.warmup(state)
   if start:
     restored = _restore(mngr, start, {'state': state, 'best': best})
-    # Re-created as fresh (uncommitted) arrays, like the initial state's: restored arrays
-    # carry a committed sharding that changes the compiled program (no compilation cache hit).
-    state, best = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)),
-                               (restored['state'], restored['best']))
+    # Placed anew like the initial state: restored arrays carry another sharding, which would
+    # change the compiled program (no compilation cache hit).
+    state, best = trainer.place(restored['state']), parallel.to_host(restored['best'])
     print(f'resumed from {mngr.directory}/{start} (best meta-val {float(best["val"]):.4f})')
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  _truncate_jsonl(metrics_path, start)
-  tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start)
+  if primary:
+    _truncate_jsonl(metrics_path, start)
+  tb = (SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start) if primary else
+        _NoWriter())
+  write_jsonl = utils.write_jsonl if primary else lambda *a: None
   val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
   prog = utils.Progress(t.iterations, 'meta-train', start=start)
   window, t_window = [], time.time()
@@ -306,7 +359,7 @@ def train(config, workdir, teachers) -> dict:
   with _StopRequest() as stop:
     for it in range(start, t.iterations):
       state, m = trainer.step(state, trainer.teacher_vars, trainer.rng)
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      m = {k: float(v) for k, v in parallel.to_host(m).items()}
       bad = [k for k in GUARDED if not np.isfinite(m[k]) or (k == 'state_finite' and m[k] != 1)]
       if bad:
         tb.close()
@@ -316,7 +369,7 @@ def train(config, workdir, teachers) -> dict:
             f'in {mngr.directory}')
       window.append(m)
       if m['eci/on']:
-        utils.write_jsonl(metrics_path, {'it': it, 'event': 'eci_switch_on'})
+        write_jsonl(metrics_path, {'it': it, 'event': 'eci_switch_on'})
         tb.add_scalar('eci/switch', 1.0, it)
       done = it + 1
       if done % t.log_every == 0 or done == t.iterations:
@@ -324,19 +377,21 @@ def train(config, workdir, teachers) -> dict:
         rec['it_per_s'] = len(window) / (time.time() - t_window)
         for k, v in rec.items():
           tb.add_scalar(k, v, it)
-        utils.write_jsonl(metrics_path, {'it': it, **rec})
+        write_jsonl(metrics_path, {'it': it, **rec})
         window, t_window = [], time.time()
       if done % t.png_every == 0 or done == t.iterations:
-        ep = trainer.pseudo_episode(state['images'], it)
-        save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,
-                         [trainer.layout.dataset[c] or config.data.dataset
-                          for c in ep['classes']])
+        ep = trainer.pseudo_episode(parallel.to_host(state['images']), it)
+        if primary:
+          save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,
+                           [trainer.layout.dataset[c] or config.data.dataset
+                            for c in ep['classes']])
       if done % t.val_every == 0 or done == t.iterations:
-        acc = evaluate.validate(state['params'], config, val_splits)
+        params = parallel.to_host(state['params'])
+        acc = evaluate.validate(params, config, val_splits)
         if acc > float(best['val']):
-          best = {'params': jax.tree.map(jnp.copy, state['params']), 'val': jnp.asarray(acc),
-                  'it': jnp.asarray(done)}
-        utils.write_jsonl(metrics_path, {'it': it, 'val_acc': acc, 'best_val': float(best['val'])})
+          best = {'params': params, 'val': np.asarray(acc, np.float32),
+                  'it': np.asarray(done, np.int32)}
+        write_jsonl(metrics_path, {'it': it, 'val_acc': acc, 'best_val': float(best['val'])})
         tb.add_scalar('val/acc', acc, it)
       if done % t.ckpt_every == 0 or done == t.iterations or stop.signum:
         _save(mngr, done, {'state': state, 'best': best})
@@ -349,7 +404,7 @@ def train(config, workdir, teachers) -> dict:
   tb.close()
   if float(best['val']) < 0:  # no meta-val ran (iterations == 0): use the final parameters
     best = {'params': state['params'], 'val': best['val'], 'it': state['it']}
-  return {k: jax.device_get(v) for k, v in best.items()}
+  return parallel.to_host(best)
 
 
 def _results_files(workdir, config):
@@ -419,6 +474,8 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
   t0 = time.time()
   best = train(config, workdir, teachers)
   meta_s = time.time() - t0
+  if not parallel.is_primary():  # meta-test runs on the host: process 0 scores and writes
+    return {}
   print(f'meta-training: {meta_s:.0f}s, best meta-val {float(best["val"]):.4f} at '
         f'iteration {int(best["it"])}')
   extra = {'best_val': float(best['val']), 'best_it': int(best['it']),

@@ -27,8 +27,9 @@ POOL = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers.source', 'teache
 # `train.iterations`: a longer run continues a shorter one (`check`).
 RUN = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers', 'meta', 'inversion', 'eci',
        'train', 'eval.val_seed')
-RUN_EXCLUDE = ('teachers.torch_dir', 'inversion.strategy', 'inversion.steps', 'train.iterations',
-               'train.log_every', 'train.ckpt_every', 'train.png_every')
+# Not identity either: how the step is computed or placed (same results), and schedules.
+RUN_EXCLUDE = ('teachers.torch_dir', 'inversion.strategy', 'inversion.shard', 'inversion.steps',
+               'train.iterations', 'train.log_every', 'train.ckpt_every', 'train.png_every')
 RUN_FILE = 'run.json'  # in W/checkpoints: deleting that folder restarts meta-training
 DIGEST_FILE = 'digest.json'
 OVERRIDE_FLAG = '--allow_config_change'

@@ -1,0 +1,125 @@
+"""Multi-process runs (`purer_jax.parallel`): two processes on localhost, 4 CPU devices each,
+joined by jax.distributed with CPU collectives, so that the mesh spans two processes like a
+two-host pod slice. The sharded inversion loss and its gradient match one process's; a
+20-iteration meta-training run gives one process's metrics and a checkpoint that restores
+in one process."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from purer_jax import parallel, train, utils, zoo
+from tests import distributed_worker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = ['--config.teachers.num=3', '--config.train.iterations=20', '--config.train.ckpt_every=10',
+         '--config.train.val_every=10', '--config.train.val_tasks=20', '--config.train.png_every=10',
+         '--config.train.log_every=5', '--config.eval.tasks=20', '--config.eci.adv_start=5',
+         '--config.meta.meta_batch=2', '--config.meta.queries=5', '--config.inversion.spc=6',
+         '--config.inversion.strategy=loop', "--config.eval.methods=('random','purer')"]
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+  env = dict(os.environ, PYTHONPATH=ROOT, **extra)
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.pop('XLA_FLAGS', ''))
+  env['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
+  return env
+
+
+def _processes(cmd, n=2, timeout=900):
+  """Runs `cmd` as processes 0..n-1 of one jax.distributed run; returns their outputs."""
+  port = _port()
+  procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env(4, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                                                PURER_NUM_PROCESSES=str(n),
+                                                PURER_PROCESS_ID=str(i)))
+           for i in range(n)]
+  try:
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return outs
+
+
+def test_initialize_reads_the_environment():
+  assert not parallel.initialize({})
+  for env in ({'PURER_NUM_PROCESSES': '2'},
+              {'PURER_NUM_PROCESSES': '2', 'PURER_PROCESS_ID': '0'},
+              {'PURER_NUM_PROCESSES': 'two', 'PURER_PROCESS_ID': '0',
+               'JAX_COORDINATOR_ADDRESS': 'localhost:1'},
+              {'PURER_NUM_PROCESSES': '2', 'PURER_PROCESS_ID': '2',
+               'JAX_COORDINATOR_ADDRESS': 'localhost:1'}):
+    with pytest.raises(utils.UserError, match='PURER_'):
+      parallel.initialize(env)
+
+
+@pytest.mark.slow
+def test_sharded_inversion_over_two_processes_matches_one(tmp_path):
+  out = str(tmp_path / 'two.npz')
+  _processes([sys.executable, os.path.join(ROOT, 'tests', 'distributed_worker.py'), out])
+  two = np.load(out)
+  assert int(two['processes']) == 2 and int(two['devices']) == 8
+  loss, grad = distributed_worker.loss_and_grad(mesh=None)
+  assert float(two['loss']) == pytest.approx(float(loss), rel=1e-5)
+  np.testing.assert_allclose(two['grad'], grad, rtol=1e-5, atol=1e-5 * np.abs(grad).max())
+
+
+def _main(workdir, data_dir, *extra):
+  return [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *SHORT, *extra]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    recs = [json.loads(l) for l in f]
+  for r in recs:
+    r.pop('it_per_s', None)
+  return recs
+
+
+@pytest.mark.slow
+def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smoke_config):
+  data_dir = smoke_config.data.data_dir
+  two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
+  for w in (two, one):
+    shutil.copytree(zoo.teachers_dir(smoke_zoo), zoo.teachers_dir(w))
+  outs = _processes(_main(two, data_dir, '--config.inversion.shard=True'))
+  assert 'purer' in outs[0] and 'purer' not in outs[1]  # process 0 alone scores
+  single = subprocess.run(_main(one, data_dir), cwd=ROOT, env=_env(1), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+  assert single.returncode == 0, single.stdout[-3000:]
+
+  m2, m1 = _metrics(two), _metrics(one)
+  assert [sorted(r) for r in m2] == [sorted(r) for r in m1]
+  assert any('val_acc' in r for r in m1) and any(r.get('event') for r in m1)  # ECI fired
+  for r2, r1 in zip(m2, m1):
+    for k, v in r1.items():
+      if isinstance(v, str):
+        assert r2[k] == v
+      else:
+        np.testing.assert_allclose(r2[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{k} at {r1['it']}")
+  res = [json.load(open(os.path.join(w, 'results.json'))) for w in (two, one)]
+  assert res[0]['best_it'] == res[1]['best_it']
+  for method, accs in res[1]['per_task'].items():
+    np.testing.assert_allclose(res[0]['per_task'][method], accs, atol=1e-6, err_msg=method)
+  # The two-process checkpoint restores in this single process (8 devices here, 1 in `one`).
+  best2, best1 = train.load_best(two), train.load_best(one)
+  for a, b in zip(jax.tree.leaves(best2), jax.tree.leaves(best1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

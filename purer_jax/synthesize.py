@@ -39,17 +39,6 @@ def target_accuracy(teachers, layout, images) -> list:
   return accs
 
 
-def save_episode_png(path, images, layout, teacher, position, shots=_EPISODE_SHOTS):
-  """A grid of the teacher's pseudo classes (rows) x their first `shots` images."""
-  classes = layout.classes_of(position)
-  shots = min(shots, layout.spc)
-  names = [teacher.class_names[layout.label[c]] if teacher.class_names else str(layout.label[c])
-           for c in classes]
-  viz.save(path, np.asarray(images[classes, :shots]), [teacher.dataset] * len(classes),
-           row_labels=names,
-           title=f'teacher {teacher.index} ({teacher.arch}, {teacher.dataset})')
-
-
 def run(config, workdir: str) -> dict:
   """Inverts the pool in `workdir` for config.inversion.steps steps; returns the report."""
   if not zoo.read_manifest(workdir)['teachers']:
@@ -91,7 +80,8 @@ def run(config, workdir: str) -> dict:
   accs = target_accuracy(teachers, layout, images)
   bank_lib.save(os.path.join(out, 'bank.npz'), images, layout)
   for pos, t in enumerate(teachers):
-    save_episode_png(os.path.join(out, f'teacher_{t.index:03d}.png'), images, layout, t, pos)
+    viz.save_teacher_classes(os.path.join(out, f'teacher_{t.index:03d}.png'), images, layout, t,
+                             pos, _EPISODE_SHOTS)
   report = {
       'steps': steps, 'seconds': round(seconds, 1), 'steps_per_s': steps / max(seconds, 1e-9),
       'bank_shape': list(layout.shape), 'devices': n,

@@ -189,6 +189,22 @@ def save_episode_png(path: str, task: dict, class_datasets) -> None:
   viz.save(path, [list(s) + [None] + list(q) for s, q in zip(sx, qx)], class_datasets)
 
 
+def save_arch_pngs(prefix: str, images, layout, teachers) -> list:
+  """For a pool of several architectures (SH, MH), `<prefix>_<dataset>_<arch>.png` per
+  dataset and architecture: the pseudo classes of its first teacher. Returns the paths."""
+  firsts = {}
+  for g in layout.groups:
+    for pos in g.members:
+      firsts.setdefault((teachers[pos].dataset, g.arch), pos)
+  if len({arch for _, arch in firsts}) < 2:
+    return []
+  paths = []
+  for (dataset, arch), pos in sorted(firsts.items()):
+    paths.append(f'{prefix}_{dataset}_{arch}.png')
+    viz.save_teacher_classes(paths[-1], images, layout, teachers[pos], pos)
+  return paths
+
+
 class _NoWriter:
   """TensorBoard's writer for the processes that write no files."""
 
@@ -380,11 +396,14 @@ def train(config, workdir, teachers) -> dict:
         write_jsonl(metrics_path, {'it': it, **rec})
         window, t_window = [], time.time()
       if done % t.png_every == 0 or done == t.iterations:
-        ep = trainer.pseudo_episode(parallel.to_host(state['images']), it)
+        bank = parallel.to_host(state['images'])
+        ep = trainer.pseudo_episode(bank, it)
         if primary:
           save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,
                            [trainer.layout.dataset[c] or config.data.dataset
                             for c in ep['classes']])
+          save_arch_pngs(os.path.join(workdir, f'pseudo_{done:06d}'), bank, trainer.layout,
+                         teachers)
       if done % t.val_every == 0 or done == t.iterations:
         params = parallel.to_host(state['params'])
         acc = evaluate.validate(params, config, val_splits)

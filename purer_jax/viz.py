@@ -52,6 +52,17 @@ def draw(ax, rows, datasets, *, row_labels: Sequence[str] = (),
     side.set_visible(False)
 
 
+def save_teacher_classes(path: str, images, layout, teacher, position: int, shots: int = 8):
+  """A labelled grid of one teacher's pseudo classes (rows, named) x their first `shots`
+  bank images. layout: the bank's (`purer_jax.bank.Layout`); position: the teacher's in it."""
+  classes = layout.classes_of(position)
+  shots = min(shots, layout.spc)
+  names = [teacher.class_names[layout.label[c]] if teacher.class_names else str(layout.label[c])
+           for c in classes]
+  save(path, np.asarray(images[classes, :shots]), [teacher.dataset] * len(classes),
+       row_labels=names, title=f'{teacher.dataset}, from {teacher.arch} (teacher {teacher.index})')
+
+
 def save(path: str, rows, datasets, *, row_labels: Sequence[str] = (),
          col_labels: Sequence[str] = (), title: Optional[str] = None, pad: int = PAD):
   """A PNG of `grid`: its exact pixels, or a labelled figure when labels or a title are given."""

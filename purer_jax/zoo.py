@@ -104,9 +104,9 @@ def complete(workdir: str) -> set:
           if os.path.isdir(checkpoint_path(workdir, t))}
 
 
-def load(workdir: str, with_variables: bool = True) -> list:
-  """The zoo's teachers in index order; a clear error if the workdir has none, or if a
-  teacher's checkpoint is missing or damaged."""
+def load(workdir: str, with_variables: bool = True, num: Optional[int] = None) -> list:
+  """The zoo's teachers in index order (those with an index below `num`, if given); a clear
+  error if the workdir has none, or if a teacher's checkpoint is missing or damaged."""
   manifest = read_manifest(workdir)
   if not manifest['teachers']:
     raise FileNotFoundError(
@@ -115,6 +115,8 @@ def load(workdir: str, with_variables: bool = True) -> list:
         '`python -m purer_jax.convert_torch --pool ...`')
   out = []
   for entry in manifest['teachers']:
+    if num is not None and entry['index'] >= num:
+      continue
     t = Teacher(**dict(entry, checkpoint=checkpoint_path(workdir, entry)))
     if with_variables:
       what = f'teacher {t.index}'
@@ -143,7 +145,7 @@ def pool(config, workdir: str) -> list:
   """
   datasets = tuple(d for d in (config.data.dataset, config.data.extra_dataset) if d)
   archs = tuple(config.teachers.archs)
-  teachers = [t for t in load(workdir) if t.index < config.teachers.num]
+  teachers = load(workdir, num=config.teachers.num)
   if not teachers:
     raise workdir_lib.WorkdirError(
         f'the zoo under {teachers_dir(workdir)!r} has no teacher with an index below '

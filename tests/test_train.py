@@ -159,6 +159,23 @@ def test_save_episode_png(tmp_path):
   np.testing.assert_allclose(grid[2:18, 2:18].reshape(-1, 3).mean(0), mean, atol=25)
 
 
+def test_save_arch_pngs_one_per_architecture(tmp_path):
+  from purer_jax import bank
+  def teacher(i, arch):
+    return zoo.Teacher(index=i, arch=arch, num_classes=2, image_size=16, dataset='cifar_fs',
+                       classes=[2 * i, 2 * i + 1], class_names=[f'c{2 * i}', f'c{2 * i + 1}'],
+                       heldout_acc=0.5, checkpoint='')
+  pool = [teacher(0, 'conv4'), teacher(1, 'resnet10'), teacher(2, 'conv4')]
+  layout = bank.make_layout(pool, 3)
+  images = np.random.default_rng(0).normal(size=layout.shape).astype(np.float32)
+  paths = train.save_arch_pngs(str(tmp_path / 'p'), images, layout, pool)
+  assert [os.path.basename(p) for p in paths] == ['p_cifar_fs_conv4.png', 'p_cifar_fs_resnet10.png']
+  assert all(np.asarray(Image.open(p)).std() > 10 for p in paths)
+  same = [teacher(0, 'conv4'), teacher(1, 'conv4')]  # one architecture: the episode PNG suffices
+  assert train.save_arch_pngs(str(tmp_path / 'q'), images[:4], bank.make_layout(same, 3),
+                              same) == []
+
+
 def test_warmup_inverts_the_bank_before_meta_training(smoke_zoo, smoke_config):
   c = ml_collections.ConfigDict(smoke_config.to_dict())
   c.inversion.spc, c.train.warmup = 4, 3

@@ -14,7 +14,7 @@ import torch
 
 from purer_jax import bank as bank_lib
 from purer_jax import config as config_lib
-from purer_jax import inversion, zoo
+from purer_jax import inversion, models, zoo
 from tests import torch_reference
 
 
@@ -271,6 +271,27 @@ def test_sharded_step_equals_single_device(layout, stacked, cfg):
     if m is not None:
       assert len(jax.tree.leaves(tt)[0].sharding.device_set) == 8
   chex.assert_trees_all_close(results['single'], results['sharded'], rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_teachers_take_one_share_of_memory_per_device(cfg):
+  # 16 teachers: each of n fake devices holds 16/n of their variables (model scale, issue
+  # evidence: the teacher pool's memory falls as 1/devices).
+  pool = [type('T', (), dict(arch='conv4', num_classes=5, image_size=32, classes=None))()
+          for _ in range(16)]
+  lay = bank_lib.make_layout(pool, 2)
+  one = models.init(models.create('conv4', 5, 32), jax.random.key(0))
+  stacked = (jax.tree.map(lambda a: np.repeat(np.asarray(a)[None], 16, 0), one),)
+  total = sum(a.nbytes for a in jax.tree.leaves(stacked))
+  for n in (1, 2, 4, 8):
+    mesh = jax.make_mesh((n,), ('teachers',), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:n])
+    placed = inversion.make_inversion_step(lay, cfg, strategy='loop', mesh=mesh).place_teachers(
+        stacked)
+    per_device = {}
+    for a in jax.tree.leaves(placed):
+      for s in a.addressable_shards:
+        per_device[s.device] = per_device.get(s.device, 0) + s.data.nbytes
+    assert len(per_device) == n and set(per_device.values()) == {total // n}
 
 
 def test_per_iter_refines_a_random_subset_and_leaves_the_rest(layout, stacked, cfg):

@@ -181,7 +181,7 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
         # PURER-Plus: one teacher per architecture refines its bank classes per iteration
         # (~2.3 s, against ~8 s for the whole pool).
         c.teachers.per_iter = 3
-        c.train.iterations = 1500
+        c.train.iterations = 1250
   return c
 
 

@@ -252,14 +252,21 @@ def _commit(res) -> str:
 
 
 def _wall_time(res) -> str:
-  """Total wall time, and its parts where recorded."""
+  """Total wall time, and its parts where recorded. A resumed run's last command saw only
+  its own segment: its total is the sum of the parts, meta-training over every segment."""
+  timing = res.get('timing') or {}
+  resumed = timing.get('resumed_at') and timing.get('meta_train_logged_s') is not None
+  meta = 'meta_train_logged_s' if resumed else 'meta_train_s'
+  parts = [(name, timing.get(key)) for name, key in (
+      ('teachers', 'teachers_train_s'), ('meta-training', meta), ('meta-test', 'eval_s'))]
+  text = ', '.join(f'{name} {fmt_time(v)}' for name, v in parts if v is not None)
+  if resumed:
+    return (fmt_time(sum(v or 0 for _, v in parts)) +
+            f" ({text}; summed: resumed at iteration {timing['resumed_at']})")
   total = _field(res, 'wall_time_s', 'timing')
-  parts = [(name, (res.get('timing') or {}).get(key)) for name, key in (
-      ('teachers', 'teachers_train_s'), ('meta-training', 'meta_train_s'), ('meta-test', 'eval_s'))]
-  parts = ', '.join(f'{name} {fmt_time(v)}' for name, v in parts if v is not None)
   if total is None:
-    return parts or '—'
-  return fmt_time(total) + (f' ({parts})' if parts else '')
+    return text or '—'
+  return fmt_time(total) + (f' ({text})' if text else '')
 
 
 def _heldout(accs) -> str:

@@ -323,19 +323,23 @@ def _truncate_jsonl(path, start):
     f.writelines(keep)
 
 
-def val_curve(metrics_path: str) -> list:
-  """[{'it', 'val_acc', 'minutes'}] from a run's metrics.jsonl: meta-val accuracy against the
-  meta-training wall time, summed over the logged windows (compilation and meta-val included)."""
-  curve, seconds, last = [], 0.0, -1
+def _timed_records(metrics_path: str):
+  """(record, meta-training seconds so far) of a run's metrics.jsonl, the seconds summed over
+  the logged windows (compilation and meta-val included) of every segment of a resumed run."""
+  seconds, last = 0.0, -1
   with open(metrics_path) as f:
     for rec in map(json.loads, f):
       if 'it_per_s' in rec:  # a window of iterations last+1 .. it
         seconds += (rec['it'] - last) / rec['it_per_s']
         last = rec['it']
-      if 'val_acc' in rec:
-        curve.append({'it': rec['it'] + 1, 'val_acc': rec['val_acc'],
-                      'minutes': round(seconds / 60, 2)})
-  return curve
+      yield rec, seconds
+
+
+def val_curve(metrics_path: str) -> list:
+  """[{'it', 'val_acc', 'minutes'}] from a run's metrics.jsonl: meta-val accuracy against the
+  meta-training wall time (`_timed_records`)."""
+  return [{'it': rec['it'] + 1, 'val_acc': rec['val_acc'], 'minutes': round(seconds / 60, 2)}
+          for rec, seconds in _timed_records(metrics_path) if 'val_acc' in rec]
 
 
 def train(config, workdir, teachers) -> dict:
@@ -490,6 +494,7 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
     icfil.learner_from_config(config)  # refuses a learner ICFIL cannot follow before training
   teachers = zoo.pool(config, workdir)
   prov = utils.provenance()  # the code as loaded: HEAD may move while the run goes on
+  resumed_at = _checkpoint_manager(workdir).latest_step() or 0
   t0 = time.time()
   best = train(config, workdir, teachers)
   meta_s = time.time() - t0
@@ -504,10 +509,14 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
            'val_curve': val_curve(os.path.join(workdir, 'metrics.jsonl')),
            'config': json.loads(config.to_json_best_effort())}
   out = final_evaluation(config, workdir, teachers, best['params'], extra=extra)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
   timing = {'meta_train_s': round(meta_s, 1), 'eval_s': round(time.time() - t0 - meta_s, 1),
             # Unknown for teachers imported or trained by older code: then left out.
             'teachers_train_s': (round(sum(t.train_seconds for t in teachers), 1) if all(
                 t.train_seconds is not None for t in teachers) else None)}
+  if resumed_at:  # this command's times cover the last segment only: the logged windows all
+    timing.update(resumed_at=resumed_at, meta_train_logged_s=round(
+        ([0.0] + [s for _, s in _timed_records(metrics_path)])[-1], 1))
   if started is not None:
     timing['wall_time_s'] = round(time.time() - started, 1)
   for where, res in _results_files(workdir, config):

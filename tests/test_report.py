@@ -159,3 +159,14 @@ def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
   assert 'test-time 5 steps at lr 0.03' in tuned and '+5.00 ±' in tuned
   assert '## 5-shot\n\nNo `:quick` control run yet.' in page
   assert (tmp_path / 'docs' / 'figures' / 'time_to_accuracy.png').stat().st_size > 1000
+
+
+def test_a_resumed_run_counts_every_segment():
+  whole = {'timing': {'wall_time_s': 3000.0, 'teachers_train_s': 600.0, 'meta_train_s': 2100.0,
+                      'eval_s': 300.0}}
+  assert report._wall_time(whole) == '50 min (teachers 10 min, meta-training 35 min, meta-test 5 min)'
+  # The last command ran 1 h of a 2 h meta-training: the total sums the logged windows.
+  resumed = {'timing': dict(whole['timing'], wall_time_s=3900.0, meta_train_s=3600.0,
+                            resumed_at=80, meta_train_logged_s=7200.0)}
+  assert report._wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
+                                        'meta-test 5 min; summed: resumed at iteration 80)')

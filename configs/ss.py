@@ -4,7 +4,7 @@
   python -m purer_jax.main --config=configs/ss.py:smoke --workdir=W   # minutes on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
 
-Variants: smoke | quick | 1shot | 5shot | mini | protonet | anil, comma-separated
+Variants: smoke | quick | plus | 1shot | 5shot | mini | protonet | anil, comma-separated
 (`:quick,5shot`). The meta-learner starts from the teachers' average (`meta.init='auto'`).
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
   :quick        1-shot PURER 38.27 +- 0.75 (random 22.13, average 24.86 with one test-time
@@ -12,6 +12,8 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
   :quick,5shot  5-shot PURER 51.98 +- 0.77 (random 21.70, average 25.26); meta-training 31 min
                 on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
   :smoke        a few minutes; accuracies mean little at that size
+  :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
+                not run end to end yet
 """
 from purer_jax import config
 

@@ -1,13 +1,13 @@
 """The default PURER configuration (METHOD.md) and the variants the config files share.
 
 Scenario files in `configs/` call `build(scenario, arg)`; `arg` is a comma-separated list of
-variants: `smoke`, `quick`, `1shot`, `5shot`, `mini` (MiniImageNet), and the PURER-Plus
-meta-learners `protonet` and `anil` (for example `configs/ss.py:smoke,5shot` or
+variants: `smoke`, `quick`, `plus` (a PURER-Plus pool of 100 teachers), `1shot`, `5shot`,
+`mini` (MiniImageNet), and the PURER-Plus meta-learners `protonet` and `anil` (for example `configs/ss.py:smoke,5shot` or
 `configs/ss.py:quick,mini`).
 """
 import ml_collections
 
-VARIANTS = ('smoke', 'quick', '1shot', '5shot', 'mini', 'protonet', 'anil')
+VARIANTS = ('smoke', 'quick', 'plus', '1shot', '5shot', 'mini', 'protonet', 'anil')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -130,6 +130,13 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.icfil.inv_steps, c.icfil.cal_steps = 100, 5
     elif v == 'mini':  # the pool's dataset: MiniImageNet (84 px) instead of CIFAR-FS
       c.data.dataset, c.data.data_dir = 'mini_imagenet', '../shared/data/mini-imagenet-100'
+    elif v == 'plus':  # PURER-Plus: 100 teachers on random 5-class subsets, 13 refined per it
+      # Sized for a 2-core CPU like `quick`: 5 epochs per teacher (100 of them), 2,000 its.
+      c.teachers.num, c.teachers.assignment, c.teachers.per_iter = 100, 'random', 13
+      c.teachers.epochs, c.teachers.milestones = 5, (3,)
+      c.train.iterations = 2000
+      c.train.val_every = c.train.ckpt_every = 250
+      c.train.png_every = 500
     elif v == 'protonet':
       c.meta.algo = 'protonet'
     elif v == 'anil':  # METHOD.md §5: the head alone adapts, 5 inner steps to train, 10 to test

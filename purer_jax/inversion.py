@@ -457,25 +457,30 @@ def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
     if teachers is None:
       raise ValueError("strategy 'auto' measures the strategies on the real teachers: pass "
                        'teachers=bank.stack_teachers(...)')
-    strategies = tuple(choose_strategy(layout, g, v, weights, max_shift)
-                       for g, v in zip(layout.groups, teachers))
+    # Timed on the teachers a step evaluates: with per_iter, k drawn of the group.
+    strategies = tuple(choose_strategy(layout, g, v, weights, max_shift, size=k)
+                       for g, v, k in zip(layout.groups, teachers, per_group(layout, per_iter)))
   else:
     strategies = (strategy,) * len(layout.groups)
   return InversionStep(layout, weights, max_shift, float(config.lr), strategies, mesh,
                        xla_options, per_iter)
 
 
-def choose_strategy(layout, group, variables, weights, max_shift, repeats: int = 3) -> str:
-  """The fastest strategy for one group's loss + gradient, timed on this backend."""
+def choose_strategy(layout, group, variables, weights, max_shift, repeats: int = 3,
+                    size: Optional[int] = None) -> str:
+  """The fastest strategy for one group's loss + gradient, timed on this backend for `size`
+  of its teachers per step (default: all)."""
+  size = size or group.size
   cache_key = (jax.default_backend(), group.arch, group.num_classes, group.image_size,
-               group.size, layout.spc, layout.image_size, weights, max_shift)
+               size, layout.spc, layout.image_size, weights, max_shift)
   if cache_key in _AUTO_CACHE:
     return _AUTO_CACHE[cache_key]
-  x = jax.random.normal(jax.random.key(0), (group.size, layout.spc * group.num_classes,
+  x = jax.random.normal(jax.random.key(0), (size, layout.spc * group.num_classes,
                                             layout.image_size, layout.image_size, 3))
-  keys = _teacher_keys(jax.random.key(1), group)
+  keys = _teacher_keys(jax.random.key(1), group)[:size]
+  variables = jax.tree.map(lambda a: a[:size], variables)
   times = {}
-  for s in [s for s in STRATEGIES if s != 'loop' or group.size <= MAX_UNROLL]:
+  for s in [s for s in STRATEGIES if s != 'loop' or size <= MAX_UNROLL]:
     f = jax.jit(jax.grad(lambda x, v, k, s=s: jnp.sum(stack_losses(
         x, v, k, group=group, weights=weights, max_shift=max_shift, strategy=s)[0])))
     jax.block_until_ready(f(x, variables, keys))  # compile

@@ -6,7 +6,6 @@ in one process."""
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,15 +14,16 @@ import jax
 import numpy as np
 import pytest
 
-from purer_jax import parallel, train, utils, zoo
+from purer_jax import parallel, train, utils
 from tests import distributed_worker
+from tests.test_train import TINY, _metrics, _workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT = ['--config.teachers.num=3', '--config.train.iterations=20', '--config.train.ckpt_every=10',
-         '--config.train.val_every=10', '--config.train.val_tasks=20', '--config.train.png_every=10',
-         '--config.train.log_every=5', '--config.eval.tasks=20', '--config.eci.adv_start=5',
-         '--config.meta.meta_batch=2', '--config.meta.queries=5', '--config.inversion.spc=6',
-         '--config.inversion.strategy=loop', "--config.eval.methods=('random','purer')"]
+# test_train's tiny run, 20 iterations long, ECI from iteration 5, two methods scored.
+SHORT = TINY + ['--config.train.iterations=20', '--config.train.ckpt_every=10',
+                '--config.train.val_every=10', '--config.train.png_every=10',
+                '--config.train.log_every=5', '--config.eci.adv_start=5',
+                "--config.eval.methods=('random','purer')"]
 
 
 def _port() -> int:
@@ -86,20 +86,10 @@ def _main(workdir, data_dir, *extra):
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *SHORT, *extra]
 
 
-def _metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop('it_per_s', None)
-  return recs
-
-
 @pytest.mark.slow
 def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smoke_config):
   data_dir = smoke_config.data.data_dir
-  two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
-  for w in (two, one):
-    shutil.copytree(zoo.teachers_dir(smoke_zoo), zoo.teachers_dir(w))
+  two, one = (_workdir(tmp_path, name, smoke_zoo) for name in ('two', 'one'))
   outs = _processes(_main(two, data_dir, '--config.inversion.shard=True'))
   assert 'purer' in outs[0] and 'purer' not in outs[1]  # process 0 alone scores
   single = subprocess.run(_main(one, data_dir), cwd=ROOT, env=_env(1), text=True,

@@ -294,6 +294,17 @@ def test_sharded_teachers_take_one_share_of_memory_per_device(cfg):
     assert len(per_device) == n and set(per_device.values()) == {total // n}
 
 
+def test_auto_times_the_teachers_a_step_evaluates(layout, stacked, cfg, monkeypatch):
+  # PURER-Plus draws per_iter of a large group: the strategy is chosen for that many teachers
+  # (13 of 100 unroll cheaply; 100 would not).
+  sizes = []
+  monkeypatch.setattr(inversion, 'choose_strategy',
+                      lambda *a, size=None, **k: sizes.append(size) or 'loop')
+  inversion.make_inversion_step(layout, cfg, teachers=stacked, strategy='auto', per_iter=1)
+  inversion.make_inversion_step(layout, cfg, teachers=stacked, strategy='auto')
+  assert sizes == [1, 3]
+
+
 def test_per_iter_refines_a_random_subset_and_leaves_the_rest(layout, stacked, cfg):
   assert inversion.per_group(layout, 0) == (3,) and inversion.per_group(layout, 5) == (3,)
   assert inversion.per_group(layout, 1) == (1,)

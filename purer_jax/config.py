@@ -67,7 +67,8 @@ def base() -> ml_collections.ConfigDict:
   c.inversion.tv = 1e-4
   c.inversion.l2 = 1e-5
   c.inversion.jitter = 2
-  c.inversion.strategy = 'auto'              # loop | vmap | auto
+  # loop | vmap | auto | chunks (one program per 13 teachers: `purer_jax.synthesize` only)
+  c.inversion.strategy = 'auto'
   c.inversion.steps = 200                    # `purer_jax.synthesize` only
   # Meta-training shards the teacher axis of the inversion over every device of every process
   # (`purer_jax.parallel`: pods, jax.distributed); needs teachers.per_iter = 0.

@@ -16,7 +16,9 @@ variables are stacked on a leading axis. A group is evaluated either by a Python
 its members inside the jit ('loop': one ordinary conv per teacher) or by `jax.vmap` ('vmap':
 one batched program; Conv4 then computes its convs as im2col matmuls, because vmapped convs
 over different weights become grouped convolutions, very slow on XLA:CPU - PITFALLS.md).
-'auto' times them on the actual shapes. Conv4 teachers run through `conv4_forward`, a
+'auto' times them on the actual shapes. A pool too large to unroll in one program (100
+teachers) can run as one program per chunk of CHUNK teachers plus one for the update
+('chunks', `ChunkedInversionStep`), at the unrolled loop's speed per teacher. Conv4 teachers run through `conv4_forward`, a
 functional forward that is numerically the Flax model but several times faster to
 differentiate on CPU; other archs use the Flax model itself (`bn_statistics`).
 """
@@ -38,6 +40,8 @@ from purer_jax.models.layers import BatchNorm
 STRATEGIES = ('loop', 'vmap')
 # `auto` skips 'loop' above this many teachers: unrolled, it takes minutes to compile.
 MAX_UNROLL = 32
+# Teachers per program of the 'chunks' step (the headline pool's size: seconds to compile).
+CHUNK = 13
 
 
 class Weights(NamedTuple):
@@ -435,21 +439,89 @@ def _put(a: np.ndarray, sharding):
   return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
 
+class ChunkedInversionStep:
+  """`InversionStep`'s update as one program per chunk of at most CHUNK teachers (the
+  gradients summed into one buffer) and one for the Adam update: for pools too large to unroll
+  in one program, whose batched form ('vmap') is slow on CPU. The same math and metrics as
+  InversionStep, without a mesh, per_iter or an extra loss; several programs, so it cannot
+  sit inside the meta-iteration's single program (train.py refuses it)."""
+
+  def __init__(self, layout, weights, max_shift, lr):
+    self.layout, self.weights, self.max_shift = layout, weights, int(max_shift)
+    self.strategies = ('chunks',) * len(layout.groups)
+    self.tx = optax.adam(lr)
+    self.chunks = [(gi, lo, min(lo + CHUNK, g.size)) for gi, g in enumerate(layout.groups)
+                   for lo in range(0, g.size, CHUNK)]
+    self._grad = jax.jit(self._chunk_grad, static_argnames=('gi', 'lo', 'hi'),
+                         donate_argnums=(1,))
+    self._apply = jax.jit(self._update, donate_argnums=(0, 1))
+
+  def _chunk_grad(self, images, acc, variables, key, *, gi, lo, hi):
+    g = self.layout.groups[gi]
+
+    def loss(images):
+      losses, terms = stack_losses(bank_lib.group_slice(images, g)[lo:hi], variables,
+                                   _teacher_keys(key, g)[lo:hi], group=g, weights=self.weights,
+                                   max_shift=self.max_shift, strategy='loop')
+      return jnp.sum(losses), (losses, terms)
+
+    grad, aux = jax.grad(loss, has_aux=True)(images)
+    return acc + grad, aux
+
+  def _update(self, images, opt_state, grads):
+    updates, opt_state = self.tx.update(grads, opt_state, images)
+    return optax.apply_updates(images, updates), opt_state
+
+  def init(self, rng):
+    images = bank_lib.init(self.layout, rng)
+    return images, self.tx.init(images)
+
+  def place_teachers(self, stacked):
+    """Per chunk, its teachers' stacked variables."""
+    return tuple(jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], stacked[gi])
+                 for gi, lo, hi in self.chunks)
+
+  def __call__(self, images, opt_state, teachers, key):
+    """One Adam step on the bank over all teachers; returns (images, opt_state, metrics)."""
+    acc, per = jnp.zeros_like(images), []
+    for (gi, lo, hi), v in zip(self.chunks, teachers):
+      acc, aux = self._grad(images, acc, v, key, gi=gi, lo=lo, hi=hi)
+      per.append(aux)
+    images, opt_state = self._apply(images, opt_state, acc)
+    losses = jnp.concatenate([l for l, _ in per])
+    terms = {k: jnp.concatenate([t[k] for _, t in per]) for k in per[0][1]}
+    where = np.concatenate([self.layout.groups[gi].members[lo:hi] for gi, lo, hi in self.chunks])
+    in_pool = lambda v: jnp.zeros(self.layout.num_teachers, v.dtype).at[where].set(v)
+    total = jnp.sum(losses)
+    metrics = {k: jnp.sum(v) for k, v in terms.items() if k != 'acc'}
+    metrics.update(inv=total, acc=jnp.mean(terms['acc']), teacher_loss=in_pool(losses),
+                   teacher_acc=in_pool(terms['acc']), extra=jnp.zeros((), total.dtype),
+                   loss=total)
+    return images, opt_state, metrics
+
+
 def make_inversion_step(layout: bank_lib.Layout, config, *, teachers=None,
                         strategy: Optional[str] = None, mesh=None,
                         xla_options: Optional[dict] = None, per_iter: int = 0) -> InversionStep:
   """Builds the compiled step for `layout` with config.inversion's weights, jitter and lr.
 
-  strategy: 'loop', 'vmap' or 'auto' (default config.strategy). 'auto' times the
+  strategy: 'loop', 'vmap', 'chunks' (a `ChunkedInversionStep`) or 'auto' (default
+  config.strategy). 'auto' times the
   strategies per group on the actual shapes (needs `teachers`, the stacked variables) and caches the
   choice per backend and shape. mesh: a 1-axis jax.sharding.Mesh to shard teachers over.
   xla_options: XLA compiler options for the step (e.g. {'xla_cpu_use_xnnpack': True}).
   per_iter: refine that many teachers per step, drawn at random (PURER-Plus; 0: all).
   """
   strategy = strategy or config.strategy
-  if strategy not in STRATEGIES + ('auto',):
-    raise ValueError(f'config.inversion.strategy must be one of {STRATEGIES + ("auto",)}, '
-                     f'got {strategy!r}')
+  if strategy not in STRATEGIES + ('auto', 'chunks'):
+    raise ValueError(f'config.inversion.strategy must be one of '
+                     f'{STRATEGIES + ("auto", "chunks")}, got {strategy!r}')
+  if strategy == 'chunks':
+    if mesh is not None or per_iter:
+      raise ValueError("inversion strategy 'chunks' runs the whole pool on one device: no "
+                       'mesh, no teachers.per_iter')
+    return ChunkedInversionStep(layout, Weights.from_config(config), config.jitter,
+                                float(config.lr))
   if mesh is not None and len(mesh.axis_names) != 1:
     raise ValueError(f'the inversion mesh must have one axis (teachers), got {mesh.axis_names}')
   weights, max_shift = Weights.from_config(config), int(config.jitter)

@@ -104,6 +104,10 @@ class Trainer:
     self.learner = meta.from_config(config.meta, self.model)
     self.layout = bank_lib.make_layout(teachers, config.inversion.spc, self.model.image_size)
     stacked = bank_lib.stack_teachers(teachers, self.layout)
+    if config.inversion.strategy == 'chunks':
+      raise ValueError("config.inversion.strategy='chunks' runs the inversion as several "
+                       'programs and meta-training needs one per iteration: use auto, loop '
+                       'or vmap (for a pool of 100, teachers.per_iter keeps the step small)')
     if config.inversion.shard and config.teachers.per_iter:
       raise ValueError('config.inversion.shard shards the whole pool: set '
                        'config.teachers.per_iter=0 (or inversion.shard=False)')

@@ -305,6 +305,24 @@ def test_auto_times_the_teachers_a_step_evaluates(layout, stacked, cfg, monkeypa
   assert sizes == [1, 3]
 
 
+def test_chunked_step_equals_one_program(layout, stacked, cfg, monkeypatch):
+  # 3 teachers in chunks of 2: two programs, the gradients summed, then one Adam update.
+  monkeypatch.setattr(inversion, 'CHUNK', 2)
+  key = jax.random.key(5)
+  out = {}
+  for s in ('loop', 'chunks'):
+    step = inversion.make_inversion_step(layout, cfg, strategy=s)
+    images, opt = step.init(jax.random.key(0))
+    teachers = step.place_teachers(stacked)
+    for i in range(2):
+      images, opt, metrics = step(images, opt, teachers, jax.random.fold_in(key, i))
+    out[s] = (images, opt, metrics)
+  assert len(inversion.make_inversion_step(layout, cfg, strategy='chunks').chunks) == 2
+  chex.assert_trees_all_close(out['chunks'], out['loop'], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='per_iter'):
+    inversion.make_inversion_step(layout, cfg, strategy='chunks', per_iter=1)
+
+
 def test_per_iter_refines_a_random_subset_and_leaves_the_rest(layout, stacked, cfg):
   assert inversion.per_group(layout, 0) == (3,) and inversion.per_group(layout, 5) == (3,)
   assert inversion.per_group(layout, 1) == (1,)

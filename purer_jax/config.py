@@ -2,8 +2,8 @@
 
 Scenario files in `configs/` call `build(scenario, arg)`; `arg` is a comma-separated list of
 variants: `smoke`, `quick`, `plus` (a PURER-Plus pool of 100 teachers), `1shot`, `5shot`,
-`mini` (MiniImageNet), and the PURER-Plus meta-learners `protonet` and `anil` (for example `configs/ss.py:smoke,5shot` or
-`configs/ss.py:quick,mini`).
+`mini` (MiniImageNet), and the PURER-Plus meta-learners `protonet` and `anil` (for example
+`configs/ss.py:smoke,5shot` or `configs/ss.py:quick,mini`).
 """
 import ml_collections
 

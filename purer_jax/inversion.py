@@ -18,9 +18,10 @@ one batched program; Conv4 then computes its convs as im2col matmuls, because vm
 over different weights become grouped convolutions, very slow on XLA:CPU - PITFALLS.md).
 'auto' times them on the actual shapes. A pool too large to unroll in one program (100
 teachers) can run as one program per chunk of CHUNK teachers plus one for the update
-('chunks', `ChunkedInversionStep`), at the unrolled loop's speed per teacher. Conv4 teachers run through `conv4_forward`, a
-functional forward that is numerically the Flax model but several times faster to
-differentiate on CPU; other archs use the Flax model itself (`bn_statistics`).
+('chunks', `ChunkedInversionStep`), at the unrolled loop's speed per teacher. Conv4 teachers
+run through `conv4_forward`, a functional forward that is numerically the Flax model but
+several times faster to differentiate on CPU; other archs use the Flax model itself
+(`bn_statistics`).
 """
 import functools
 import time

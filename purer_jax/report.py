@@ -81,7 +81,7 @@ PROTOCOL = {
 # Fields that do not change what is measured (paths, logging, speed, what else is scored).
 # Any other field is compared with this repository's default for the scenario.
 NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data.source',
-                'teachers.torch_dir', 'inversion.strategy', 'inversion.steps',
+                'teachers.torch_dir', 'inversion.strategy', 'inversion.shard', 'inversion.steps',
                 'train.log_every', 'train.ckpt_every', 'train.png_every', 'eval.seed',
                 'eval.val_seed', 'eval.batch', 'eval.methods', 'icfil.')
 PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all teachers',

@@ -170,3 +170,11 @@ def test_a_resumed_run_counts_every_segment():
                             resumed_at=80, meta_train_logged_s=7200.0)}
   assert report._wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
                                         'meta-test 5 min; summed: resumed at iteration 80)')
+
+
+def test_the_control_is_found_in_a_record_older_than_placement_fields():
+  # A run recorded before `inversion.shard` existed is still the `:quick` control.
+  old = config_lib.build('ss', 'quick').to_dict()
+  del old['inversion']['shard']
+  run = {'res': {'shots': 1, 'config': old, 'init': 'average'}}
+  assert report.find_control([run], 1) is run

@@ -13,7 +13,9 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
-                not run end to end yet
+                not run in full yet. `:plus,smoke` ran end to end (100 teachers in 5.4 min,
+                60 iterations at 1.1-1.3 it/s with meta-val, as fast as the 13-teacher pool;
+                100 tasks: random 22.41, average 31.28, ota 26.13, purer 31.97; smoke size)
 """
 from purer_jax import config
 

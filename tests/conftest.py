@@ -3,7 +3,7 @@
 Unit tests run on a synthetic CIFAR-FS (`synthetic_dir`: the real class names and counts,
 64/16/20, 20 tiny images per class) and a zoo of 3 Conv4 teachers trained on it in seconds
 (`smoke_zoo`). Tests that need the real data (`real_*` fixtures, `CIFAR_DIR`, `MINI_DIR`),
-start subprocesses or are compile-bound are marked `slow` (pytest.ini): `pytest -n 2 -m "not slow"`
+start subprocesses or are compile-bound are marked `slow` (pytest.ini): `pytest -m "not slow"`
 is the fast path.
 """
 import os

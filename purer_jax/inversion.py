@@ -35,6 +35,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from purer_jax import bank as bank_lib
+from purer_jax import parallel
 from purer_jax.models.conv4 import Conv4
 from purer_jax.models.layers import BatchNorm
 
@@ -416,7 +417,7 @@ class InversionStep:
     """(images, opt_state): a fresh N(0, 1) bank and its Adam state, placed on the mesh."""
     images = bank_lib.init(self.layout, rng)
     if self.mesh is not None:
-      images = _put(np.asarray(images), self.bank_sharding())
+      images = parallel.put(np.asarray(images), self.bank_sharding())
     return images, self.tx.init(images)
 
   def place_teachers(self, stacked):
@@ -430,14 +431,9 @@ class InversionStep:
     for v in stacked:
       t = jax.tree.leaves(v)[0].shape[0]
       tp = -(-t // n) * n
-      out.append(jax.tree.map(lambda a: _put(np.resize(np.asarray(a), (tp,) + a.shape[1:]),
-                                             sharding), v))
+      out.append(jax.tree.map(
+          lambda a: parallel.put(np.resize(np.asarray(a), (tp,) + a.shape[1:]), sharding), v))
     return tuple(out)
-
-
-def _put(a: np.ndarray, sharding):
-  # Works alike for one process and for many (jax.distributed): each device takes its block.
-  return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
 
 class ChunkedInversionStep:

@@ -14,8 +14,6 @@ A run joins a multi-process job from its environment (`initialize`, called by ev
       a cluster JAX detects itself (TPU pods, SLURM, Open MPI): `jax.distributed.initialize()`.
 """
 import os
-from typing import Optional
-
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -63,14 +61,14 @@ def teacher_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def replicate(tree, mesh: Optional[jax.sharding.Mesh]):
-  """`tree` as global arrays replicated on every device of `mesh` (unchanged without one).
-  Every process must pass the same values."""
-  if mesh is None:
-    return tree
-  sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda a: jax.make_array_from_callback(
-      np.shape(a), sharding, lambda idx, a=np.asarray(a): a[idx]), tree)
+def put(a: np.ndarray, sharding) -> jax.Array:
+  """Host array `a` as a global array with `sharding`: each device takes its block, alike
+  for one process and for many (every process must pass the same values)."""
+  return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
 
 
 def to_host(tree):

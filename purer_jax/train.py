@@ -145,14 +145,12 @@ class Trainer:
     sharded over their class axis and the rest replicated; otherwise fresh (uncommitted)."""
     if self.mesh is None:
       return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state)
-    bank = self.inv.bank_sharding()
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    bank, replicated = self.inv.bank_sharding(), parallel.replicated(self.mesh)
     def put(a):
       if isinstance(a, jax.Array) and a.sharding in (bank, replicated):
         return a
       a = parallel.to_host(a)
-      return jax.make_array_from_callback(
-          a.shape, bank if a.shape == self.layout.shape else replicated, lambda idx: a[idx])
+      return parallel.put(a, bank if a.shape == self.layout.shape else replicated)
     return jax.tree.map(put, state)
 
   def warmup(self, state: dict) -> dict:

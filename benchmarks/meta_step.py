@@ -8,7 +8,8 @@ The step (METHOD.md §10): an inversion step over 13 Conv4 teachers (12 x 5 clas
 second-order MAML tasks (5-way 1-shot, 15 queries) from the detached bank and the outer Adam
 step; ECI's switch stays off. Teachers are randomly initialised (the cost does not depend on
 their weights). Writes {"jax_s_per_it", "torch_s_per_it", "speedup", ...}: medians over
-`--iters` timed iterations after warm-up. `--strategies` also times the meta-batch alone
+`--iters` timed iterations after warm-up, and each side's split: the inversion step alone
+(`*_inversion_s`) and the meta-batch with its outer step alone (`*_meta_s`). `--strategies` also times the meta-batch alone
 mapped by a python loop, lax.map and vmap (the measurement behind purer_jax.meta's default).
 Each side runs in its own subprocess: torch next to a live XLA:CPU runtime in one process ran
 10-25x slower here (both runtimes' thread pools competing for the 2 cores).
@@ -62,7 +63,8 @@ def _median_time(fn, iters, warmup=2):
 
 def time_jax(iters):
   import jax
-  from purer_jax import train
+  import optax
+  from purer_jax import eci, meta, train
   config = _config()
   trainer = train.Trainer(config, _teachers(config))
   state = [trainer.init_state()]
@@ -73,7 +75,29 @@ def time_jax(iters):
   def step():
     state[0], m = trainer.step(state[0], trainer.teacher_vars, trainer.rng)
     jax.block_until_ready(m)
-  return _median_time(step, iters), compile_s
+  total = _median_time(step, iters)
+
+  # The two halves alone: the inversion step, then the meta-batch's value, gradient and
+  # outer Adam step on tasks from the bank.
+  bank = [state[0]['images'], state[0]['bank_opt']]
+
+  def inversion():
+    bank[0], bank[1], m = trainer.inv(bank[0], bank[1], trainer.teacher_vars, trainer.rng)
+    jax.block_until_ready(m)
+  inv_s = _median_time(inversion, iters)
+  tasks = eci.sample_tasks(bank[0], jax.random.key(2), num=META_BATCH,
+                           **train.task_kw(config, trainer.layout))
+
+  @jax.jit
+  def meta_update(params, opt_state):
+    grads = jax.grad(lambda p: meta.batch_loss(p, tasks, learner=trainer.learner)[0])(params)
+    updates, opt_state = trainer.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  outer = [state[0]['params'], state[0]['opt_state']]
+
+  def meta_half():
+    outer[0], outer[1] = jax.block_until_ready(meta_update(*outer))
+  return total, compile_s, inv_s, _median_time(meta_half, iters)
 
 
 def time_strategies(iters):
@@ -114,8 +138,14 @@ def time_torch(iters):
   bank = torch.randn(64 * SPC, 3, SIZE, SIZE, requires_grad=True)
   bank_opt = torch.optim.Adam([bank], lr=0.25)
   learner = torch_reference.create('conv4', WAYS, SIZE).train()
+  for m in learner.modules():  # transductive BN without running statistics, as the JAX side
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.track_running_stats, m.running_mean, m.running_var = False, None, None
   outer_opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
-  names = [k for k, _ in learner.named_parameters()]
+  # The reference Conv4 registers each conv and BN under two names (the original's state
+  # dict); functional_call is given every name, so no alias keeps a stale fast weight.
+  aliases = list(learner.named_parameters(remove_duplicate=False))
+  unique = list(dict.fromkeys(p for _, p in aliases))
   labels = torch.arange(64).repeat_interleave(SPC)  # bank rows per class, for task sampling
 
   def inversion_step():
@@ -142,14 +172,15 @@ def time_torch(iters):
             torch.arange(WAYS).repeat_interleave(QUERIES))
 
   def meta_step():
-    params = dict(learner.named_parameters())
+    call = lambda weights, x: torch.func.functional_call(
+        learner, {k: weights[p] for k, p in aliases}, (x,), tie_weights=False)
     total = 0.0
     for _ in range(META_BATCH):
       sx, sy, qx, qy = task()
-      inner = F.cross_entropy(torch.func.functional_call(learner, params, (sx,)), sy)
-      grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
-      fast = {k: params[k] - 0.01 * g for k, g in zip(names, grads)}
-      total = total + F.cross_entropy(torch.func.functional_call(learner, fast, (qx,)), qy)
+      inner = F.cross_entropy(call({p: p for p in unique}, sx), sy)
+      grads = torch.autograd.grad(inner, unique, create_graph=True)
+      fast = {p: p - 0.01 * g for p, g in zip(unique, grads)}
+      total = total + F.cross_entropy(call(fast, qx), qy)
     outer_opt.zero_grad()
     total.backward()
     outer_opt.step()
@@ -157,7 +188,8 @@ def time_torch(iters):
   def step():
     inversion_step()
     meta_step()
-  return _median_time(step, iters)
+  return _median_time(step, iters), _median_time(inversion_step, iters), _median_time(
+      meta_step, iters)
 
 
 def _side(name, iters, strategies):
@@ -178,26 +210,30 @@ def main():
   p.add_argument('--side', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.side == 'jax':
-    jax_s, compile_s = time_jax(a.iters)
-    res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s}
+    jax_s, compile_s, inv_s, meta_s = time_jax(a.iters)
+    res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s, 'jax_inversion_s': inv_s,
+           'jax_meta_s': meta_s}
     if a.strategies:
       res['meta_batch_s'] = time_strategies(a.iters)
     print(json.dumps(res))
     return
   if a.side == 'torch':
-    print(json.dumps({'torch_s_per_it': time_torch(a.iters)}))
+    total, inv_s, meta_s = time_torch(a.iters)
+    print(json.dumps({'torch_s_per_it': total, 'torch_inversion_s': inv_s,
+                      'torch_meta_s': meta_s}))
     return
   if not a.json:
     p.error('--json OUT is required')
   res = _side('jax', a.iters, a.strategies)
-  print(f"jax: {res['jax_s_per_it']:.3f} s/it (compile + first step {res['jax_compile_s']:.1f} s)",
-        flush=True)
+  print(f"jax: {res['jax_s_per_it']:.3f} s/it (inversion {res['jax_inversion_s']:.3f}, meta "
+        f"{res['jax_meta_s']:.3f}; compile + first step {res['jax_compile_s']:.1f} s)", flush=True)
   if 'meta_batch_s' in res:
     print('meta-batch value+grad (s):', res['meta_batch_s'], flush=True)
   if not a.skip_torch:
     res.update(_side('torch', a.iters, False))
     res['speedup'] = res['torch_s_per_it'] / res['jax_s_per_it']
-    print(f"torch: {res['torch_s_per_it']:.3f} s/it, speedup {res['speedup']:.2f}x", flush=True)
+    print(f"torch: {res['torch_s_per_it']:.3f} s/it (inversion {res['torch_inversion_s']:.3f}, "
+          f"meta {res['torch_meta_s']:.3f}), speedup {res['speedup']:.2f}x", flush=True)
   res['iters'] = a.iters
   res['load_avg_1min'] = os.getloadavg()[0]  # other work on the machine slows both sides
   os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

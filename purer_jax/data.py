@@ -4,8 +4,10 @@ Every split is held in memory as uint8 NHWC (METHOD.md §2); episodes are drawn 
 per-task seed so the same `(seed, index)` always gives the same task (paired evaluation).
 """
 import dataclasses
+import contextlib
 import os
 import socket
+import tempfile
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -166,13 +168,27 @@ def _load_folders(folder):
   return np.stack(images), np.asarray(labels, np.int32), names
 
 
+@contextlib.contextmanager
+def _private_tempdir():
+  # TFDS's DatasetInfo leaves an empty mkdtemp('tfds') folder behind per builder (its GCS
+  # lookup, off by default, runs after the mkdtemp): keep them in a folder removed after.
+  saved = tempfile.tempdir
+  with tempfile.TemporaryDirectory() as tmp:
+    tempfile.tempdir = tmp
+    try:
+      yield
+    finally:
+      tempfile.tempdir = saved
+
+
 def _tfds_sources(data_dir, download: bool):
   """TFDS cifar100's train and test data sources and its fine label names."""
   import tensorflow_datasets as tfds
   try:
-    sources = {part: tfds.data_source('cifar100', split=part, data_dir=data_dir,
-                                      download=download) for part in ('train', 'test')}
-    fine = tfds.builder('cifar100', data_dir=data_dir).info.features['label'].names
+    with _private_tempdir():
+      sources = {part: tfds.data_source('cifar100', split=part, data_dir=data_dir,
+                                        download=download) for part in ('train', 'test')}
+      fine = tfds.builder('cifar100', data_dir=data_dir).info.features['label'].names
   except Exception as e:
     if download:
       raise DataError(

@@ -1,5 +1,6 @@
 """Loaders, normalisation and episodes (real shared data: the `slow` tests)."""
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -96,13 +97,17 @@ def test_unknown_names():
     data.load('cifar_fs', 'train', CIFAR_DIR)
 
 
-def test_tfds_source_maps_cifar100_classes(tmp_path):
+def test_tfds_source_maps_cifar100_classes(tmp_path, monkeypatch):
   """CIFAR-FS from TFDS' cifar100 (mocked offline records): only the split's classes, relabelled."""
   tfds = pytest.importorskip('tensorflow_datasets')
   alphabetical = sorted(c for cs in data.CIFAR_FS_CLASSES.values() for c in cs)
   val_ids = {alphabetical.index(c): i for i, c in enumerate(data.CIFAR_FS_CLASSES['meta_val'])}
+  temp = tmp_path / 'temp'  # TFDS leaves empty mkdtemp folders: the loader must clean them
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
   with tfds.testing.mock_data(num_examples=300, policy=tfds.testing.MockPolicy.USE_CODE):
     d = data.load('cifar_fs', 'meta_val', str(tmp_path), source='tfds')
+    assert not os.listdir(temp)
     raw = [int(ex['label']) for part in ('train', 'test')
            for ex in tfds.data_source('cifar100', split=part, download=False)]
   expected = sorted(val_ids[y] for y in raw if y in val_ids)

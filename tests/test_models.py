@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from purer_jax import models
-from purer_jax.models.layers import BatchNorm
+from purer_jax.models.layers import BatchNorm, max_pool_2x2
 
 
 def _bn(c):
@@ -123,3 +123,25 @@ def test_bad_arguments():
     models.create('vgg', 5, 32)
   with pytest.raises(ValueError, match='num_classes'):
     models.create('conv4', 0, 32)
+
+
+
+def test_max_pool_2x2_matches_flax_to_second_order(monkeypatch):
+  # Same values as nn.max_pool (odd sizes drop the edge, as 'VALID'), and the same
+  # second-order MAML gradient through a Conv4: a reshape + max, whose gradient splits ties,
+  # was off there by up to 50%.
+  from purer_jax import meta
+  from purer_jax.models import conv4
+  x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
+  ref_pool = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2), padding='VALID')
+  np.testing.assert_array_equal(max_pool_2x2(x), ref_pool(x))
+  model = models.create('conv4', 5, 32)
+  params = models.init(model, jax.random.key(1))['params']
+  k1, k2 = jax.random.split(jax.random.key(2))
+  task = {'support_x': jax.random.normal(k1, (5, 32, 32, 3)), 'support_y': jnp.arange(5),
+          'query_x': jax.random.normal(k2, (15, 32, 32, 3)), 'query_y': jnp.arange(15) % 5}
+  learner = meta.Learner('maml', model, 0.01, 1, True)
+  grad = lambda: jax.jit(jax.grad(lambda p: learner.task_loss(p, task)[0]))(params)
+  ours = grad()
+  monkeypatch.setattr(conv4, 'max_pool_2x2', ref_pool)
+  chex.assert_trees_all_close(ours, grad(), rtol=1e-3, atol=1e-6)

@@ -1,7 +1,7 @@
 """Conv4: 4 x [conv3x3(32, bias) -> BN -> ReLU -> maxpool 2], flatten, linear (METHOD.md §3)."""
 import flax.linen as nn
 
-from purer_jax.models.layers import BatchNorm, conv
+from purer_jax.models.layers import BatchNorm, conv, max_pool_2x2
 
 
 class Conv4(nn.Module):
@@ -13,7 +13,7 @@ class Conv4(nn.Module):
     for i in range(4):
       x = conv(self.width, 3, bias=True, name=f'conv{i}')(x)
       x = BatchNorm(name=f'bn{i}')(x, use_running_average=not train)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding='VALID')
+      x = max_pool_2x2(nn.relu(x))
     # NHWC flatten: the importer permutes PyTorch's NCHW-ordered head columns to match.
     return x.reshape(x.shape[0], -1)
 

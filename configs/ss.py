@@ -11,6 +11,8 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 step); 58 min at load ~7, teachers included (14 min), meta-training 43 min
   :quick,5shot  5-shot PURER 51.98 +- 0.77 (random 21.70, average 25.26); meta-training 31 min
                 on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
+  :quick,mini   1-shot PURER 29.19 +- 0.69 (random 21.95, average 22.76, ota 21.52); 64 min:
+                teachers 16 min, meta-training 41 min (2.4 s/it), meta-test 7 min
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
                 not run in full yet. `:plus,smoke` ran end to end (100 teachers in 5.4 min,

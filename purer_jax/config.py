@@ -201,7 +201,8 @@ def _quick_mini(c):
 
   An 84-px image costs ~7x a 32-px one, and a 5-class teacher has 400 training images: batch
   32 gives a 20-epoch recipe ~250 steps (~40 s per Conv4). Four teachers refine their bank
-  classes per iteration (PURER-Plus), 1,000 iterations.
+  classes per iteration (PURER-Plus), 1,000 iterations. Measured (SS 1-shot): 64 min, PURER
+  29.19 +- 0.69 against random 21.95 (docs/RESULTS.md).
   """
   if c.scenario == 'ss':
     c.teachers.batch_size = 32

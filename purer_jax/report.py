@@ -220,7 +220,9 @@ def deviations(res: dict) -> list:
   from purer_jax import config as config_lib  # ml_collections: only when a config is recorded
   run = _flatten(res['config'])
   shots = res['shots']
-  default = _flatten(config_lib.build(res['scenario'], f'{shots}shot').to_dict())
+  # The cell's dataset is not a deviation: compare with the default of that dataset.
+  mini = ',mini' if res['scenario'] != 'mh' and run.get('data.dataset') == 'mini_imagenet' else ''
+  default = _flatten(config_lib.build(res['scenario'], f'{shots}shot{mini}').to_dict())
   out = []
   for key, paper in PROTOCOL.items():
     if key not in run:

@@ -50,9 +50,11 @@ def main(argv):
           f'a multi-process run needs its teachers in {zoo.teachers_dir(workdir)} first: train '
           'or import them with one process (python -m purer_jax.pretrain --config=... '
           f'--workdir={workdir}), then start every process')
-  else:
+  # A pool trained (or imported) by an earlier command: its time is not in this wall time.
+  reused = set(range(config.teachers.num)) <= zoo.complete(workdir)
+  if jax.process_count() == 1:
     get_teachers(config, workdir)
-  train.train_and_evaluate(config, workdir, started=started)
+  train.train_and_evaluate(config, workdir, started=started, teachers_reused=reused)
 
 
 if __name__ == '__main__':

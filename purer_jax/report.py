@@ -262,8 +262,13 @@ def _wall_time(res) -> str:
   parts = [(name, timing.get(key)) for name, key in (
       ('teachers', 'teachers_train_s'), ('meta-training', meta), ('meta-test', 'eval_s'))]
   text = ', '.join(f'{name} {fmt_time(v)}' for name, v in parts if v is not None)
+  if timing.get('teachers_reused') and timing.get('teachers_train_s') is not None:
+    text = text.replace('teachers ' + fmt_time(timing['teachers_train_s']),
+                        f"teachers reused, {fmt_time(timing['teachers_train_s'])} when trained "
+                        'earlier, not counted', 1)
   if resumed:
-    return (fmt_time(sum(v or 0 for _, v in parts)) +
+    reused = timing.get('teachers_reused')
+    return (fmt_time(sum(v or 0 for n, v in parts if not (reused and n == 'teachers'))) +
             f" ({text}; summed: resumed at iteration {timing['resumed_at']})")
   total = _field(res, 'wall_time_s', 'timing')
   if total is None:

@@ -489,9 +489,11 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   return out
 
 
-def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict:
+def train_and_evaluate(config, workdir, started: Optional[float] = None,
+                       teachers_reused: bool = False) -> dict:
   """Meta-trains and scores; results.json records the config, the timings and provenance
-  (`started`: when the command began, so that wall_time_s includes teacher training)."""
+  (`started`: when the command began, so that wall_time_s includes teacher training, unless
+  `teachers_reused`: the pool was in the workdir already, its training time is recorded apart)."""
   if config.icfil.enabled:
     icfil.learner_from_config(config)  # refuses a learner ICFIL cannot follow before training
   teachers = zoo.pool(config, workdir)
@@ -516,6 +518,8 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None) -> dict
             # Unknown for teachers imported or trained by older code: then left out.
             'teachers_train_s': (round(sum(t.train_seconds for t in teachers), 1) if all(
                 t.train_seconds is not None for t in teachers) else None)}
+  if teachers_reused:
+    timing['teachers_reused'] = True
   if resumed_at:  # this command's times cover the last segment only: the logged windows all
     timing.update(resumed_at=resumed_at, meta_train_logged_s=round(
         ([0.0] + [s for _, s in _timed_records(metrics_path)])[-1], 1))

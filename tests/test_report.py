@@ -170,6 +170,12 @@ def test_a_resumed_run_counts_every_segment():
                             resumed_at=80, meta_train_logged_s=7200.0)}
   assert report._wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
                                         'meta-test 5 min; summed: resumed at iteration 80)')
+  # Teachers from an earlier command: named, not counted.
+  reused = {'timing': dict(whole['timing'], wall_time_s=2400.0, teachers_reused=True)}
+  assert report._wall_time(reused) == ('40 min (teachers reused, 10 min when trained earlier, '
+                                       'not counted, meta-training 35 min, meta-test 5 min)')
+  reused['timing'].update(resumed_at=80, meta_train_logged_s=7200.0)
+  assert report._wall_time(reused).startswith('2 h 05 min (teachers reused')
 
 
 def test_the_control_is_found_in_a_record_older_than_placement_fields():

@@ -113,7 +113,9 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
 
   res = [json.load(open(os.path.join(w, 'results.json'))) for w in (full, killed)]
   for r in res:  # when and where it ran: recorded, but differs between the runs
-    assert r.pop('timing')['wall_time_s'] > 0
+    timing = r.pop('timing')
+    assert timing['wall_time_s'] > 0
+    assert timing['teachers_reused']  # the zoo was copied in before the command
     assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
     assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
     assert [p.pop('minutes') >= 0 for p in r['val_curve']] == [True, True]  # wall times

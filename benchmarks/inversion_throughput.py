@@ -228,9 +228,8 @@ def run_case(case, kinds, *, rounds, steps, threads, budget_s, log):
                              img_s=images / med, compile_s=round(w.ready['compile_s'], 1))
   # Against eager, and against the fastest torch.compile mode of the case.
   res = rec['results']
-  refs = {'eager': [k for k in res if k == 'torch-eager'],
-          'compile': [k for k in res if k.startswith('torch-compile')]}
-  for name, ks in refs.items():
+  for name in ('eager', 'compile'):
+    ks = [k for k in res if k.startswith(f'torch-{name}')]
     if ks:
       ref = min(res[k]['median_s'] for k in ks)
       for r in res.values():

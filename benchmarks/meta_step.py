@@ -9,8 +9,8 @@ second-order MAML tasks (5-way 1-shot, 15 queries) from the detached bank and th
 step; ECI's switch stays off. Teachers are randomly initialised (the cost does not depend on
 their weights). Writes {"jax_s_per_it", "torch_s_per_it", "speedup", ...}: medians over
 `--iters` timed iterations after warm-up, and each side's split: the inversion step alone
-(`*_inversion_s`) and the meta-batch with its outer step alone (`*_meta_s`). `--strategies` also times the meta-batch alone
-mapped by a python loop, lax.map and vmap (the measurement behind purer_jax.meta's default).
+(`*_inversion_s`) and the meta-batch with its outer step alone (`*_meta_s`). `--strategies`
+also times the meta-batch alone mapped by a python loop, lax.map and vmap (the measurement behind purer_jax.meta's default).
 Each side runs in its own subprocess: torch next to a live XLA:CPU runtime in one process ran
 10-25x slower here (both runtimes' thread pools competing for the 2 cores).
 """

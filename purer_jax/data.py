@@ -3,8 +3,8 @@
 Every split is held in memory as uint8 NHWC (METHOD.md §2); episodes are drawn from a
 per-task seed so the same `(seed, index)` always gives the same task (paired evaluation).
 """
-import dataclasses
 import contextlib
+import dataclasses
 import os
 import socket
 import tempfile

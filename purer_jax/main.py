@@ -43,6 +43,8 @@ def main(argv):
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
                                                                 'jax_cache'))
+  # A pool trained (or imported) by an earlier command: its time is not in this wall time.
+  reused = set(range(config.teachers.num)) <= zoo.complete(workdir)
   if jax.process_count() > 1:  # one process writes the zoo; the others would race it
     if (pretrain.missing(config, workdir)[1] if config.teachers.source == 'pretrain' else
         not zoo.read_manifest(workdir)['teachers']):
@@ -50,9 +52,7 @@ def main(argv):
           f'a multi-process run needs its teachers in {zoo.teachers_dir(workdir)} first: train '
           'or import them with one process (python -m purer_jax.pretrain --config=... '
           f'--workdir={workdir}), then start every process')
-  # A pool trained (or imported) by an earlier command: its time is not in this wall time.
-  reused = set(range(config.teachers.num)) <= zoo.complete(workdir)
-  if jax.process_count() == 1:
+  else:
     get_teachers(config, workdir)
   train.train_and_evaluate(config, workdir, started=started, teachers_reused=reused)
 

@@ -259,16 +259,14 @@ def _wall_time(res) -> str:
   timing = res.get('timing') or {}
   resumed = timing.get('resumed_at') and timing.get('meta_train_logged_s') is not None
   meta = 'meta_train_logged_s' if resumed else 'meta_train_s'
-  parts = [(name, timing.get(key)) for name, key in (
-      ('teachers', 'teachers_train_s'), ('meta-training', meta), ('meta-test', 'eval_s'))]
-  text = ', '.join(f'{name} {fmt_time(v)}' for name, v in parts if v is not None)
-  if timing.get('teachers_reused') and timing.get('teachers_train_s') is not None:
-    text = text.replace('teachers ' + fmt_time(timing['teachers_train_s']),
-                        f"teachers reused, {fmt_time(timing['teachers_train_s'])} when trained "
-                        'earlier, not counted', 1)
+  reused = timing.get('teachers_reused')  # trained by an earlier command: named, not counted
+  parts = [(label, timing.get(key), counted) for label, key, counted in (
+      ('teachers reused, {} when trained earlier, not counted' if reused else 'teachers {}',
+       'teachers_train_s', not reused),
+      ('meta-training {}', meta, True), ('meta-test {}', 'eval_s', True))]
+  text = ', '.join(label.format(fmt_time(v)) for label, v, _ in parts if v is not None)
   if resumed:
-    reused = timing.get('teachers_reused')
-    return (fmt_time(sum(v or 0 for n, v in parts if not (reused and n == 'teachers'))) +
+    return (fmt_time(sum(v or 0 for _, v, counted in parts if counted)) +
             f" ({text}; summed: resumed at iteration {timing['resumed_at']})")
   total = _field(res, 'wall_time_s', 'timing')
   if total is None:

@@ -125,7 +125,6 @@ def test_bad_arguments():
     models.create('conv4', 0, 32)
 
 
-
 def test_max_pool_2x2_matches_flax_to_second_order(monkeypatch):
   # Same values as nn.max_pool (odd sizes drop the edge, as 'VALID'), and the same
   # second-order MAML gradient through a Conv4: a reshape + max, whose gradient splits ties,

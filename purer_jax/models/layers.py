@@ -65,4 +65,3 @@ def max_pool_2x2(x):
   a, b, c, d = (x[:, i:h:2, j:w:2] for i in (0, 1) for j in (0, 1))
   top, bottom = jnp.where(a >= b, a, b), jnp.where(c >= d, c, d)
   return jnp.where(top >= bottom, top, bottom)
-

@@ -5,6 +5,7 @@
   python -m purer_jax.main --config=configs/sh.py:quick --workdir=W      # <= 90 min here
 
 Variants: smoke | quick | 1shot | 5shot | mini | protonet | anil (comma-separated).
+  python -m purer_jax.main --config=configs/sh.py:quick,mini --workdir=W # <= 90 min here
 Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.md):
   :quick   1-shot PURER 33.00 +- 0.73, Random 22.13 +- 0.41 (paired +10.86 +- 0.78); random
            init (the pool has three archs); best meta-val 29.21 at iteration 1,000 of 1,250.
@@ -12,6 +13,14 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            in 26 min, meta-training 49 min (2.3 s/iteration), meta-test 1 min: 76 min of work,
            82 min on the clock with a restart (other jobs shared the cores while the teachers
            trained).
+  :quick,5shot  5-shot PURER 40.46 +- 0.67, Random 21.70 +- 0.40 (paired +18.76 +- 0.73); the
+           1-shot run's teachers (26 min then, not counted again); best meta-val 33.71 at
+           iteration 1,000 of 1,250 (31.1 / 32.4 / 33.5 / 33.7 / 33.6); meta-training 63 min
+           on a quiet machine (2.7 s/iteration), meta-test 1 min: 90 min with the teachers.
+  :quick,mini  1-shot PURER 27.62 +- 0.60, Random 21.95 +- 0.43 (paired +5.67 +- 0.69; paper
+           28.76); 3-epoch teachers at 84 px (held-out 51.3% mean) in 29 min, 650 iterations
+           in 45 min (3.75 s/iteration), meta-test 4 min: 78 min. Meta-val 28.0 / 30.4 /
+           30.6 at 250 / 500 / 650, still rising. `config._quick_84px` has the recipe.
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

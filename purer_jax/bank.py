@@ -126,6 +126,24 @@ def group_slice(images: jax.Array, group: Group) -> jax.Array:
   return x.swapaxes(1, 2).reshape((group.size, spc * group.num_classes) + x.shape[3:])
 
 
+def as_seen(images: jax.Array, layout: Layout) -> jax.Array:
+  """The bank as the meta-learner sees it when each teacher's classes stay at the teacher's
+  size: a pseudo class of a teacher with smaller inputs (MH's 32-px CIFAR-FS teachers in an
+  84-px bank) is resized to that size and back. The teacher constrains only what survives its
+  downsample, and real images of its dataset reach the meta-learner as upsamples from that
+  size (`data.resize`), so pseudo and real images get the same transform."""
+  images = jnp.asarray(images)
+  for g in layout.groups:
+    if g.image_size < layout.image_size:
+      rows = slice(g.start, g.start + g.num_pseudo)
+      x = images[rows].reshape((-1,) + images.shape[2:])
+      small = jax.image.resize(x, (x.shape[0], g.image_size, g.image_size, x.shape[3]),
+                               'bilinear')
+      images = images.at[rows].set(
+          jax.image.resize(small, x.shape, 'bilinear').reshape(images[rows].shape))
+  return images
+
+
 def targets(num_classes: int, spc: int) -> jax.Array:
   """Local labels of a teacher's interleaved batch: 0..n-1 repeated spc times."""
   return jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), spc)

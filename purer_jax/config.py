@@ -51,6 +51,9 @@ def base() -> ml_collections.ConfigDict:
   c.meta.ways = 5
   c.meta.shots = 1
   c.meta.queries = 15
+  # Queries per class of the pseudo tasks (0: meta.queries); with a small bank (spc) the
+  # pseudo tasks need fewer, while real tasks keep meta.queries.
+  c.meta.train_queries = 0
   c.meta.inner_lr = 0.01
   c.meta.inner_steps = 1
   c.meta.test_inner_steps = 1
@@ -67,6 +70,10 @@ def base() -> ml_collections.ConfigDict:
   c.inversion.tv = 1e-4
   c.inversion.l2 = 1e-5
   c.inversion.jitter = 2
+  # MH: a smaller teacher's pseudo classes reach the meta-learner resized to its size and back
+  # (`bank.as_seen`), as its dataset's real images do; False: the bank's own pixels (the
+  # original's way, where nothing constrains the high frequencies the teacher never sees).
+  c.inversion.native_size = True
   # loop | vmap | auto | chunks (one program per 13 teachers: `purer_jax.synthesize` only)
   c.inversion.strategy = 'auto'
   c.inversion.steps = 200                    # `purer_jax.synthesize` only
@@ -131,6 +138,9 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.meta.shots, c.inversion.spc = 1, 16
       c.icfil.inv_steps, c.icfil.cal_steps = 100, 5
     elif v == 'mini':  # the pool's dataset: MiniImageNet (84 px) instead of CIFAR-FS
+      if c.scenario == 'mh':
+        raise ValueError('configs/mh.py takes no `mini` variant: MH already draws its teachers '
+                         'from CIFAR-FS and MiniImageNet')
       c.data.dataset, c.data.data_dir = 'mini_imagenet', '../shared/data/mini-imagenet-100'
     elif v == 'plus':  # PURER-Plus: 100 teachers on random 5-class subsets, 13 refined per it
       # Sized for a 2-core CPU like `quick`: 5 epochs per teacher (100 of them), 2,000 its.
@@ -191,18 +201,30 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
         # (~2.3 s, against ~8 s for the whole pool).
         c.teachers.per_iter = 3
         c.train.iterations = 1250
-  if {'quick', 'mini'} <= set(variants):
-    _quick_mini(c)
+  if 'quick' in variants and ('mini' in variants or c.scenario == 'mh'):
+    _quick_84px(c)
   return c
 
 
-def _quick_mini(c):
-  """`quick` on MiniImageNet (84 px, 100 images per class here): <= 90 min on a 2-core CPU.
+def _quick_84px(c):
+  """`quick` for an 84-px meta-learner (MiniImageNet, 100 images per class here, and MH):
+  <= 90 min on a 2-core CPU.
 
-  An 84-px image costs ~7x a 32-px one, and a 5-class teacher has 400 training images: batch
-  32 gives a 20-epoch recipe ~250 steps (~40 s per Conv4). Four teachers refine their bank
-  classes per iteration (PURER-Plus), 1,000 iterations. Measured (SS 1-shot): 64 min, PURER
-  29.19 +- 0.69 against random 21.95 (docs/RESULTS.md).
+  SS: an 84-px image costs ~7x a 32-px one, and a 5-class teacher has 400 training images:
+  batch 32 gives a 20-epoch recipe ~250 steps (~40 s per Conv4). Four teachers refine their
+  bank classes per iteration (PURER-Plus), 1,000 iterations. Measured (SS 1-shot): 64 min,
+  PURER 29.19 +- 0.69 against random 21.95 (docs/RESULTS.md).
+
+  SH: at 84 px a ResNet-18 costs ~0.2 s per training image and ~0.11 s per inverted one here
+  (ResNet-10 about half), so its teachers get 3 epochs at batch 16 (~27 min for the pool), and
+  the bank holds shots + 3 images per class (pseudo tasks with 3 queries per class; real ones
+  keep 15): one teacher per arch refined per iteration then costs ~3.5 s at 1-shot, ~7 s at
+  5-shot (650 and 375 iterations). Measured (SH 1-shot): 78 min (teachers 29, 3.75 s per
+  iteration), PURER 27.62 +- 0.60 against random 21.95.
+
+  MH: the SH MiniImageNet recipe; CIFAR-FS teachers (32 px, ~1/7 the cost) keep SH quick's
+  300 images per class. Each iteration refines one teacher of every group (dataset, arch,
+  classes: 7 groups in the seed-0 pool).
   """
   if c.scenario == 'ss':
     c.teachers.batch_size = 32
@@ -210,6 +232,15 @@ def _quick_mini(c):
     c.teachers.milestones = (12, 16)
     c.teachers.per_iter = 4
     c.train.iterations = 1000
+  else:
+    c.teachers.max_per_class = 0 if c.scenario == 'sh' else 300
+    c.teachers.per_iter = 3
+    c.teachers.batch_size = 16
+    c.teachers.epochs = 3
+    c.teachers.milestones = (2,)
+    c.meta.train_queries = 3
+    c.inversion.spc = c.meta.shots + c.meta.train_queries
+    c.train.iterations = 650 if c.meta.shots == 1 else 375
 
 
 def build(scenario: str, arg: str = '') -> ml_collections.ConfigDict:

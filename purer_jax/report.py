@@ -57,6 +57,9 @@ PROTOCOL = {
     'inversion.tv': 1e-4,
     'inversion.l2': 1e-5,
     'inversion.jitter': 2,
+    # Only MH pools mix input sizes: elsewhere the field changes nothing.
+    'inversion.native_size': lambda run, shots: (
+        False if run.get('scenario') == 'mh' else run['inversion.native_size']),
     'meta.algo': 'maml',
     'meta.inner_lr': 0.01,
     'meta.inner_steps': 1,
@@ -68,6 +71,7 @@ PROTOCOL = {
     'meta.meta_batch': 4,
     'meta.outer_lr': 1e-3,
     'meta.queries': 15,
+    'meta.train_queries': 0,                   # pseudo tasks' queries as real ones'
     'eci.adv_start': 4000,
     'eci.patience': 6,
     'eci.adv_scale': 10.0,
@@ -86,6 +90,8 @@ NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data
                 'eval.val_seed', 'eval.batch', 'eval.methods', 'icfil.')
 PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all teachers',
                'meta.test_inner_lr': 'the inner lr',
+               'meta.train_queries': 'as meta.queries',
+               'inversion.native_size': "the bank's pixels, False",
                'eci.ema': 'raw accuracy, 0', 'train.augment': 'none'}  # values needing words
 MINI_NOTE = ('Our MiniImageNet copy has 100 images per class where the paper\'s has 600, so '
              'its teachers see a sixth of the data')
@@ -440,9 +446,13 @@ def _lever_config(res: dict) -> dict:
 
 def changes(res: dict, control: dict) -> list:
   """`field a -> b` for each meta-training setting where the run differs from the control."""
+  from purer_jax import config as config_lib
+  # A field added after a run was recorded takes its default, which keeps the old behaviour.
+  base = _lever_config({'config': config_lib.base().to_dict()})
   a, b = _lever_config(control), _lever_config(res)
-  return [f'`{k}` {fmt_value(a.get(k))} → {fmt_value(b.get(k))}' for k in sorted(set(a) | set(b))
-          if not _same(a.get(k), b.get(k))]
+  get = lambda d, k: d[k] if k in d else base.get(k)
+  return [f'`{k}` {fmt_value(get(a, k))} → {fmt_value(get(b, k))}'
+          for k in sorted(set(a) | set(b)) if not _same(get(a, k), get(b, k))]
 
 
 def find_control(runs: list, shots: int):

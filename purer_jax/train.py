@@ -34,20 +34,22 @@ GUARDED = ('inv/ce', 'inv/bn', 'inv/tv', 'inv/l2', 'inv/adv', 'inv/loss', 'meta/
 
 
 def task_kw(config, layout) -> dict:
-  return dict(ways=config.meta.ways, shots=config.meta.shots, queries=config.meta.queries,
+  return dict(ways=config.meta.ways, shots=config.meta.shots,
+              queries=config.meta.train_queries or config.meta.queries,
               real=eci.real_classes(layout))
 
 
 def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, adv_scale,
-               adv_start, patience, ema=0.0, flip=False, shift=0):
-  """One meta-iteration; returns (state, metrics). `state['it']` is the iteration's index."""
+               adv_start, patience, ema=0.0, flip=False, shift=0, view=lambda x: x):
+  """One meta-iteration; returns (state, metrics). `state['it']` is the iteration's index.
+  view: the bank -> the bank as the meta-learner sees it, what tasks are built from."""
   it = state['it']
   k_inv, k_adv, k_tasks, k_aug = jax.random.split(jax.random.fold_in(rng, it), 4)
   on = state['switch'].on
 
   def adversarial(images, params):
     return jax.lax.cond(
-        on, lambda: eci.adversarial_loss(images, params, k_adv, learner=learner,
+        on, lambda: eci.adversarial_loss(view(images), params, k_adv, learner=learner,
                                          adv_scale=adv_scale, **task_kw),
         lambda: jnp.zeros((), images.dtype))
 
@@ -55,7 +57,8 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
       state['images'], state['bank_opt'], teachers, k_inv, tx=inv.tx, extra_loss=adversarial,
       extra_args=state['params'], lazy=inv.lazy, **inv.loss_kw)
   images, bank_opt = inv.constrain((images, bank_opt))
-  tasks = eci.sample_tasks(jax.lax.stop_gradient(images), k_tasks, num=meta_batch, **task_kw)
+  tasks = eci.sample_tasks(jax.lax.stop_gradient(view(images)), k_tasks, num=meta_batch,
+                           **task_kw)
   if flip or shift:
     tasks = eci.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
   (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
@@ -116,6 +119,10 @@ class Trainer:
                                              mesh=self.mesh,
                                              per_iter=int(config.teachers.per_iter))
     self.teacher_vars = self.inv.place_teachers(stacked)
+    smaller = any(g.image_size < self.layout.image_size for g in self.layout.groups)
+    # What the meta-learner sees of the bank (`bank.as_seen`): tasks and PNGs are built from it.
+    self.view = (functools.partial(bank_lib.as_seen, layout=self.layout)
+                 if config.inversion.native_size and smaller else lambda x: x)
     self.tx = optax.adam(config.meta.outer_lr)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
@@ -123,7 +130,7 @@ class Trainer:
         train_step, learner=self.learner, inv=self.inv, tx=self.tx,
         meta_batch=config.meta.meta_batch, task_kw=task_kw(config, self.layout),
         adv_scale=float(config.eci.adv_scale), adv_start=int(config.eci.adv_start),
-        patience=int(config.eci.patience), ema=float(config.eci.ema),
+        patience=int(config.eci.patience), ema=float(config.eci.ema), view=self.view,
         **augmentation(config.train)), donate_argnums=(0,))
 
   def init_params(self):
@@ -402,7 +409,7 @@ def train(config, workdir, teachers) -> dict:
         write_jsonl(metrics_path, {'it': it, **rec})
         window, t_window = [], time.time()
       if done % t.png_every == 0 or done == t.iterations:
-        bank = parallel.to_host(state['images'])
+        bank = np.asarray(trainer.view(parallel.to_host(state['images'])))
         ep = trainer.pseudo_episode(bank, it)
         if primary:
           save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,

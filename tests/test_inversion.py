@@ -190,6 +190,27 @@ def test_teachers_see_their_slice_resized_to_their_input_size(teachers, cfg):
   assert images.shape == (15, 2, 48, 48, 3) and np.isfinite(float(m['loss']))
 
 
+def test_meta_learner_sees_small_teachers_classes_as_upsamples(teachers):
+  # A 32-px teacher (CIFAR-FS) and a 48-px one share a 48-px bank, as MH's pools do at 84 px.
+  big = types.SimpleNamespace(arch='conv4', num_classes=5, image_size=48, classes=range(5),
+                              dataset='mini_imagenet')
+  lay = bank_lib.make_layout([teachers[0], big], spc=2, image_size=48)
+  small = next(g for g in lay.groups if g.image_size == 32)
+  # A 1-px checkerboard: pure high frequency, invisible at 32 px.
+  board = np.indices((48, 48)).sum(0) % 2 * 2.0 - 1.0
+  images = jnp.broadcast_to(jnp.asarray(board)[..., None], lay.shape)
+  seen = np.asarray(bank_lib.as_seen(images, lay))
+  rows = slice(small.start, small.start + small.num_pseudo)
+  want = jax.image.resize(jax.image.resize(images[rows].reshape(-1, 48, 48, 3),
+                                           (10, 32, 32, 3), 'bilinear'), (10, 48, 48, 3),
+                          'bilinear')
+  np.testing.assert_allclose(seen[rows].reshape(-1, 48, 48, 3), want, atol=1e-6)
+  assert np.abs(seen[rows]).max() < 0.5 * np.abs(board).max()
+  others = np.ones(lay.num_pseudo, bool)
+  others[rows] = False
+  np.testing.assert_array_equal(seen[others], np.asarray(images)[others])
+
+
 # ---------------------------------------------------------------------------------------------
 # The compiled step.
 

@@ -182,5 +182,11 @@ def test_the_control_is_found_in_a_record_older_than_placement_fields():
   # A run recorded before `inversion.shard` existed is still the `:quick` control.
   old = config_lib.build('ss', 'quick').to_dict()
   del old['inversion']['shard']
+  # Levers added later take their defaults, which keep the old behaviour.
+  del old['meta']['train_queries'], old['inversion']['native_size']
   run = {'res': {'shots': 1, 'config': old, 'init': 'average'}}
   assert report.find_control([run], 1) is run
+  new = config_lib.build('ss', 'quick')
+  new.meta.train_queries = 3
+  assert report.changes({'config': new.to_dict(), 'init': 'average'}, run['res']) == [
+      '`meta.train_queries` 0 → 3']

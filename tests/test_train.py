@@ -192,6 +192,18 @@ def test_warmup_inverts_the_bank_before_meta_training(smoke_zoo, smoke_config):
   assert int(warm['it']) == 0  # warm-up steps are not meta-iterations
 
 
+def test_pseudo_tasks_take_train_queries(smoke_zoo, smoke_config):
+  c = ml_collections.ConfigDict(smoke_config.to_dict())
+  c.inversion.spc, c.meta.train_queries = 4, 3
+  trainer = train.Trainer(c, zoo.load(smoke_zoo))
+  task = trainer.pseudo_episode(trainer.init_state()['images'], 0)
+  assert task['support_x'].shape[0] == c.meta.ways
+  assert task['query_x'].shape[0] == c.meta.ways * 3
+  c.meta.train_queries = 0  # 0: meta.queries, which a 4-image bank cannot hold
+  with pytest.raises(ValueError, match='raise config.inversion.spc'):
+    train.Trainer(c, zoo.load(smoke_zoo)).pseudo_episode(trainer.init_state()['images'], 0)
+
+
 def test_init_and_augmentation_settings(smoke_zoo):
   teachers = zoo.load(smoke_zoo)
   conv4 = models.create('conv4', 5, 32)

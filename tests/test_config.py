@@ -1,0 +1,37 @@
+"""Config variants: the cells' settings and the combinations that must be refused."""
+import pytest
+
+from purer_jax import config
+
+
+def test_unknown_variant_is_named():
+  with pytest.raises(ValueError, match="'qiuck'"):
+    config.build('ss', 'qiuck')
+
+
+@pytest.mark.parametrize('shots', [1, 5])
+def test_sh_mini_bank_holds_exactly_a_pseudo_task_per_class(shots):
+  c = config.build('sh', f'quick,mini,{shots}shot')
+  assert c.data.dataset == 'mini_imagenet' and c.meta.shots == shots
+  # Pseudo tasks use every bank image of a class; real tasks keep the paper's 15 queries.
+  assert c.inversion.spc == shots + c.meta.train_queries
+  assert c.meta.queries == 15 and c.teachers.per_iter == 3
+
+
+def test_quick_mini_leaves_other_scenarios_alone():
+  ss = config.build('ss', 'quick,mini')
+  assert (ss.teachers.per_iter, ss.train.iterations, ss.meta.train_queries) == (4, 1000, 0)
+  assert config.build('sh', 'quick').inversion.spc == 16
+
+
+def test_mh_quick_is_the_84px_recipe():
+  mh, sh = config.build('mh', 'quick'), config.build('sh', 'quick,mini')
+  assert mh.teachers.max_per_class == 300 and sh.teachers.max_per_class == 0
+  for field in ('teachers.epochs', 'teachers.batch_size', 'teachers.per_iter', 'inversion.spc',
+                'meta.train_queries', 'train.iterations'):
+    assert mh[field] == sh[field], field
+
+
+def test_mh_refuses_mini():
+  with pytest.raises(ValueError, match='MH already draws'):
+    config.build('mh', 'quick,mini')

@@ -136,11 +136,12 @@ def as_seen(images: jax.Array, layout: Layout) -> jax.Array:
   for g in layout.groups:
     if g.image_size < layout.image_size:
       rows = slice(g.start, g.start + g.num_pseudo)
-      x = images[rows].reshape((-1,) + images.shape[2:])
-      small = jax.image.resize(x, (x.shape[0], g.image_size, g.image_size, x.shape[3]),
+      x = images[rows]
+      flat = x.reshape((-1,) + x.shape[2:])
+      small = jax.image.resize(flat, (flat.shape[0], g.image_size, g.image_size, flat.shape[3]),
                                'bilinear')
       images = images.at[rows].set(
-          jax.image.resize(small, x.shape, 'bilinear').reshape(images[rows].shape))
+          jax.image.resize(small, flat.shape, 'bilinear').reshape(x.shape))
   return images
 
 

@@ -119,10 +119,9 @@ class Trainer:
                                              mesh=self.mesh,
                                              per_iter=int(config.teachers.per_iter))
     self.teacher_vars = self.inv.place_teachers(stacked)
-    smaller = any(g.image_size < self.layout.image_size for g in self.layout.groups)
     # What the meta-learner sees of the bank (`bank.as_seen`): tasks and PNGs are built from it.
     self.view = (functools.partial(bank_lib.as_seen, layout=self.layout)
-                 if config.inversion.native_size and smaller else lambda x: x)
+                 if config.inversion.native_size else lambda x: x)
     self.tx = optax.adam(config.meta.outer_lr)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)

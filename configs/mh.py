@@ -6,7 +6,7 @@
 Variants: smoke | quick | 1shot | 5shot | protonet | anil (comma-separated).
 `:quick` is SH MiniImageNet's recipe (`config._quick_84px`: 3 teacher epochs at batch 16,
 CIFAR-FS teachers on 300 images per class, one teacher per (dataset, arch) group refined per
-iteration, shots + 3 bank images per class, 650 / 375 iterations at 1 / 5 shots). A CIFAR-FS
+iteration, shots + 3 bank images per class, 650 / 300 iterations at 1 / 5 shots). A CIFAR-FS
 teacher's pseudo classes reach the meta-learner resized to 32 px and back
 (`inversion.native_size`), as real CIFAR-FS images do.
 Measured here (600 meta-test tasks per dataset, checkpoint chosen on meta-val, docs/RESULTS.md):

@@ -218,8 +218,8 @@ def _quick_84px(c):
   SH: at 84 px a ResNet-18 costs ~0.2 s per training image and ~0.11 s per inverted one here
   (ResNet-10 about half), so its teachers get 3 epochs at batch 16 (~27 min for the pool), and
   the bank holds shots + 3 images per class (pseudo tasks with 3 queries per class; real ones
-  keep 15): one teacher per arch refined per iteration then costs ~3.5 s at 1-shot, ~7 s at
-  5-shot (650 and 375 iterations). Measured (SH 1-shot): 78 min (teachers 29, 3.75 s per
+  keep 15): one teacher per arch refined per iteration then costs ~3.5 s at 1-shot, ~9 s at
+  5-shot (650 and 300 iterations). Measured (SH 1-shot): 78 min (teachers 29, 3.75 s per
   iteration), PURER 27.62 +- 0.60 against random 21.95.
 
   MH: the SH MiniImageNet recipe; CIFAR-FS teachers (32 px, ~1/7 the cost) keep SH quick's
@@ -241,7 +241,7 @@ def _quick_84px(c):
     c.teachers.milestones = (2,)
     c.meta.train_queries = 3
     c.inversion.spc = c.meta.shots + c.meta.train_queries
-    c.train.iterations = 650 if c.meta.shots == 1 else 375
+    c.train.iterations = 650 if c.meta.shots == 1 else 300
 
 
 def build(scenario: str, arg: str = '') -> ml_collections.ConfigDict:

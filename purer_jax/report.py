@@ -132,18 +132,38 @@ def slot_of(res: dict, path: str = 'results.json') -> tuple:
 
 def _per_dataset(res: dict, cell_dir: str) -> dict:
   """{dataset: {'methods', 'paired'}}: MH's per-dataset tables (`by_dataset`, and the paired
-  differences of `<cell>/<dataset>/results.json` where kept), else the cell's own."""
-  if 'by_dataset' not in res:
-    return {res['dataset']: {'methods': res['methods'], 'paired': res.get('paired')}}
+  differences of `<cell>/<dataset>/results.json` where kept), else the cell's own; with
+  PURER+ICFIL where a `tune_icfil` score is kept (`<cell>[/<dataset>]/icfil_<K>shot/`)."""
   out = {}
-  for ds, methods in sorted(res['by_dataset'].items()):
+  for ds, methods in sorted(res.get('by_dataset', {res['dataset']: res['methods']}).items()):
+    where = cell_dir if ds == res['dataset'] else os.path.join(cell_dir, ds)
     paired = res.get('paired') if ds == res['dataset'] else None
-    sub = os.path.join(cell_dir, ds, 'results.json')
-    if paired is None and os.path.isfile(sub):
-      with open(sub) as f:
+    if paired is None and os.path.isfile(os.path.join(where, 'results.json')):
+      with open(os.path.join(where, 'results.json')) as f:
         paired = json.load(f).get('paired')
-    out[ds] = {'methods': methods, 'paired': paired}
+    out[ds] = _with_icfil({'methods': methods, 'paired': paired}, res, where)
   return out
+
+
+def _with_icfil(d: dict, res: dict, where: str) -> dict:
+  """d with PURER+ICFIL from a `tune_icfil --test` run of the cell's checkpoint, where it is
+  kept. Its plain `purer` scores the same checkpoint on the same tasks: it must be the cell's."""
+  path = os.path.join(where, f"icfil_{res['shots']}shot", 'results.json')  # tune_icfil's
+  if not os.path.isfile(path):
+    return d
+  with open(path) as f:
+    icf = json.load(f)
+  if 'purer+icfil' in d['methods']:
+    raise ValueError(f'{path}: the run itself scored PURER+ICFIL already: keep one of them')
+  plain, ours = icf['methods'].get('purer'), d['methods'].get('purer')
+  if (plain is None or ours is None or icf.get('tasks') != res.get('tasks') or
+      abs(plain['acc'] - ours['acc']) > 1e-3):
+    raise ValueError(f'{path}: its plain PURER ({plain and fmt_acc(plain)}) is not the cell\'s '
+                     f'({ours and fmt_acc(ours)}) on the same tasks: re-run `tune_icfil '
+                     '--params=best --test` on the workdir of this cell\'s results.json')
+  return {'methods': dict(d['methods'], **{'purer+icfil': icf['methods']['purer+icfil']}),
+          'paired': dict(d['paired'] or {}, **{'purer+icfil': icf['paired']['purer+icfil']}),
+          'icfil': icf.get('icfil', {}).get('settings')}
 
 
 def combined(cell: dict) -> dict:
@@ -286,10 +306,13 @@ def _heldout(accs) -> str:
           f'max {100 * max(accs):.1f}; {len(accs)} teachers)')
 
 
-def _pngs(cell_dir: str, out_dir: str) -> list:
+def _pngs(cell_dir: str, out_dir: str, icfil: bool = False) -> list:
+  """The cell's pseudo-episode PNGs, or with `icfil` those of its ICFIL scores."""
   found = []
   for root, dirs, files in os.walk(cell_dir):
     dirs.sort()
+    if os.path.basename(root).startswith('icfil_') != icfil:
+      continue
     found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith('.png')]
   return [os.path.relpath(p, out_dir).replace(os.sep, '/') for p in found]
 
@@ -342,7 +365,8 @@ def render(cells: dict, out_dir: str) -> str:
       '‡ DRO (Wang et al., UAI 2022) has no public code nor a description detailed enough to '
       'rebuild it: its figures are quoted from the paper, not measured here.', '',
       '— : not applicable or not scored (Average and OTA need a pool of one architecture; '
-      'PURER+ICFIL only where the run enabled `icfil`). The poster prints two OTA figures in '
+      'PURER+ICFIL where the run enabled `icfil` or a `tune_icfil --params=best --test` score of '
+      'its checkpoint is kept beside it). The poster prints two OTA figures in '
       'each SS CIFAR-FS cell; both are shown as printed.', '',
       '## Runs', '',
       '| cell | folder | tasks | PURER − Random | PURER − best baseline | PURER+ICFIL − PURER '
@@ -407,10 +431,19 @@ def _cell_section(slot, cell, out_dir) -> list:
     lines.append('unknown (this results.json records no `config`).')
   else:
     lines += [f'- {d}' for d in devs] or ['- none']
-  pngs = _pngs(cell['dir'], out_dir)
-  if pngs:
-    lines += ['', 'Pseudo episodes (one row per class; support | query):', '']
-    lines += [f'![{p.rsplit("/", 1)[-1]}]({p})' for p in pngs]
+  for ds, d in cell['datasets'].items():
+    if d.get('icfil'):
+      where = f' on {NAMES.get(ds, ds)}' if len(cell['datasets']) > 1 else ''
+      settings = ', '.join(f'{k} {fmt_value(v)}' for k, v in sorted(d['icfil'].items()))
+      lines += ['', f'PURER+ICFIL{where}: `tune_icfil --params=best --test` on the best '
+                f'checkpoint, settings chosen on meta-val: {settings}.']
+  for icfil, title in ((False, 'Pseudo episodes (one row per class; support | query):'),
+                       (True, 'ICFIL, meta-test task 0 (real support above its pseudo '
+                              'support; similarities before and after calibration):')):
+    pngs = _pngs(cell['dir'], out_dir, icfil)
+    if pngs:
+      lines += ['', title, '']
+      lines += [f'![{p.rsplit("/", 1)[-1]}]({p})' for p in pngs]
   return lines + ['']
 
 

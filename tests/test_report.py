@@ -95,6 +95,45 @@ def test_page_numbers_and_missing_cells(tmp_path):
   assert 'notes' not in page
 
 
+def test_icfil_score_kept_beside_a_cell(tmp_path):
+  """A `tune_icfil --test` score of the cell's checkpoint fills its PURER+ICFIL, paired with
+  PURER; one of another checkpoint, or beside a run that scored ICFIL itself, is refused."""
+  results = _results_dir(tmp_path)
+  mh = json.load(open(results / 'mh_5shot' / 'results.json'))
+  icf = {'scenario': 'mh', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 5, 'tasks': 100,
+         'methods': _methods(purer=0.31, **{'purer+icfil': 0.33}),
+         'paired': {'purer+icfil': {'mean_diff': 0.02, 'ci95': 0.004}},
+         'icfil': {'settings': {'tau': 0.5, 'lr': 0.001}, 'tuned_on': 'meta_val'}}
+  utils.write_json(str(results / 'mh_5shot' / 'icfil_5shot' / 'results.json'), icf)
+  (results / 'mh_5shot' / 'icfil_5shot' / 'icfil_task0.png').write_bytes(b'\x89PNG')
+  page = open(report.write(str(results))).read()
+  assert '| MiniImageNet | 23.00 ± 0.68 | 29.00 ± 0.68 | — | +6.00 ± 0.60 |' in page
+  assert '| CIFAR-FS | 21.00 ± 0.68 | 31.00 ± 0.68 | 33.00 ± 0.68 | +10.00 ± 0.80 |' in page
+  assert 'PURER+ICFIL on CIFAR-FS: `tune_icfil --params=best --test`' in page
+  assert 'chosen on meta-val: lr 0.001, tau 0.5.' in page
+  icfil_png = '![icfil_task0.png](results/mh_5shot/icfil_5shot/icfil_task0.png)'
+  assert page.index('ICFIL, meta-test task 0') < page.index(icfil_png)
+  # MH's mixed cell needs ICFIL on both meta-test sets.
+  assert '| MH mixed 5-shot | `mh_5shot` | 100 | +8.00 ± 0.50 | +8.00 ± 0.50 (Random) | — |' in page
+  utils.write_json(str(results / 'mh_5shot' / 'mini_imagenet' / 'icfil_5shot' / 'results.json'),
+                   dict(icf, dataset='mini_imagenet', methods=_methods(
+                       purer=0.29, **{'purer+icfil': 0.30}), paired={'purer+icfil': {
+                           'mean_diff': 0.01, 'ci95': 0.003}}))
+  page = open(report.write(str(results))).read()
+  assert '|  |  | PURER+ICFIL | not run yet | — | 31.50 ± 0.48 | — |' in page
+  assert '| +8.00 ± 0.50 (Random) | +1.50 ± 0.25 |' in page
+  utils.write_json(str(results / 'mh_5shot' / 'icfil_5shot' / 'results.json'),
+                   dict(icf, methods=_methods(purer=0.35, **{'purer+icfil': 0.36})))
+  with pytest.raises(ValueError, match=r'plain PURER \(35.00 ± 0.68\) is not the cell\'s '
+                     r'\(31.00 ± 0.68\).*re-run `tune_icfil --params=best --test`'):
+    report.write(str(results))
+  (results / 'mh_5shot' / 'icfil_5shot' / 'results.json').unlink()
+  utils.write_json(str(results / 'ss_cifar' / 'icfil_1shot' / 'results.json'),
+                   dict(icf, scenario='ss', shots=1, tasks=600))
+  with pytest.raises(ValueError, match=r'scored PURER\+ICFIL already: keep one'):
+    report.load_cells(str(results))
+
+
 def test_rerun_reproduces_the_page_byte_for_byte(tmp_path):
   results = _results_dir(tmp_path)
   first = open(report.write(str(results)), 'rb').read()

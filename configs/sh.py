@@ -6,6 +6,7 @@
 
 Variants: smoke | quick | 1shot | 5shot | mini | protonet | anil (comma-separated).
   python -m purer_jax.main --config=configs/sh.py:quick,mini --workdir=W # <= 90 min here
+  python -m purer_jax.main --config=configs/sh.py:quick,mini,5shot --workdir=W  # idem
 Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.md):
   :quick   1-shot PURER 33.00 +- 0.73, Random 22.13 +- 0.41 (paired +10.86 +- 0.78); random
            init (the pool has three archs); best meta-val 29.21 at iteration 1,000 of 1,250.
@@ -21,6 +22,10 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            28.76); 3-epoch teachers at 84 px (held-out 51.3% mean) in 29 min, 650 iterations
            in 45 min (3.75 s/iteration), meta-test 4 min: 78 min. Meta-val 28.0 / 30.4 /
            30.6 at 250 / 500 / 650, still rising. `config._quick_84px` has the recipe.
+  :quick,mini,5shot  5-shot PURER 30.08 +- 0.58, Random 22.70 +- 0.45 (paired +7.38 +- 0.73;
+           paper 35.19); the 1-shot run's teachers (29 min, not counted again), 300 iterations
+           in 48 min (~9 s/iteration), meta-test 5 min: 82 min with the teachers. Meta-val 31.0
+           / 32.3 at 250 / 300, still rising.
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

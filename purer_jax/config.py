@@ -220,7 +220,8 @@ def _quick_84px(c):
   the bank holds shots + 3 images per class (pseudo tasks with 3 queries per class; real ones
   keep 15): one teacher per arch refined per iteration then costs ~3.5 s at 1-shot, ~9 s at
   5-shot (650 and 300 iterations). Measured (SH 1-shot): 78 min (teachers 29, 3.75 s per
-  iteration), PURER 27.62 +- 0.60 against random 21.95.
+  iteration), PURER 27.62 +- 0.60 against random 21.95; SH 5-shot: 82 min with the teachers
+  (~9 s per iteration), PURER 30.08 +- 0.58 against random 22.70.
 
   MH: the SH MiniImageNet recipe; CIFAR-FS teachers (32 px, ~1/7 the cost) keep SH quick's
   300 images per class. Each iteration refines one teacher of every group (dataset, arch,

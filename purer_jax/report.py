@@ -12,6 +12,8 @@ import math
 import os
 import sys
 
+from purer_jax import utils
+
 SCENARIOS = (('ss', 'cifar_fs'), ('ss', 'mini_imagenet'), ('sh', 'cifar_fs'),
              ('sh', 'mini_imagenet'), ('mh', 'mixed'))
 SHOTS = (1, 5)
@@ -136,11 +138,13 @@ def _per_dataset(res: dict, cell_dir: str) -> dict:
   PURER+ICFIL where a `tune_icfil` score is kept (`<cell>[/<dataset>]/icfil_<K>shot/`)."""
   out = {}
   for ds, methods in sorted(res.get('by_dataset', {res['dataset']: res['methods']}).items()):
-    where = cell_dir if ds == res['dataset'] else os.path.join(cell_dir, ds)
-    paired = res.get('paired') if ds == res['dataset'] else None
-    if paired is None and os.path.isfile(os.path.join(where, 'results.json')):
-      with open(os.path.join(where, 'results.json')) as f:
-        paired = json.load(f).get('paired')
+    if ds == res['dataset']:
+      where, paired = cell_dir, res.get('paired')
+    else:
+      where, paired = os.path.join(cell_dir, ds), None
+      if os.path.isfile(os.path.join(where, 'results.json')):
+        with open(os.path.join(where, 'results.json')) as f:
+          paired = json.load(f).get('paired')
     out[ds] = _with_icfil({'methods': methods, 'paired': paired}, res, where)
   return out
 
@@ -148,7 +152,7 @@ def _per_dataset(res: dict, cell_dir: str) -> dict:
 def _with_icfil(d: dict, res: dict, where: str) -> dict:
   """d with PURER+ICFIL from a `tune_icfil --test` run of the cell's checkpoint, where it is
   kept. Its plain `purer` scores the same checkpoint on the same tasks: it must be the cell's."""
-  path = os.path.join(where, f"icfil_{res['shots']}shot", 'results.json')  # tune_icfil's
+  path = os.path.join(utils.icfil_dir(where, res['shots']), 'results.json')
   if not os.path.isfile(path):
     return d
   with open(path) as f:

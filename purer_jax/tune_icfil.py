@@ -155,7 +155,7 @@ def test(params, config, workdir: str, settings: dict) -> dict:
   split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir,
                         config.data.source)
   m = icfil.config_metrics(params, config, split, desc='purer+icfil meta-test')
-  out = os.path.join(workdir, f'icfil_{config.meta.shots}shot')
+  out = utils.icfil_dir(workdir, config.meta.shots)
   os.makedirs(out, exist_ok=True)
   accs = {'purer': m['acc_adapted'], 'purer+icfil': m['acc']}
   diff = dict(zip(('mean_diff', 'ci95'), evaluate.paired(m['acc'], m['acc_adapted'])))
@@ -191,7 +191,7 @@ def main(argv):
         f"{b['ci95']:.4f} (plain {b['plain_acc']:.4f}, paired {b['mean_diff']:+.4f} ± "
         f"{b['diff_ci95']:.4f}) -> {os.path.join(workdir, SEARCH_FILE)}")
   if f.test:
-    print(open(os.path.join(workdir, f'icfil_{config.meta.shots}shot', 'results.md')).read())
+    print(open(os.path.join(utils.icfil_dir(workdir, config.meta.shots), 'results.md')).read())
 
 
 if __name__ == '__main__':

@@ -51,6 +51,12 @@ def write_json(path: str, obj):
   os.replace(tmp, path)
 
 
+def icfil_dir(workdir: str, shots: int) -> str:
+  """Where `tune_icfil --test` writes a checkpoint's ICFIL score, and where the results page
+  looks for one kept beside a cell."""
+  return os.path.join(workdir, f'icfil_{shots}shot')
+
+
 def provenance() -> dict:
   """Where and on what code a result was produced: commit (with uncommitted changes to tracked
   files flagged), jax version, CPU count and load average."""

@@ -1,7 +1,7 @@
 """Tunes ICFIL (METHOD.md §7) on meta-val tasks only (config.eval.val_seed), never meta-test.
 
   python -m purer_jax.tune_icfil --config=configs/ss.py --workdir=W [--params=PATH|best]
-      [--tasks=100] [--test]
+      [--tasks=100] [--test] [--dataset=mini_imagenet]
 
 Coordinate search from config.icfil: each field of GRID in turn takes its best value on the
 same meta-val tasks (mean accuracy), the others held at their current best. Pseudo supports
@@ -14,6 +14,9 @@ difference to the learner's plain evaluation on the same tasks) and prints the b
 the tasks of the main results): W/icfil_<K>shot/results.json and results.md with `purer`
 (plain test-time adaptation), `purer+icfil` and their paired difference, and icfil_task0.png
 (task 0's real support beside its pseudo support, similarities before and after calibration).
+
+--dataset: which meta-val / meta-test set (default: the pool's, config.data.dataset); MH's second
+one (config.data.extra_dataset) writes under W/<dataset>/, beside that dataset's results.json.
 
 --params: an .npz file ('/'-joined parameter paths, an optional 'params/' prefix), an orbax
 checkpoint folder (its 'params' entry if it has one), 'best' (the training loop's best
@@ -131,31 +134,45 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
           'trials': list(trials.values()), 'best': trials[best]}
 
 
+def dataset_dir(config, workdir: str, dataset: str = ''):
+  """(name, data_dir, source, folder for its outputs) of `dataset` among the config's meta-test
+  sets (empty: the pool's); MH's second set keeps its outputs in W/<dataset>/, as
+  `train.final_evaluation` does."""
+  sets = train.datasets(config)
+  for i, (name, data_dir, source) in enumerate(sets):
+    if name == (dataset or sets[0][0]):
+      return name, data_dir, source, workdir if i == 0 else os.path.join(workdir, name)
+  raise utils.UserError(f'--dataset={dataset!r}: this config meta-tests on '
+                   f"{', '.join(n for n, _, _ in sets)} only")
+
+
 def run(config, workdir: str, params_spec: str = '', *, num_tasks=None, grid=None, log=print,
-        test_best: bool = False) -> dict:
-  """`search` on meta-val with params from `load_params`; writes W/icfil_search.json. With
-  `test_best`, then `test` of the best settings (its results under res['test'])."""
+        test_best: bool = False, dataset: str = '') -> dict:
+  """`search` on `dataset`'s meta-val (see `dataset_dir`) with params from `load_params`;
+  writes icfil_search.json. With `test_best`, then `test` of the best settings (its results
+  under res['test'])."""
+  name, data_dir, source, out = dataset_dir(config, workdir, dataset)
   params = load_params(params_spec, config, workdir)
-  split = data_lib.load(config.data.dataset, 'meta_val', config.data.data_dir,
-                        config.data.source)
+  split = data_lib.load(name, 'meta_val', data_dir, source)
   res = search(params, config, split, num_tasks=num_tasks or config.train.val_tasks, grid=grid,
                log=log)
-  res['params'] = params_spec or 'average'
-  utils.write_json(os.path.join(workdir, SEARCH_FILE), res)
+  res['params'], res['dataset'] = params_spec or 'average', name
+  os.makedirs(out, exist_ok=True)
+  utils.write_json(os.path.join(out, SEARCH_FILE), res)
   if test_best:
-    res['test'] = test(params, config, workdir, res['best']['settings'])
+    res['test'] = test(params, config, workdir, res['best']['settings'], dataset=name)
   return res
 
 
-def test(params, config, workdir: str, settings: dict) -> dict:
-  """`settings` (config.icfil fields) scored once on the meta-test tasks of the main results;
-  writes W/icfil_<K>shot/ (see the module doc) and returns its results."""
+def test(params, config, workdir: str, settings: dict, dataset: str = '') -> dict:
+  """`settings` (config.icfil fields) scored once on `dataset`'s meta-test tasks of the main
+  results; writes icfil_<K>shot/ (see the module doc) and returns its results."""
+  name, data_dir, source, out = dataset_dir(config, workdir, dataset)
   config = config.copy_and_resolve_references()
   config.icfil.update(settings)
-  split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir,
-                        config.data.source)
-  m = icfil.config_metrics(params, config, split, desc='purer+icfil meta-test')
-  out = utils.icfil_dir(workdir, config.meta.shots)
+  split = data_lib.load(name, 'meta_test', data_dir, source)
+  m = icfil.config_metrics(params, config, split, desc=f'purer+icfil {name} meta-test')
+  out = utils.icfil_dir(out, config.meta.shots)
   os.makedirs(out, exist_ok=True)
   accs = {'purer': m['acc_adapted'], 'purer+icfil': m['acc']}
   diff = dict(zip(('mean_diff', 'ci95'), evaluate.paired(m['acc'], m['acc_adapted'])))
@@ -166,11 +183,11 @@ def test(params, config, workdir: str, settings: dict) -> dict:
   result = icfil.run_task(
       params, task, icfil.task_key(config.eval.seed, 0), learner=learner,
       settings=icfil.Settings.from_config(config.icfil, config.inversion))
-  icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, result, config.data.dataset)
+  icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, result, name)
   extra = {'paired': {'purer+icfil': diff},
            'icfil': {'settings': dict(config.icfil), 'tuned_on': 'meta_val'},
            **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}}
-  return evaluate.write_results(out, config, accs, extra=extra)
+  return evaluate.write_results(out, config, accs, dataset=name, extra=extra)
 
 def define_flags():
   """This command's flags (defined by `cli.run`, never on import)."""
@@ -178,6 +195,8 @@ def define_flags():
                       'folder, "best", or empty for the zoo average.')
   flags.DEFINE_integer('tasks', 0, 'Meta-val tasks per trial (0: config.train.val_tasks).')
   flags.DEFINE_bool('test', False, 'Then score the best settings on the meta-test tasks.')
+  flags.DEFINE_string('dataset', '', "Meta-val / meta-test set (empty: the pool's; MH: "
+                      'data.extra_dataset for its second one).')
 
 
 def main(argv):
@@ -185,13 +204,15 @@ def main(argv):
   f = flags.FLAGS
   config, workdir = cli.config_and_workdir(
       splits=('meta_val', 'meta_test') if f.test else ('meta_val',))
-  res = run(config, workdir, f.params, num_tasks=f.tasks or None, test_best=f.test)
+  out = dataset_dir(config, workdir, f.dataset)[3]
+  res = run(config, workdir, f.params, num_tasks=f.tasks or None, test_best=f.test,
+            dataset=f.dataset)
   b = res['best']
-  print(f"best on {res['tasks']} meta-val tasks: {b['settings']} acc {b['acc']:.4f} ± "
-        f"{b['ci95']:.4f} (plain {b['plain_acc']:.4f}, paired {b['mean_diff']:+.4f} ± "
-        f"{b['diff_ci95']:.4f}) -> {os.path.join(workdir, SEARCH_FILE)}")
+  print(f"best on {res['tasks']} {res['dataset']} meta-val tasks: {b['settings']} acc "
+        f"{b['acc']:.4f} ± {b['ci95']:.4f} (plain {b['plain_acc']:.4f}, paired "
+        f"{b['mean_diff']:+.4f} ± {b['diff_ci95']:.4f}) -> {os.path.join(out, SEARCH_FILE)}")
   if f.test:
-    print(open(os.path.join(utils.icfil_dir(workdir, config.meta.shots), 'results.md')).read())
+    print(open(os.path.join(utils.icfil_dir(out, config.meta.shots), 'results.md')).read())
 
 
 if __name__ == '__main__':

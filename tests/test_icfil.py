@@ -1,5 +1,6 @@
 """ICFIL (METHOD.md §7) on synthetic CIFAR-FS tasks with the smoke zoo's average params."""
 import json
+import os
 
 import chex
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from purer_jax import data, evaluate, icfil, meta, train, tune_icfil, zoo
+from purer_jax import data, evaluate, icfil, meta, train, tune_icfil, utils, zoo
 
 SETTINGS = icfil.Settings(tau=0.1, images_per_class=4, inv_steps=30, cal_steps=5, lr=0.01)
 
@@ -175,6 +176,17 @@ def test_figure(one_task, tmp_path):
   path = tmp_path / 'icfil.png'
   icfil.save_figure(str(path), task, res)
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 10_000
+
+
+def test_tune_finds_each_meta_test_set(smoke_config, tmp_path):
+  c = smoke_config.copy_and_resolve_references()
+  w = str(tmp_path)
+  assert tune_icfil.dataset_dir(c, w) == (c.data.dataset, c.data.data_dir, c.data.source, w)
+  c.data.extra_dataset, c.data.extra_data_dir = 'mini_imagenet', 'M'  # MH: a second set
+  assert tune_icfil.dataset_dir(c, w, 'mini_imagenet') == (
+      'mini_imagenet', 'M', 'auto', os.path.join(w, 'mini_imagenet'))
+  with pytest.raises(utils.UserError, match=r"--dataset='omniglot'.*cifar_fs, mini_imagenet"):
+    tune_icfil.dataset_dir(c, w, 'omniglot')
 
 
 @pytest.mark.slow  # compile-bound

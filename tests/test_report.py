@@ -143,6 +143,29 @@ def test_rerun_reproduces_the_page_byte_for_byte(tmp_path):
   assert open(report.write(str(results)), 'rb').read() == first
 
 
+def test_readme_headline_between_its_marks(tmp_path):
+  results = _results_dir(tmp_path)
+  readme = tmp_path / 'README.md'
+  before, after = '# project\n\nintro\n', '\nrest\n'
+  readme.write_text(before + report.HEADLINE_MARKS[0] + '\nstale\n' + report.HEADLINE_MARKS[1]
+                    + after)
+  report.write(str(results))
+  text = readme.read_text()
+  assert text.startswith(before + report.HEADLINE_MARKS[0]) and 'stale' not in text
+  assert text.endswith(report.HEADLINE_MARKS[1] + after)
+  rows = {tuple(r.split(' | ')[:2]): r for r in text.splitlines() if r.startswith('| ')}
+  assert rows['| SS', 'CIFAR-FS'] == ('| SS | CIFAR-FS | **32.95 ± 0.68** (38.66 ± 0.78) | '
+                                      '+7.83 ± 0.72 (OTA) | not run yet |  |')
+  # MH: the mean of its two meta-test sets; its paired difference needs both sets'.
+  assert '| MH | mixed† | not run yet |  | **30.00 ± 0.48** (33.10 ± 0.69) |' in text
+  assert 'on 100/600 meta-test tasks per cell' in text and '[docs/RESULTS.md](docs/RESULTS.md)' in text
+  report.write(str(results))
+  assert readme.read_text() == text  # byte for byte
+  readme.write_text('no marks\n')
+  report.write(str(results))
+  assert readme.read_text() == 'no marks\n'
+
+
 @pytest.mark.slow
 def test_cli_writes_beside_the_results_folder(tmp_path):
   results = _results_dir(tmp_path)

@@ -143,7 +143,7 @@ def dataset_dir(config, workdir: str, dataset: str = ''):
     if name == (dataset or sets[0][0]):
       return name, data_dir, source, workdir if i == 0 else os.path.join(workdir, name)
   raise utils.UserError(f'--dataset={dataset!r}: this config meta-tests on '
-                   f"{', '.join(n for n, _, _ in sets)} only")
+                        f"{', '.join(n for n, _, _ in sets)} only")
 
 
 def run(config, workdir: str, params_spec: str = '', *, num_tasks=None, grid=None, log=print,

@@ -13,6 +13,9 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
   :quick,mini   1-shot PURER 29.19 +- 0.69 (random 21.95, average 22.76, ota 21.52); 64 min:
                 teachers 16 min, meta-training 41 min (2.4 s/it), meta-test 7 min
+  :quick,mini,5shot  5-shot PURER 34.97 +- 0.70 (random 22.70, average 23.02, ota 21.25; paired
+                +11.96 +- 0.79 over average); the 1-shot run's teachers (16 min), meta-training
+                66 min (3.6 s/it), meta-test 10 min: 92 min. Meta-val 34.0 / 35.6 / 36.6 / 37.6.
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
                 not run in full yet. `:plus,smoke` ran end to end (100 teachers in 5.4 min,

@@ -213,7 +213,8 @@ def _quick_84px(c):
   SS: an 84-px image costs ~7x a 32-px one, and a 5-class teacher has 400 training images:
   batch 32 gives a 20-epoch recipe ~250 steps (~40 s per Conv4). Four teachers refine their
   bank classes per iteration (PURER-Plus), 1,000 iterations. Measured (SS 1-shot): 64 min,
-  PURER 29.19 +- 0.69 against random 21.95 (docs/RESULTS.md).
+  PURER 29.19 +- 0.69 against random 21.95 (docs/RESULTS.md); SS 5-shot: 92 min with the teachers
+  (3.6 s per iteration), PURER 34.97 +- 0.70 against random 22.70.
 
   SH: at 84 px a ResNet-18 costs ~0.2 s per training image and ~0.11 s per inverted one here
   (ResNet-10 about half), so its teachers get 3 epochs at batch 16 (~27 min for the pool), and

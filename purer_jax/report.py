@@ -283,6 +283,17 @@ def _commit(res) -> str:
   return c + (' (uncommitted changes)' if (res.get('provenance') or {}).get('dirty') else '')
 
 
+def _vs_best(c: dict) -> str:
+  """PURER's paired difference to the cell's best baseline, with its name; '—' if none."""
+  best = best_baseline(c)
+  return f'{fmt_diff(best[1])} ({METHODS.get(best[0], best[0])})' if best and best[1] else '—'
+
+
+def _mark(dataset: str) -> str:
+  """† beside the datasets of MINI_NOTE."""
+  return '†' if dataset in ('mini_imagenet', 'mixed') else ''
+
+
 def _wall_time(res) -> str:
   """Total wall time, and its parts where recorded. A resumed run's last command saw only
   its own segment: its total is the sum of the parts, meta-training over every segment."""
@@ -348,7 +359,7 @@ def render(cells: dict, out_dir: str) -> str:
       '5-shot (paper) |',
       '|---|---|---|---|---|---|---|']
   for scenario, dataset in SCENARIOS:
-    mark = '†' if dataset in ('mini_imagenet', 'mixed') else ''
+    mark = _mark(dataset)
     for i, m in enumerate(_rows(scenario, dataset, cells)):
       row = [NAMES[scenario] if i == 0 else '', NAMES[dataset] + mark if i == 0 else '',
              METHODS[m] + ('‡' if m == 'dro' else '')]
@@ -384,14 +395,13 @@ def render(cells: dict, out_dir: str) -> str:
       continue
     res, c = cell['res'], combined(cell)
     rnd = c['paired'].get('purer-random')
-    best = best_baseline(c)
     icf = c['paired'].get('purer+icfil')
     it = (f"{res['best_it']:,} of {res['iterations']:,}" if 'best_it' in res and
           'iterations' in res else str(res.get('best_it', '—')))
     lines.append('| ' + ' | '.join([
         label, f"`{cell['name']}`", str(res.get('tasks', '—')),
         fmt_diff(rnd) if rnd else '—',
-        f'{fmt_diff(best[1])} ({METHODS.get(best[0], best[0])})' if best and best[1] else '—',
+        _vs_best(c),
         fmt_diff(icf) if icf else '—', it,
         _wall_time(res),
         _heldout(res['teachers_heldout']) if res.get('teachers_heldout') else '—',
@@ -597,16 +607,14 @@ def headline(cells: dict, page: str) -> str:
   lines = ['| scenario | dataset | 1-shot PURER (paper) | vs best baseline | 5-shot PURER (paper) '
            '| vs best baseline |', '|---|---|---|---|---|---|']
   for scenario, dataset in SCENARIOS:
-    row = [NAMES[scenario], NAMES[dataset] + ('†' if dataset != 'cifar_fs' else '')]
+    row = [NAMES[scenario], NAMES[dataset] + _mark(dataset)]
     for k, shots in enumerate(SHOTS):
       cell, paper = cells.get((scenario, dataset, shots)), PAPER[scenario, dataset]['purer'][k]
       c = cell and combined(cell)
-      best = c and best_baseline(c)
       if not c or 'purer' not in c['methods']:
         row += ['not run yet', '']
       else:
-        row += [f"**{fmt_acc(c['methods']['purer'])}** ({paper})",
-                f'{fmt_diff(best[1])} ({METHODS[best[0]]})' if best and best[1] else '—']
+        row += [f"**{fmt_acc(c['methods']['purer'])}** ({paper})", _vs_best(c)]
     lines.append('| ' + ' | '.join(row) + ' |')
   tasks = '/'.join(str(n) for n in sorted({c['res'].get('tasks', 0) for c in cells.values()}))
   return '\n'.join(lines + [
@@ -616,19 +624,17 @@ def headline(cells: dict, page: str) -> str:
       f"from the paper's protocol: [{page}]({page}).", ''])
 
 
-def _update_headline(readme: str, text: str) -> bool:
-  """Rewrites the README's headline block if it has one; True if it did."""
+def _update_headline(readme: str, text: str) -> None:
+  """Rewrites the README's headline block if it has one."""
   if not os.path.isfile(readme):
-    return False
+    return
   with open(readme) as f:
     doc = f.read()
   start, end = (doc.find(m) for m in HEADLINE_MARKS)
-  if start < 0 or end < start:
-    return False
-  start += len(HEADLINE_MARKS[0])
-  with open(readme, 'w', newline='\n') as f:
-    f.write(doc[:start] + '\n' + text + doc[end:])
-  return True
+  if 0 <= start < end:
+    start += len(HEADLINE_MARKS[0])
+    with open(readme, 'w', newline='\n') as f:
+      f.write(doc[:start] + '\n' + text + doc[end:])
 
 
 def write(results_dir: str, out: str = None) -> str:

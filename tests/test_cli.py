@@ -22,7 +22,8 @@ def test_importing_the_library_defines_no_flags():
 @pytest.mark.slow
 @pytest.mark.parametrize('module,extra', [('main', ()), ('pretrain', ()), ('evaluate', ()),
                                           ('synthesize', ()),
-                                          ('tune_icfil', ('--params', '--tasks', '--test', '--dataset'))])
+                                          ('tune_icfil',
+                                           ('--params', '--tasks', '--test', '--dataset'))])
 def test_commands_define_their_flags(module, extra):
   out = subprocess.run([sys.executable, '-m', f'purer_jax.{module}', '--helpfull'], cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)

@@ -3,8 +3,9 @@
   python -m purer_jax.main --config=configs/ss.py --workdir=W         # paper protocol
   python -m purer_jax.main --config=configs/ss.py:smoke --workdir=W   # minutes on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
+  python -m purer_jax.main --config=configs/ss.py:budget --workdir=W  # <= 2 h on a 2-core CPU
 
-Variants: smoke | quick | plus | 1shot | 5shot | mini | protonet | anil, comma-separated
+Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil, comma-separated
 (`:quick,5shot`). The meta-learner starts from the teachers' average (`meta.init='auto'`).
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
   :quick        1-shot PURER 38.27 +- 0.75 (random 22.13, average 24.86 with one test-time
@@ -16,6 +17,8 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
   :quick,mini,5shot  5-shot PURER 34.97 +- 0.70 (random 22.70, average 23.02, ota 21.25; paired
                 +11.96 +- 0.79 over average); the 1-shot run's teachers (16 min), meta-training
                 66 min (3.6 s/it), meta-test 10 min: 92 min. Meta-val 34.0 / 35.6 / 36.6 / 37.6.
+  :budget       `quick`'s teachers, 6,000 iterations with a cosine outer lr, ECI at adv_scale
+                1.4 on a smoothed signal (docs/ABLATION.md): being measured
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
                 not run in full yet. `:plus,smoke` ran end to end (100 teachers in 5.4 min,

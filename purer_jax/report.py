@@ -72,6 +72,7 @@ PROTOCOL = {
     'meta.second_order': True,
     'meta.meta_batch': 4,
     'meta.outer_lr': 1e-3,
+    'meta.outer_schedule': 'constant',
     'meta.queries': 15,
     'meta.train_queries': 0,                   # pseudo tasks' queries as real ones'
     'eci.adv_start': 4000,

@@ -97,6 +97,16 @@ def resolve_init(name: str, teachers, model) -> str:
   return name
 
 
+def outer_optimizer(meta_config, *, iterations: int) -> optax.GradientTransformation:
+  lr = float(meta_config.outer_lr)
+  if meta_config.outer_schedule == 'cosine':
+    return optax.adam(optax.cosine_decay_schedule(lr, int(iterations)))
+  if meta_config.outer_schedule != 'constant':
+    raise ValueError(f'config.meta.outer_schedule={meta_config.outer_schedule!r}: choose '
+                     "'constant' or 'cosine'")
+  return optax.adam(lr)
+
+
 class Trainer:
   """Everything static about a run: the meta-learner, the bank layout, the teachers' stacked
   variables, the optimisers, the RNG streams and the compiled step."""
@@ -122,7 +132,7 @@ class Trainer:
     # What the meta-learner sees of the bank (`bank.as_seen`): tasks and PNGs are built from it.
     self.view = (functools.partial(bank_lib.as_seen, layout=self.layout)
                  if config.inversion.native_size else lambda x: x)
-    self.tx = optax.adam(config.meta.outer_lr)
+    self.tx = outer_optimizer(config.meta, iterations=config.train.iterations)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
     self.step = jax.jit(functools.partial(

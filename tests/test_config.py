@@ -35,3 +35,11 @@ def test_mh_quick_is_the_84px_recipe():
 def test_mh_refuses_mini():
   with pytest.raises(ValueError, match='MH already draws'):
     config.build('mh', 'quick,mini')
+
+
+def test_budget_is_ss_cifar_fs_alone():
+  c = config.build('ss', 'budget,5shot')
+  assert (c.meta.shots, c.meta.outer_schedule, c.train.iterations) == (5, 'cosine', 6000)
+  for scenario, arg in (('sh', 'budget'), ('ss', 'budget,mini'), ('ss', 'quick,budget')):
+    with pytest.raises(ValueError, match='budget'):
+      config.build(scenario, arg)

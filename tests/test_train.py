@@ -231,3 +231,19 @@ def test_val_curve_sums_logged_windows(tmp_path):
   # 10 iterations at 2/s, then 10 at 1/s.
   assert train.val_curve(path) == [{'it': 10, 'val_acc': 0.3, 'minutes': round(5 / 60, 2)},
                                    {'it': 20, 'val_acc': 0.4, 'minutes': round(15 / 60, 2)}]
+
+
+def test_cosine_outer_schedule_anneals_to_zero_at_the_last_iteration():
+  meta = ml_collections.ConfigDict({'outer_lr': 1e-3, 'outer_schedule': 'cosine'})
+  tx = train.outer_optimizer(meta, iterations=4)
+  params = {'w': jax.numpy.ones(3)}
+  state, sizes = tx.init(params), []
+  for _ in range(5):
+    updates, state = tx.update({'w': jax.numpy.ones(3)}, state, params)
+    sizes.append(float(jax.numpy.abs(updates['w']).max()))
+  # Adam's first step is lr * sign(g): the schedule's lr itself.
+  np.testing.assert_allclose(sizes[0], 1e-3, rtol=1e-4)
+  assert sizes[0] > sizes[1] > sizes[2] > sizes[3] > 0 and sizes[4] == 0
+  with pytest.raises(ValueError, match='outer_schedule'):
+    train.outer_optimizer(ml_collections.ConfigDict({'outer_lr': 1e-3, 'outer_schedule': 'x'}),
+                          iterations=4)

@@ -492,15 +492,49 @@ def _lever_config(res: dict) -> dict:
   return out
 
 
-def changes(res: dict, control: dict) -> list:
-  """`field a -> b` for each meta-training setting where the run differs from the control."""
+def _changed(res: dict, control: dict) -> list:
+  """(field, control's value, run's value) for each meta-training setting that differs."""
   from purer_jax import config as config_lib
   # A field added after a run was recorded takes its default, which keeps the old behaviour.
   base = _lever_config({'config': config_lib.base().to_dict()})
   a, b = _lever_config(control), _lever_config(res)
   get = lambda d, k: d[k] if k in d else base.get(k)
-  return [f'`{k}` {fmt_value(get(a, k))} → {fmt_value(get(b, k))}'
-          for k in sorted(set(a) | set(b)) if not _same(get(a, k), get(b, k))]
+  return [(k, get(a, k), get(b, k)) for k in sorted(set(a) | set(b))
+          if not _same(get(a, k), get(b, k))]
+
+
+def changes(res: dict, control: dict) -> list:
+  """`field a -> b` for each meta-training setting where the run differs from the control."""
+  return [f'`{k}` {fmt_value(a)} → {fmt_value(b)}' for k, a, b in _changed(res, control)]
+
+
+# The recipe's levers and the config fields that move each (a trailing dot: every field below).
+# Test-time adaptation is measured by eval.tune_adapt on any run (its "tuned adaptation" row).
+LEVERS = (
+    ('iteration count and outer-lr schedule',
+     ('train.iterations', 'meta.outer_schedule', 'meta.outer_lr')),
+    ('inversion-only warm-up', ('train.warmup',)),
+    ('ECI', ('eci.',)),
+    ('test-time inner steps and lr', ()),
+    ('inner steps at train', ('meta.inner_steps', 'meta.inner_lr')),
+    ('pseudo-image augmentation', ('train.augment', 'train.shift')),
+    ('meta-learner', ('meta.algo',)),
+    ('meta-batch size', ('meta.meta_batch',)),
+    ('bank size', ('inversion.spc',)),
+    ('teachers refined per iteration', ('teachers.per_iter',)),
+    ("teachers' recipe", ('teachers.epochs', 'teachers.milestones', 'teachers.batch_size',
+                          'teachers.max_per_class')),
+)
+
+
+def _lever_runs(runs: list, control, fields) -> list:
+  if control is None:
+    return []
+  if not fields:
+    return [r['name'] for r in runs if (r['res'].get('adaptation') or {}).get('purer')]
+  return [r['name'] for r in runs if r is not control and any(
+      k == f or (f.endswith('.') and k.startswith(f)) for k, _, _ in
+      _changed(r['res'], control['res']) for f in fields)]
 
 
 def find_control(runs: list, shots: int):
@@ -560,6 +594,17 @@ def render_ablation(runs: list, figure: str = None) -> str:
                      f"{100 * tuned['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
                      f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — |')
     lines.append('')
+  lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '
+            'several: see its changes).', '', '| lever | 1-shot runs | 5-shot runs |',
+            '|---|---|---|']
+  for lever, fields in LEVERS:
+    cols = []
+    for shots in SHOTS:
+      mine = [r for r in runs if r['res']['shots'] == shots]
+      names = _lever_runs(mine, find_control(mine, shots), fields)
+      cols.append(', '.join(f'`{n}`' for n in names) or 'not measured yet')
+    lines.append(f'| {lever} | {cols[0]} | {cols[1]} |')
+  lines.append('')
   if figure:
     lines += ['Meta-val accuracy against meta-training wall-clock minutes (the load differed '
               'between runs: see each run\'s wall time and its results.json):', '',

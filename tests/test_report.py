@@ -221,6 +221,11 @@ def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
   tuned = next(l for l in page.splitlines() if 'tuned adaptation' in l)
   assert 'test-time 5 steps at lr 0.03' in tuned and '+5.00 ±' in tuned
   assert '## 5-shot\n\nNo `:quick` control run yet.' in page
+  levers = {l.split(' | ')[0][2:]: l for l in page.splitlines() if l.startswith('| ')}
+  assert levers['pseudo-image augmentation'].endswith('| `ablation/aug` | not measured yet |')
+  assert '| `ablation/aug` |' in levers['inversion-only warm-up']
+  assert '| `quick` |' in levers['test-time inner steps and lr']
+  assert '| not measured yet | not measured yet |' in levers['ECI']
   assert (tmp_path / 'docs' / 'figures' / 'time_to_accuracy.png').stat().st_size > 1000
 
 

@@ -252,9 +252,33 @@ def test_the_control_is_found_in_a_record_older_than_placement_fields():
   del old['inversion']['shard']
   # Levers added later take their defaults, which keep the old behaviour.
   del old['meta']['train_queries'], old['inversion']['native_size']
-  run = {'res': {'shots': 1, 'config': old, 'init': 'average'}}
-  assert report.find_control([run], 1) is run
+  run = {'name': 'quick', 'res': {'shots': 1, 'config': old, 'init': 'average'}}
+  assert report.find_controls([run], 1) == [run]
   new = config_lib.build('ss', 'quick')
   new.meta.train_queries = 3
   assert report.changes({'config': new.to_dict(), 'init': 'average'}, run['res']) == [
       '`meta.train_queries` 0 → 3']
+
+
+def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
+  results = tmp_path / 'docs' / 'results'
+  quick, budget = config_lib.build('ss', 'quick'), config_lib.build('ss', 'budget')
+  utils.write_json(str(results / 'ss_quick' / 'results.json'),
+                   _run(quick, [0.2, 0.4, 0.6, 0.4], 0.30, teachers_heldout=[0.8, 0.9]))
+  utils.write_json(str(results / 'ablation' / 'quick_again' / 'results.json'),
+                   _run(quick, [0.4, 0.4, 0.4, 0.4], 0.31, teachers_heldout=[0.7, 0.9]))
+  utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'),
+                   _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35, teachers_heldout=[0.7, 0.9]))
+  utils.write_json(str(results / 'ablation' / 'eci' / 'results.json'),
+                   _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35, teachers_heldout=[0.6, 0.9]))
+  page = report.render_ablation(report.load_runs(str(results)))
+  rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
+  # budget - quick_again (its teachers) = (.1, .1, .1, .2): +12.50, not the first control's.
+  assert '(control `ablation/quick_again`, the same teachers)' in rows['ablation/budget']
+  assert '| +12.50 ± ' in rows['ablation/budget']
+  assert "`meta.outer_schedule` 'constant' → 'cosine'" in rows['ablation/budget']
+  assert '(control `ss_quick`, other teachers of its recipe)' in rows['ablation/eci']
+  assert '| — |' in rows['ablation/quick_again'] and '| — |' in rows['ss_quick']
+  order = [l.split(' | ')[0] for l in page.splitlines() if l.startswith('| `')]
+  assert order == ['| `ss_quick`', '| `ablation/eci`', '| `ablation/quick_again`',
+                   '| `ablation/budget`']

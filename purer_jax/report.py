@@ -480,7 +480,7 @@ def load_runs(results_dir: str) -> list:
         res = json.load(f)
       if (res.get('scenario'), res.get('dataset')) == ('ss', 'cifar_fs') and 'config' in res:
         runs.append({'name': os.path.relpath(root, results_dir).replace(os.sep, '/'),
-                     'res': res})
+                     'res': res, 'dir': root})
   return runs
 
 
@@ -610,6 +610,13 @@ def render_ablation(runs: list, figure: str = None) -> str:
                      f"lr {fmt_value(tuned['lr'])}, chosen on meta-val | "
                      f"{100 * tuned['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
                      f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — |')
+      icf = _with_icfil({'methods': res['methods'], 'paired': res.get('paired')}, res,
+                        r['dir'])
+      if icf.get('icfil'):
+        m, d = icf['methods']['purer+icfil'], icf['paired']['purer+icfil']
+        settings = ', '.join(f'{k} {fmt_value(v)}' for k, v in sorted(icf['icfil'].items()))
+        lines.append(f"| `{r['name']}` + ICFIL | ICFIL at meta-test ({settings}), chosen on "
+                     f'meta-val | — | {fmt_acc(m)} | {fmt_diff(d)} (vs the same run) | — |')
     lines.append('')
   lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '
             'several: see its changes).', '', '| lever | 1-shot runs | 5-shot runs |',

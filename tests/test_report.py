@@ -282,3 +282,25 @@ def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
   order = [l.split(' | ')[0] for l in page.splitlines() if l.startswith('| `')]
   assert order == ['| `ss_quick`', '| `ablation/eci`', '| `ablation/quick_again`',
                    '| `ablation/budget`']
+
+
+def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
+  results = tmp_path / 'docs' / 'results'
+  quick, budget = config_lib.build('ss', 'quick'), config_lib.build('ss', 'budget')
+  utils.write_json(str(results / 'quick' / 'results.json'), _run(quick, [0.2, 0.4, 0.6, 0.4], 0.3))
+  utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'),
+                   _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35))
+  icf = {'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': 4,
+         'methods': _methods(purer=0.525, **{'purer+icfil': 0.55}),
+         'paired': {'purer+icfil': {'mean_diff': 0.025, 'ci95': 0.01}},
+         'icfil': {'settings': {'tau': 0.5, 'lr': 0.001}, 'tuned_on': 'meta_val'}}
+  utils.write_json(str(results / 'ablation' / 'budget' / 'icfil_1shot' / 'results.json'), icf)
+  page = report.render_ablation(report.load_runs(str(results)))
+  row = next(l for l in page.splitlines() if l.startswith('| `ablation/budget` + ICFIL |'))
+  assert '(lr 0.001, tau 0.5), chosen on meta-val' in row
+  assert '| 55.00 ± 0.68 | +2.50 ± 1.00 (vs the same run) |' in row
+  # A score of another checkpoint (its plain PURER is not the run's) is refused.
+  utils.write_json(str(results / 'ablation' / 'budget' / 'icfil_1shot' / 'results.json'),
+                   dict(icf, methods=_methods(purer=0.4, **{'purer+icfil': 0.55})))
+  with pytest.raises(ValueError, match='is not the cell'):
+    report.render_ablation(report.load_runs(str(results)))

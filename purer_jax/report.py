@@ -168,7 +168,9 @@ def _with_icfil(d: dict, res: dict, where: str) -> dict:
                      '--params=best --test` on the workdir of this cell\'s results.json')
   return {'methods': dict(d['methods'], **{'purer+icfil': icf['methods']['purer+icfil']}),
           'paired': dict(d['paired'] or {}, **{'purer+icfil': icf['paired']['purer+icfil']}),
-          'icfil': icf.get('icfil', {}).get('settings')}
+          # `enabled` is how the run was switched, not a setting of the calibration.
+          'icfil': {k: v for k, v in (icf.get('icfil', {}).get('settings') or {}).items()
+                    if k != 'enabled'}}
 
 
 def combined(cell: dict) -> dict:

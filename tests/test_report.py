@@ -293,7 +293,8 @@ def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
   icf = {'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': 4,
          'methods': _methods(purer=0.525, **{'purer+icfil': 0.55}),
          'paired': {'purer+icfil': {'mean_diff': 0.025, 'ci95': 0.01}},
-         'icfil': {'settings': {'tau': 0.5, 'lr': 0.001}, 'tuned_on': 'meta_val'}}
+         'icfil': {'settings': {'tau': 0.5, 'lr': 0.001, 'enabled': False},
+                   'tuned_on': 'meta_val'}}
   utils.write_json(str(results / 'ablation' / 'budget' / 'icfil_1shot' / 'results.json'), icf)
   page = report.render_ablation(report.load_runs(str(results)))
   row = next(l for l in page.splitlines() if l.startswith('| `ablation/budget` + ICFIL |'))

@@ -19,8 +19,8 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 66 min (3.6 s/it), meta-test 10 min: 92 min. Meta-val 34.0 / 35.6 / 36.6 / 37.6.
   :budget       `quick`'s teachers, 6,000 iterations with a cosine outer lr, ECI at adv_scale
                 1.4 on a smoothed signal: 1-shot PURER 41.55 +- 0.77 (paired +3.01 +- 0.60 over
-                :quick on its teachers; best meta-val 35.53 at 4,750); 95 min on a quiet machine, teachers 9 min,
-                meta-training 85 min (docs/ABLATION.md)
+                :quick on its teachers; best meta-val 35.53 at 4,750); 95 min on a quiet
+                machine, teachers 9 min, meta-training 85 min (docs/ABLATION.md)
   :budget,5shot the same with ECI off (it lost on meta-val at 5-shot): not run yet
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:

@@ -201,6 +201,10 @@ def fmt_diff(v) -> str:
   return f"{100 * v['mean_diff']:+.2f} ± {100 * v['ci95']:.2f}"
 
 
+def fmt_settings(settings: dict) -> str:
+  return ', '.join(f'{k} {fmt_value(v)}' for k, v in sorted(settings.items()))
+
+
 def fmt_value(v) -> str:
   if isinstance(v, bool) or v is None:
     return str(v)
@@ -451,9 +455,8 @@ def _cell_section(slot, cell, out_dir) -> list:
   for ds, d in cell['datasets'].items():
     if d.get('icfil'):
       where = f' on {NAMES.get(ds, ds)}' if len(cell['datasets']) > 1 else ''
-      settings = ', '.join(f'{k} {fmt_value(v)}' for k, v in sorted(d['icfil'].items()))
       lines += ['', f'PURER+ICFIL{where}: `tune_icfil --params=best --test` on the best '
-                f'checkpoint, settings chosen on meta-val: {settings}.']
+                f"checkpoint, settings chosen on meta-val: {fmt_settings(d['icfil'])}."]
   for icfil, title in ((False, 'Pseudo episodes (one row per class; support | query):'),
                        (True, 'ICFIL, meta-test task 0 (real support above its pseudo '
                               'support; similarities before and after calibration):')):
@@ -616,8 +619,8 @@ def render_ablation(runs: list, figure: str = None) -> str:
                         r['dir'])
       if icf.get('icfil'):
         m, d = icf['methods']['purer+icfil'], icf['paired']['purer+icfil']
-        settings = ', '.join(f'{k} {fmt_value(v)}' for k, v in sorted(icf['icfil'].items()))
-        lines.append(f"| `{r['name']}` + ICFIL | ICFIL at meta-test ({settings}), chosen on "
+        lines.append(f"| `{r['name']}` + ICFIL | ICFIL at meta-test "
+                     f"({fmt_settings(icf['icfil'])}), chosen on "
                      f'meta-val | — | {fmt_acc(m)} | {fmt_diff(d)} (vs the same run) | — |')
     lines.append('')
   lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '

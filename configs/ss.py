@@ -21,7 +21,8 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 1.4 on a smoothed signal: 1-shot PURER 41.55 +- 0.77 (paired +3.01 +- 0.60 over
                 :quick on its teachers; best meta-val 35.53 at 4,750); 95 min on a quiet
                 machine, teachers 9 min, meta-training 85 min (docs/ABLATION.md)
-  :budget,5shot the same with ECI off (it lost on meta-val at 5-shot): not run yet
+  :budget,5shot 5,000 iterations, ECI off (it lost on meta-val at 5-shot): PURER 53.59 +- 0.77
+                (best meta-val 43.79 at 3,750), ~101 min with the teachers: 2.4 short of 56.0
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
                 not run in full yet. `:plus,smoke` ran end to end (100 teachers in 5.4 min,

@@ -31,6 +31,8 @@ from purer_jax import evaluate, inversion, meta, utils, viz
 from purer_jax.meta import maml
 
 HEAD = 'head'
+# The fields of config.icfil that set the calibration (`enabled` only switches it on).
+FIELDS = ('tau', 'images_per_class', 'inv_steps', 'cal_steps', 'lr')
 
 
 class Settings(NamedTuple):

@@ -365,6 +365,9 @@ def train(config, workdir, teachers) -> dict:
   meta-val evaluation (the final parameters if none ran)."""
   t = config.train
   trainer = Trainer(config, teachers)
+  print('inversion strategy per teacher group: ' + ', '.join(
+      f'{g.size} x {g.arch} ({g.num_classes} classes): {s}'
+      for g, s in zip(trainer.layout.groups, trainer.inv.strategies)))
   state = trainer.init_state()
   # On the host: a copy (the step donates the state's buffers) that every process holds.
   best = {'params': parallel.to_host(state['params']), 'val': np.asarray(-1.0, np.float32),

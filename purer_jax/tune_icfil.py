@@ -77,8 +77,7 @@ def _record(settings, rows):
   m = {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
   acc, ci = evaluate.summarize(m['acc'])
   diff, diff_ci = evaluate.paired(m['acc'], m['acc_adapted'])
-  return {'settings': {k: getattr(settings, k) for k in
-                       ('tau', 'images_per_class', 'inv_steps', 'cal_steps', 'lr')},
+  return {'settings': {k: getattr(settings, k) for k in icfil.FIELDS},
           'acc': acc, 'ci95': ci, 'plain_acc': float(m['acc_adapted'].mean()),
           'mean_diff': diff, 'diff_ci95': diff_ci,
           **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after', 'loss_before',
@@ -185,7 +184,7 @@ def test(params, config, workdir: str, settings: dict, dataset: str = '') -> dic
       settings=icfil.Settings.from_config(config.icfil, config.inversion))
   icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, result, name)
   extra = {'paired': {'purer+icfil': diff},
-           'icfil': {'settings': dict(config.icfil), 'tuned_on': 'meta_val'},
+           'icfil': {'settings': {k: config.icfil[k] for k in icfil.FIELDS}, 'tuned_on': 'meta_val'},
            **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}}
   return evaluate.write_results(out, config, accs, dataset=name, extra=extra)
 

@@ -39,9 +39,11 @@ def test_mh_refuses_mini():
 
 def test_budget_is_ss_cifar_fs_alone():
   c = config.build('ss', 'budget,5shot')
-  assert (c.meta.shots, c.meta.outer_schedule, c.train.iterations) == (5, 'cosine', 6000)
+  # 5-shot: fewer, dearer iterations in the same 120 minutes.
+  assert (c.meta.shots, c.meta.outer_schedule, c.train.iterations) == (5, 'cosine', 5000)
+  assert config.build('ss', 'budget').train.iterations == 6000
   # ECI: on at 1-shot, off at 5-shot (chosen on meta-val), whatever the variants' order.
-  assert c.eci.adv_start == config.build('ss', '5shot,budget').eci.adv_start == 6000
+  assert c.eci.adv_start == config.build('ss', '5shot,budget').eci.adv_start == 5000
   assert (config.build('ss', 'budget').eci.adv_start,
           config.build('ss', 'budget,1shot').eci.adv_start) == (250, 250)
   for scenario, arg in (('sh', 'budget'), ('ss', 'budget,mini'), ('ss', 'quick,budget')):

@@ -227,7 +227,7 @@ def test_tune_loads_params_and_searches_meta_val(smoke_zoo, smoke_config, averag
   out = tmp_path / 'icfil_1shot'
   tested = json.load(open(out / 'results.json'))
   assert tested == res['test'] and tested['tasks'] == 3
-  assert tested['icfil']['settings']['lr'] == res['best']['settings']['lr']
+  assert tested['icfil']['settings'] == res['best']['settings']  # no `enabled` switch
   assert tested['methods']['purer']['acc'] == pytest.approx(
       evaluate.evaluate_params(params, c, meta_test).mean())
   m = tested['methods']

@@ -184,7 +184,8 @@ def test(params, config, workdir: str, settings: dict, dataset: str = '') -> dic
       settings=icfil.Settings.from_config(config.icfil, config.inversion))
   icfil.save_figure(os.path.join(out, 'icfil_task0.png'), task, result, name)
   extra = {'paired': {'purer+icfil': diff},
-           'icfil': {'settings': {k: config.icfil[k] for k in icfil.FIELDS}, 'tuned_on': 'meta_val'},
+           'icfil': {'settings': {k: config.icfil[k] for k in icfil.FIELDS},
+                     'tuned_on': 'meta_val'},
            **{k: float(m[k].mean()) for k in ('margin_before', 'margin_after')}}
   return evaluate.write_results(out, config, accs, dataset=name, extra=extra)
 

@@ -494,6 +494,9 @@ def _lever_config(res: dict) -> dict:
          if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in NOT_LEVER)}
   if 'init' in res:  # the init used: `auto` resolved for the run's pool
     out['meta.init'] = res['init']
+  if out.get('eci.adv_start', 0) >= out.get('train.iterations', 0):
+    # ECI never switched on: its settings did not change what meta-training learnt.
+    out = {k: v for k, v in out.items() if not k.startswith('eci.')}
   return out
 
 

@@ -260,6 +260,17 @@ def test_the_control_is_found_in_a_record_older_than_placement_fields():
       '`meta.train_queries` 0 → 3']
 
 
+def test_eci_settings_that_never_switch_on_are_no_change():
+  quick = {'config': config_lib.build('ss', 'quick,5shot').to_dict(), 'init': 'average'}
+  # :budget,5shot keeps budget's ECI fields but starts ECI at its last iteration.
+  off = {'config': config_lib.build('ss', 'budget,5shot').to_dict(), 'init': 'average'}
+  assert not [c for c in report.changes(off, quick) if 'eci.' in c]
+  assert not report._lever_runs([({'name': 'b5', 'res': off}, {'res': quick})], ('eci.',))
+  on = {'config': config_lib.build('ss', 'budget').to_dict(), 'init': 'average'}
+  assert '`eci.adv_start` 4,000 → 250' in report.changes(on, dict(quick, config=config_lib.build(
+      'ss', 'quick').to_dict()))
+
+
 def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
   results = tmp_path / 'docs' / 'results'
   quick, budget = config_lib.build('ss', 'quick'), config_lib.build('ss', 'budget')

@@ -266,9 +266,10 @@ def test_eci_settings_that_never_switch_on_are_no_change():
   off = {'config': config_lib.build('ss', 'budget,5shot').to_dict(), 'init': 'average'}
   assert not [c for c in report.changes(off, quick) if 'eci.' in c]
   assert not report._lever_runs([({'name': 'b5', 'res': off}, {'res': quick})], ('eci.',))
+  # At 1-shot :budget switches ECI on, so its fields are changes from :quick.
   on = {'config': config_lib.build('ss', 'budget').to_dict(), 'init': 'average'}
-  assert '`eci.adv_start` 4,000 → 250' in report.changes(on, dict(quick, config=config_lib.build(
-      'ss', 'quick').to_dict()))
+  quick_1shot = {'config': config_lib.build('ss', 'quick').to_dict(), 'init': 'average'}
+  assert '`eci.adv_start` 4,000 → 250' in report.changes(on, quick_1shot)
 
 
 def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):

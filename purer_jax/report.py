@@ -90,7 +90,7 @@ PROTOCOL = {
 NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data.source',
                 'teachers.torch_dir', 'inversion.strategy', 'inversion.shard', 'inversion.steps',
                 'train.log_every', 'train.ckpt_every', 'train.png_every', 'eval.seed',
-                'eval.val_seed', 'eval.batch', 'eval.methods', 'icfil.')
+                'eval.val_seed', 'eval.batch', 'eval.methods', 'eval.tune_methods', 'icfil.')
 PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all teachers',
                'meta.test_inner_lr': 'the inner lr',
                'meta.train_queries': 'as meta.queries',

@@ -463,8 +463,9 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   """Meta-test of config.eval.methods on each dataset; W/results.json for the pool's dataset
   (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}.
 
-  With config.eval.tune_adapt each method is scored with its own test-time adaptation chosen on
-  meta-val (`evaluate.tune_adaptation`); `purer_untuned` then keeps config.meta's, paired.
+  With config.eval.tune_adapt each method of config.eval.tune_methods is scored with its own
+  test-time adaptation chosen on meta-val (`evaluate.tune_adaptation`); `purer_untuned` then
+  keeps config.meta's, paired.
   """
   model = evaluate.meta_model(config)
   params, configs, tuned = {}, {}, {}
@@ -477,12 +478,12 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     configs[method] = config
   if config.eval.tune_adapt:
     val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
-    for method in list(params):
+    for method in [m for m in params if m in config.eval.tune_methods]:
       print(f'{method}: tuning test-time adaptation on meta-val')
       tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
       configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
                                                  tuned[method]['lr'])
-    if 'purer' in params:
+    if 'purer' in tuned:
       params['purer_untuned'], configs['purer_untuned'] = purer_params, config
   out = {}
   for i, (name, data_dir, source) in enumerate(datasets(config)):

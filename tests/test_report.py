@@ -296,6 +296,28 @@ def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
                    '| `ablation/budget`']
 
 
+
+def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):
+  """Two controls on the same teachers (another code, another session): the run goes with the
+  one its teachers were copied from, not the first; a name no control answers is an error."""
+  results = tmp_path / 'docs' / 'results'
+  quick, budget = config_lib.build('ss', 'quick'), config_lib.build('ss', 'budget')
+  for name, accs in (('ss_quick', [0.2, 0.4, 0.6, 0.4]),
+                     ('ablation/quick_again', [0.4, 0.4, 0.4, 0.4])):
+    utils.write_json(str(results / name / 'results.json'),
+                     _run(quick, accs, 0.30, teachers_heldout=[0.8, 0.9]))
+  run = _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35, teachers_heldout=[0.8, 0.9],
+             control='ablation/quick_again')
+  utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'), run)
+  page = report.render_ablation(report.load_runs(str(results)))
+  rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
+  assert '(control `ablation/quick_again`, the same teachers)' in rows['ablation/budget']
+  assert '| +12.50 ± ' in rows['ablation/budget']
+  utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'),
+                   dict(run, control='ablation/gone'))
+  with pytest.raises(ValueError, match="names control 'ablation/gone'"):
+    report.render_ablation(report.load_runs(str(results)))
+
 def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
   results = tmp_path / 'docs' / 'results'
   quick, budget = config_lib.build('ss', 'quick'), config_lib.build('ss', 'budget')

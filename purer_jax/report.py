@@ -579,6 +579,16 @@ def pair_with_controls(runs: list, shots: int) -> list:
   return [p for c in controls for p in [(c, None)] + [(r, c) for r in mine if own.get(id(r)) is c]]
 
 
+def _twin(control: dict, controls: list):
+  """The control `control` re-runs: the one it names, else the first before it on the same
+  teachers; None for the first of its teachers."""
+  named = control['res'].get('control')
+  earlier = controls[:controls.index(control)]
+  return next((c for c in earlier if (c['name'] == named if named else
+                                      c['res'].get('teachers_heldout') ==
+                                      control['res'].get('teachers_heldout'))), None)
+
+
 def _default_scores(res: dict):
   """Per-task PURER accuracies at config.meta's test-time adaptation (training levers are
   compared there; tuned adaptation is its own row)."""
@@ -608,8 +618,13 @@ def render_ablation(runs: list, figure: str = None) -> str:
     for r, control in pairs:
       res, scores = r['res'], _default_scores(r['res'])
       acc = _summary(scores)
-      if control is None:
+      twin = _twin(r, [c for c, none in pairs if none is None]) if control is None else None
+      if control is None and twin is None:
         what, diff = 'control (`:quick`)', None
+      elif control is None:  # the recipe again on the same teachers: the run-to-run noise
+        what = (f"control (`:quick`), run again on the teachers of `{twin['name']}` (other code "
+                'or seed: the paired difference is run-to-run noise)')
+        diff = _summary([x - y for x, y in zip(scores, _default_scores(twin['res']))])
       else:
         what = '; '.join(changes(res, control['res'])) or 'the control recipe, run again'
         if res.get('teachers_heldout') != control['res'].get('teachers_heldout'):

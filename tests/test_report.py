@@ -313,6 +313,9 @@ def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):
   rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
   assert '(control `ablation/quick_again`, the same teachers)' in rows['ablation/budget']
   assert '| +12.50 ± ' in rows['ablation/budget']
+  # The second control on those teachers measures the run-to-run noise: (.2, 0, -.2, 0).
+  assert 'run again on the teachers of `ss_quick`' in rows['ablation/quick_again']
+  assert '| +0.00 ± 13.86 |' in rows['ablation/quick_again'] and '| — |' in rows['ss_quick']
   utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'),
                    dict(run, control='ablation/gone'))
   with pytest.raises(ValueError, match="names control 'ablation/gone'"):

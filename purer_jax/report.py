@@ -562,31 +562,28 @@ def pair_with_controls(runs: list, shots: int) -> list:
   controls = find_controls(mine, shots)
   if not controls:
     return []
-  teachers = lambda r: r['res'].get('teachers_heldout')
 
   def control_of(r):
-    named = r['res'].get('control')
-    if named is None:
-      return next((c for c in controls if teachers(c) == teachers(r)), controls[0])
-    found = next((c for c in controls if c['name'] == named), None)
-    if found is None or teachers(found) != teachers(r):
-      raise ValueError(f"{r['dir']}/results.json names control {named!r}, which is not a "
-                       f'{shots}-shot `:quick` run on its teachers under the results folder: '
-                       'fix its `control` field or add that run')
+    found = _named_or_same_teachers(r, controls)
+    if r['res'].get('control') is None:
+      return found or controls[0]
+    if found is None or found['res'].get('teachers_heldout') != r['res'].get('teachers_heldout'):
+      raise ValueError(f"{r['dir']}/results.json names control {r['res']['control']!r}, which "
+                       f'is not a {shots}-shot `:quick` run on its teachers under the results '
+                       'folder: fix its `control` field or add that run')
     return found
 
   own = {id(r): control_of(r) for r in mine if r not in controls}
   return [p for c in controls for p in [(c, None)] + [(r, c) for r in mine if own.get(id(r)) is c]]
 
 
-def _twin(control: dict, controls: list):
-  """The control `control` re-runs: the one it names, else the first before it on the same
-  teachers; None for the first of its teachers."""
-  named = control['res'].get('control')
-  earlier = controls[:controls.index(control)]
-  return next((c for c in earlier if (c['name'] == named if named else
-                                      c['res'].get('teachers_heldout') ==
-                                      control['res'].get('teachers_heldout'))), None)
+def _named_or_same_teachers(r: dict, candidates: list):
+  """The candidate run `r` names (results.json's `control`), else the first on its teachers
+  (equal held-out accuracies); None if there is none. One rule for a run's control and for
+  the earlier control a control re-runs."""
+  named = r['res'].get('control')
+  same = lambda c: c['res'].get('teachers_heldout') == r['res'].get('teachers_heldout')
+  return next((c for c in candidates if (c['name'] == named if named else same(c))), None)
 
 
 def _default_scores(res: dict):
@@ -615,10 +612,13 @@ def render_ablation(runs: list, figure: str = None) -> str:
     several = sum(c is None for _, c in pairs) > 1
     lines += ['| run | changes from the control | best meta-val | meta-test PURER | '
               'paired vs control | wall time |', '|---|---|---|---|---|---|']
+    controls = [c for c, none in pairs if none is None]
     for r, control in pairs:
       res, scores = r['res'], _default_scores(r['res'])
       acc = _summary(scores)
-      twin = _twin(r, [c for c, none in pairs if none is None]) if control is None else None
+      # A control after another on its teachers re-runs it.
+      twin = (_named_or_same_teachers(r, controls[:controls.index(r)]) if control is None
+              else None)
       if control is None and twin is None:
         what, diff = 'control (`:quick`)', None
       elif control is None:  # the recipe again on the same teachers: the run-to-run noise

@@ -296,7 +296,6 @@ def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
                    '| `ablation/budget`']
 
 
-
 def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):
   """Two controls on the same teachers (another code, another session): the run goes with the
   one its teachers were copied from, not the first; a name no control answers is an error."""
@@ -320,6 +319,7 @@ def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):
                    dict(run, control='ablation/gone'))
   with pytest.raises(ValueError, match="names control 'ablation/gone'"):
     report.render_ablation(report.load_runs(str(results)))
+
 
 def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
   results = tmp_path / 'docs' / 'results'

@@ -37,6 +37,9 @@ def base() -> ml_collections.ConfigDict:
   c.teachers.gamma = 0.2
   c.teachers.clip = 50.0
   c.teachers.heldout_frac = 0.2
+  # Which epoch a teacher keeps: `best` held-out accuracy (METHOD.md §3) or `last` (what the
+  # original ends up with; the teachers' recipe lever of issue 13).
+  c.teachers.keep = 'best'
   c.teachers.max_per_class = 0               # 0: all images (smoke runs cap it)
   # Teachers whose bank classes each meta-iteration refines, drawn at random (PURER-Plus);
   # the other classes stay as they are. 0: the whole pool, as the paper.

@@ -99,8 +99,14 @@ def accuracy(variables, model, x, y, batch=500) -> float:
   return hits / len(x)
 
 
+KEEP = ('best', 'last')
+
+
 def train_teacher(model, train, heldout, tc, rng, log=None):
-  """Trains one teacher; returns (variables of the best held-out epoch, its accuracy)."""
+  """Trains one teacher; returns (variables, held-out accuracy) of the epoch `tc.keep` names:
+  the best held-out one or the last."""
+  if tc.keep not in KEEP:
+    raise ValueError(f'config.teachers.keep={tc.keep!r}: choose one of {" | ".join(KEEP)}')
   x, y = train
   bs = min(tc.batch_size, len(x))
   steps = len(x) // bs
@@ -118,7 +124,7 @@ def train_teacher(model, train, heldout, tc, rng, log=None):
     acc = accuracy(variables, model, *heldout)
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f'teacher training diverged at epoch {epoch} (loss {loss})')
-    if acc > best_acc:  # keep a copy, not a reference to the live state (the original's bug)
+    if acc > best_acc or tc.keep == 'last':  # a copy, not the live state (the original's bug)
       best, best_acc = jax.tree.map(np.array, variables), acc
     if log:
       log(epoch, float(loss), acc)

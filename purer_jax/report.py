@@ -51,6 +51,7 @@ PROTOCOL = {
     'teachers.milestones': [30, 40, 50],
     'teachers.batch_size': 128,
     'teachers.max_per_class': 0,               # all images
+    'teachers.keep': 'best',                   # the best held-out epoch
     'teachers.per_iter': 0,                    # every teacher refined every meta-iteration
     'inversion.spc': lambda run, shots: 20 if shots == 5 else 16,
     'inversion.lr': 0.25,
@@ -531,7 +532,7 @@ LEVERS = (
     ('bank size', ('inversion.spc',)),
     ('teachers refined per iteration', ('teachers.per_iter',)),
     ("teachers' recipe", ('teachers.epochs', 'teachers.milestones', 'teachers.batch_size',
-                          'teachers.max_per_class')),
+                          'teachers.max_per_class', 'teachers.keep')),
 )
 
 
@@ -628,7 +629,10 @@ def render_ablation(runs: list, figure: str = None) -> str:
       else:
         what = '; '.join(changes(res, control['res'])) or 'the control recipe, run again'
         if res.get('teachers_heldout') != control['res'].get('teachers_heldout'):
-          what += f" (control `{control['name']}`, other teachers of its recipe)"
+          recipe = dict(LEVERS)["teachers' recipe"]
+          moved = any(k in recipe for k, _, _ in _changed(res, control['res']))
+          whose = 'its teachers by the changed recipe' if moved else 'other teachers of its recipe'
+          what += f" (control `{control['name']}`, {whose})"
         elif several:
           what += f" (control `{control['name']}`, the same teachers)"
         diff = _summary([x - y for x, y in zip(scores, _default_scores(control['res']))])

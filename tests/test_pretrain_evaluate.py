@@ -32,6 +32,31 @@ def test_heldout_split_is_last_20_percent(meta_train):
   np.testing.assert_array_equal(xh[-1], data.normalize(meta_train.images[rows[-1:]], 'cifar_fs')[0])
 
 
+
+def test_teacher_keeps_the_epoch_config_names(meta_train, smoke_config, monkeypatch):
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  tc.epochs, tc.milestones = 4, (2,)
+  train, heldout = pretrain.split_heldout(meta_train, [0, 1, 2, 3, 4], 0.2)
+  model = models.create('conv4', 5, 32)
+  kept = {}
+  for keep in pretrain.KEEP:
+    scripted = iter([0.5, 0.9, 0.6, 0.7])  # held-out accuracies by epoch: best 1, last 3
+    monkeypatch.setattr(pretrain, 'accuracy', lambda *a, **k: next(scripted))
+    tc.keep = keep
+    kept[keep] = pretrain.train_teacher(model, train, heldout, tc, jax.random.key(0))
+  assert (kept['best'][1], kept['last'][1]) == (0.9, 0.7)
+  leaves = lambda v: jax.tree.leaves(v['params'])
+  assert not all(np.array_equal(a, b) for a, b in zip(leaves(kept['best'][0]),
+                                                      leaves(kept['last'][0])))
+
+
+def test_unknown_teacher_keep_is_named(meta_train, smoke_config):
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  tc.keep = 'final'
+  train, heldout = pretrain.split_heldout(meta_train, [0, 1], 0.2)
+  with pytest.raises(ValueError, match=r"teachers.keep='final': choose one of best \| last"):
+    pretrain.train_teacher(models.create('conv4', 2, 32), train, heldout, tc, jax.random.key(0))
+
 @pytest.mark.slow
 def test_smoke_teachers_well_above_chance(real_zoo, cifar_train, real_config):
   teachers = zoo.load(real_zoo)

@@ -283,6 +283,10 @@ def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
                    _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35, teachers_heldout=[0.7, 0.9]))
   utils.write_json(str(results / 'ablation' / 'eci' / 'results.json'),
                    _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35, teachers_heldout=[0.6, 0.9]))
+  last = config_lib.build('ss', 'quick')
+  last.teachers.keep = 'last'
+  utils.write_json(str(results / 'ablation' / 'last_epoch' / 'results.json'),
+                   _run(last, [0.2, 0.4, 0.6, 0.5], 0.30, teachers_heldout=[0.75, 0.9]))
   page = report.render_ablation(report.load_runs(str(results)))
   rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
   # budget - quick_again (its teachers) = (.1, .1, .1, .2): +12.50, not the first control's.
@@ -290,10 +294,12 @@ def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
   assert '| +12.50 ± ' in rows['ablation/budget']
   assert "`meta.outer_schedule` 'constant' → 'cosine'" in rows['ablation/budget']
   assert '(control `ss_quick`, other teachers of its recipe)' in rows['ablation/eci']
+  assert ("`teachers.keep` 'best' → 'last' (control `ss_quick`, its teachers by the changed "
+          'recipe)') in rows['ablation/last_epoch']
   assert '| — |' in rows['ablation/quick_again'] and '| — |' in rows['ss_quick']
   order = [l.split(' | ')[0] for l in page.splitlines() if l.startswith('| `')]
-  assert order == ['| `ss_quick`', '| `ablation/eci`', '| `ablation/quick_again`',
-                   '| `ablation/budget`']
+  assert order == ['| `ss_quick`', '| `ablation/eci`', '| `ablation/last_epoch`',
+                   '| `ablation/quick_again`', '| `ablation/budget`']
 
 
 def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):

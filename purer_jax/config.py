@@ -36,7 +36,7 @@ def base() -> ml_collections.ConfigDict:
   c.teachers.milestones = (30, 40, 50)
   c.teachers.gamma = 0.2
   c.teachers.clip = 50.0
-  c.teachers.heldout_frac = 0.2
+  c.teachers.heldout_frac = 0.2             # 0: every image trains (then keep='last')
   # Which epoch a teacher keeps: `best` held-out accuracy (METHOD.md §3) or `last` (what the
   # original ends up with; the teachers' recipe lever of issue 13).
   c.teachers.keep = 'best'

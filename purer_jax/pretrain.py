@@ -104,9 +104,14 @@ KEEP = ('best', 'last')
 
 def train_teacher(model, train, heldout, tc, rng, log=None):
   """Trains one teacher; returns (variables, held-out accuracy) of the epoch `tc.keep` names:
-  the best held-out one or the last."""
+  the best held-out one or the last. Without held-out images (teachers.heldout_frac=0: every
+  image trains) the accuracy is None and only `last` is possible."""
   if tc.keep not in KEEP:
     raise ValueError(f'config.teachers.keep={tc.keep!r}: choose one of {" | ".join(KEEP)}')
+  scored = len(heldout[0]) > 0
+  if not scored and tc.keep != 'last':
+    raise ValueError('config.teachers.heldout_frac=0 leaves no held-out images to choose the '
+                     "best epoch on: set config.teachers.keep='last' (or a held-out fraction)")
   x, y = train
   bs = min(tc.batch_size, len(x))
   steps = len(x) // bs
@@ -121,14 +126,18 @@ def train_teacher(model, train, heldout, tc, rng, log=None):
     for s in range(steps):
       b = perm[s * bs:(s + 1) * bs]
       variables, opt_state, loss = train_step(variables, opt_state, x[b], y[b], model=model, tx=tx)
-    acc = accuracy(variables, model, *heldout)
+    acc = accuracy(variables, model, *heldout) if scored else None
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f'teacher training diverged at epoch {epoch} (loss {loss})')
-    if acc > best_acc or tc.keep == 'last':  # a copy, not the live state (the original's bug)
+    if tc.keep == 'last' or acc > best_acc:  # a copy, not the live state (the original's bug)
       best, best_acc = jax.tree.map(np.array, variables), acc
     if log:
       log(epoch, float(loss), acc)
   return best, best_acc
+
+
+def _fmt(acc) -> str:
+  return '—' if acc is None else f'{acc:.3f}'
 
 
 def _splits(config) -> dict:
@@ -165,17 +174,17 @@ def run(config, workdir: str) -> list:
     epochs = utils.Progress(config.teachers.epochs, f'  teacher {i} epoch', every_s=30)
     variables, acc = train_teacher(
         model, train, heldout, config.teachers, jax.random.fold_in(jax.random.key(config.seed), i),
-        log=lambda e, loss, acc: epochs.update(e + 1, f'loss {loss:.3f} held-out {acc:.3f}'))
+        log=lambda e, loss, acc: epochs.update(e + 1, f'loss {loss:.3f} held-out {_fmt(acc)}'))
     teacher = zoo.Teacher(index=i, arch=arch, num_classes=len(classes),
                           image_size=data_lib.IMAGE_SIZE[ds], dataset=ds, classes=classes,
                           class_names=[split.class_names[c] for c in classes],
-                          heldout_acc=float(acc), checkpoint='',
+                          heldout_acc=None if acc is None else float(acc), checkpoint='',
                           train_seconds=round(time.time() - t0, 1))
     zoo.save_teacher(workdir, teacher, variables,
                      meta={'source': 'pretrain', 'assignment': config.teachers.assignment,
                            'config': workdir_lib.pool_identity(config)})
     prog.update(len(plan) - len(todo) + n + 1,
-                f'teacher {i} ({arch}, {ds}) held-out acc {acc:.3f} in {time.time() - t0:.0f}s',
+                f'teacher {i} ({arch}, {ds}) held-out acc {_fmt(acc)} in {time.time() - t0:.0f}s',
                 force=True)
   return zoo.read_manifest(workdir)['teachers']
 
@@ -184,9 +193,10 @@ def main(argv):
   del argv
   config, workdir = cli.config_and_workdir(splits=('meta_train',))
   teachers = run(config, workdir)
-  accs = [t['heldout_acc'] for t in teachers]
-  print(f'{len(teachers)} teachers, mean held-out accuracy {np.mean(accs):.3f} '
-        f'(min {np.min(accs):.3f}, max {np.max(accs):.3f})')
+  accs = [t['heldout_acc'] for t in teachers if t['heldout_acc'] is not None]
+  print(f'{len(teachers)} teachers' + (f', mean held-out accuracy {np.mean(accs):.3f} (min '
+                                       f'{np.min(accs):.3f}, max {np.max(accs):.3f})' if accs
+                                       else ' (no held-out images: the last epochs kept)'))
 
 
 if __name__ == '__main__':

@@ -324,6 +324,8 @@ def _wall_time(res) -> str:
 
 
 def _heldout(accs) -> str:
+  if not accs or None in accs:  # imported teachers, or trained without held-out images
+    return '—'
   accs = [float(a) for a in accs]
   return (f'{100 * sum(accs) / len(accs):.1f}% (min {100 * min(accs):.1f}, '
           f'max {100 * max(accs):.1f}; {len(accs)} teachers)')
@@ -412,7 +414,7 @@ def render(cells: dict, out_dir: str) -> str:
         _vs_best(c),
         fmt_diff(icf) if icf else '—', it,
         _wall_time(res),
-        _heldout(res['teachers_heldout']) if res.get('teachers_heldout') else '—',
+        _heldout(res.get('teachers_heldout')),
         f'`{_commit(res)}`' if _field(res, 'commit', 'provenance') else '—']) + ' |')
   lines += ['', 'Paired differences are per-task means over the same tasks, ± their 95% CI '
             'half-width; MH\'s combine its two meta-test sets as a mean of independent '

@@ -50,6 +50,19 @@ def test_teacher_keeps_the_epoch_config_names(meta_train, smoke_config, monkeypa
                                                       leaves(kept['last'][0])))
 
 
+
+def test_teacher_on_every_image_keeps_its_last_epoch(meta_train, smoke_config):
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  tc.epochs, tc.milestones, tc.heldout_frac = 2, (1,), 0.0
+  train, heldout = pretrain.split_heldout(meta_train, [0, 1], tc.heldout_frac)
+  assert len(train[0]) == 2 * 20 and len(heldout[0]) == 0
+  model = models.create('conv4', 2, 32)
+  with pytest.raises(ValueError, match="no held-out images .* set config.teachers.keep='last'"):
+    pretrain.train_teacher(model, train, heldout, tc, jax.random.key(0))
+  tc.keep = 'last'
+  variables, acc = pretrain.train_teacher(model, train, heldout, tc, jax.random.key(0))
+  assert acc is None and jax.tree.leaves(variables['params'])
+
 def test_unknown_teacher_keep_is_named(meta_train, smoke_config):
   tc = smoke_config.teachers.copy_and_resolve_references()
   tc.keep = 'final'

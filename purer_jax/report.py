@@ -153,7 +153,8 @@ def _per_dataset(res: dict, cell_dir: str) -> dict:
 
 def _with_icfil(d: dict, res: dict, where: str) -> dict:
   """d with PURER+ICFIL from a `tune_icfil --test` run of the cell's checkpoint, where it is
-  kept. Its plain `purer` scores the same checkpoint on the same tasks: it must be the cell's."""
+  kept. Its plain `purer` scores the same checkpoint on the same tasks: it must be the cell's
+  (at config.meta's test-time adaptation: `purer_untuned` where the run tuned it)."""
   path = os.path.join(utils.icfil_dir(where, res['shots']), 'results.json')
   if not os.path.isfile(path):
     return d
@@ -161,7 +162,8 @@ def _with_icfil(d: dict, res: dict, where: str) -> dict:
     icf = json.load(f)
   if 'purer+icfil' in d['methods']:
     raise ValueError(f'{path}: the run itself scored PURER+ICFIL already: keep one of them')
-  plain, ours = icf['methods'].get('purer'), d['methods'].get('purer')
+  plain = icf['methods'].get('purer')
+  ours = d['methods'].get('purer_untuned', d['methods'].get('purer'))
   if (plain is None or ours is None or icf.get('tasks') != res.get('tasks') or
       abs(plain['acc'] - ours['acc']) > 1e-3):
     raise ValueError(f'{path}: its plain PURER ({plain and fmt_acc(plain)}) is not the cell\'s '

@@ -206,7 +206,13 @@ def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
   control = [0.2, 0.4, 0.6, 0.4]
   utils.write_json(str(results / 'quick' / 'results.json'), _run(
       quick, control, 0.30, per_task={'purer': [0.3, 0.4, 0.6, 0.5], 'purer_untuned': control},
+      methods=_methods(purer=0.45, purer_untuned=0.40),
       adaptation={'purer': {'steps': 5, 'lr': 0.03, 'val_acc': 0.31}}))
+  # ICFIL follows config.meta's adaptation: its plain PURER is the untuned score.
+  utils.write_json(str(results / 'quick' / 'icfil_1shot' / 'results.json'), {
+      'tasks': 4, 'methods': _methods(purer=0.40, **{'purer+icfil': 0.42}),
+      'paired': {'purer+icfil': {'mean_diff': 0.02, 'ci95': 0.01}},
+      'icfil': {'settings': {'tau': 0.5, 'lr': 0.001}, 'tuned_on': 'meta_val'}})
   aug = config_lib.build('ss', 'quick')
   aug.train.augment, aug.train.warmup = 'flip,shift', 100
   utils.write_json(str(results / 'ablation' / 'aug' / 'results.json'),
@@ -220,6 +226,8 @@ def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
   assert '| +10.00 ± ' in rows['ablation/aug'] and '| 33.00 |' in rows['ablation/aug']
   tuned = next(l for l in page.splitlines() if 'tuned adaptation' in l)
   assert 'test-time 5 steps at lr 0.03' in tuned and '+5.00 ±' in tuned
+  icfil_row = next(l for l in page.splitlines() if '+ ICFIL' in l)
+  assert '| 42.00 ± 0.68 | +2.00 ± 1.00 (vs the same run) |' in icfil_row
   assert '## 5-shot\n\nNo `:quick` control run yet.' in page
   levers = {l.split(' | ')[0][2:]: l for l in page.splitlines() if l.startswith('| ')}
   assert levers['pseudo-image augmentation'].endswith('| `ablation/aug` | not measured yet |')

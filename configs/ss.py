@@ -22,7 +22,9 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 :quick on its teachers; best meta-val 35.53 at 4,750); 95 min on a quiet
                 machine, teachers 9 min, meta-training 85 min (docs/ABLATION.md)
   :budget,5shot 5,000 iterations, ECI off (it lost on meta-val at 5-shot): PURER 53.59 +- 0.77
-                (best meta-val 43.79 at 3,750), ~101 min with the teachers: 2.4 short of 56.0
+                (best meta-val 43.79 at 3,750), ~101 min with the teachers; rerun on the cell's
+                teachers 54.21 +- 0.75 (paired +2.23 +- 0.50 over :quick,5shot), 54.59 with tuned
+                test-time adaptation, 54.78 with ICFIL: 1.8 short of 56.0
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets, 13 refined per iteration:
                 not run in full yet. `:plus,smoke` ran end to end (100 teachers in 5.4 min,

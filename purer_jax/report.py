@@ -13,6 +13,7 @@ import os
 import sys
 
 from purer_jax import utils
+from purer_jax import workdir as workdir_lib
 
 SCENARIOS = (('ss', 'cifar_fs'), ('ss', 'mini_imagenet'), ('sh', 'cifar_fs'),
              ('sh', 'mini_imagenet'), ('mh', 'mixed'))
@@ -535,8 +536,7 @@ LEVERS = (
     ('meta-batch size', ('meta.meta_batch',)),
     ('bank size', ('inversion.spc',)),
     ('teachers refined per iteration', ('teachers.per_iter',)),
-    ("teachers' recipe", ('teachers.epochs', 'teachers.milestones', 'teachers.batch_size',
-                          'teachers.max_per_class', 'teachers.keep')),
+    ("teachers' recipe", workdir_lib.RECIPE),
 )
 
 

@@ -32,7 +32,6 @@ def test_heldout_split_is_last_20_percent(meta_train):
   np.testing.assert_array_equal(xh[-1], data.normalize(meta_train.images[rows[-1:]], 'cifar_fs')[0])
 
 
-
 def test_teacher_keeps_the_epoch_config_names(meta_train, smoke_config, monkeypatch):
   tc = smoke_config.teachers.copy_and_resolve_references()
   tc.epochs, tc.milestones = 4, (2,)
@@ -50,7 +49,6 @@ def test_teacher_keeps_the_epoch_config_names(meta_train, smoke_config, monkeypa
                                                       leaves(kept['last'][0])))
 
 
-
 def test_teacher_on_every_image_keeps_its_last_epoch(meta_train, smoke_config):
   tc = smoke_config.teachers.copy_and_resolve_references()
   tc.epochs, tc.milestones, tc.heldout_frac = 2, (1,), 0.0
@@ -63,12 +61,14 @@ def test_teacher_on_every_image_keeps_its_last_epoch(meta_train, smoke_config):
   variables, acc = pretrain.train_teacher(model, train, heldout, tc, jax.random.key(0))
   assert acc is None and jax.tree.leaves(variables['params'])
 
+
 def test_unknown_teacher_keep_is_named(meta_train, smoke_config):
   tc = smoke_config.teachers.copy_and_resolve_references()
   tc.keep = 'final'
   train, heldout = pretrain.split_heldout(meta_train, [0, 1], 0.2)
   with pytest.raises(ValueError, match=r"teachers.keep='final': choose one of best \| last"):
     pretrain.train_teacher(models.create('conv4', 2, 32), train, heldout, tc, jax.random.key(0))
+
 
 @pytest.mark.slow
 def test_smoke_teachers_well_above_chance(real_zoo, cifar_train, real_config):

@@ -15,7 +15,10 @@ median and best step, compile time, peak resident memory; per case the 1-minute 
 round. JAX runners also report the step's FLOPs (XLA cost analysis) and the achieved fraction
 of this CPU's matmul rate, which the benchmark measures itself (a 2048^2 float32 matmul).
 Headline fields: `speedup_vs_eager` and `speedup_vs_compile` (ratios of medians; against the
-fastest torch.compile mode measured).
+fastest torch.compile mode measured). The headline case also times its convolutions alone
+(`floor-jax`, `floor-torch`: XLA's and oneDNN's kernels): `conv_floor_s`, the faster, and
+`ceiling_vs_compile`, the speedup over torch.compile of a step that spent no time outside them.
+The JSON is written after every case, so an interrupted run keeps what it measured.
 
 The PyTorch reference (tests/torch_reference.py, shared with the tests) has the same math
 and a fair best effort: the original networks in eval mode with requires_grad=False, BN
@@ -134,6 +137,59 @@ class JaxInversion:
     return {'gflop': flops / 1e9, 'program_mb': round(mb, 1)}
 
 
+class ConvFloor:
+  """The step's convolutions alone, for Conv4 pools: each conv's forward and its input gradient
+  (the bank needs it; the teachers' weights take none), on random inputs of the step's shapes,
+  with nothing else (no BN, ReLU, pool, loss or update). `backend` 'jax' (XLA's convolution)
+  or 'torch' (oneDNN's). No step built from these kernels runs faster than this."""
+
+  def __init__(self, case, backend, threads):
+    t, b, s, w = case['teachers'], case['classes'] * case['spc'], case['size'], 32
+    shapes = [(s >> i, 3 if i == 0 else w) for i in range(4)]  # (spatial, in channels)
+    rng = np.random.default_rng(0)
+    xs = [[rng.standard_normal((b, c, h, h), np.float32) for h, c in shapes] for _ in range(t)]
+    ws = [[rng.standard_normal((w, c, 3, 3), np.float32) for _, c in shapes] for _ in range(t)]
+    if backend == 'torch':
+      import torch
+      torch.set_num_threads(threads)
+      xs = [[torch.from_numpy(x) for x in xt] for xt in xs]
+      ws = [[torch.from_numpy(k) for k in wt] for wt in ws]
+
+      def step():
+        with torch.no_grad():
+          for xt, wt in zip(xs, ws):
+            for x, k in zip(xt, wt):
+              y = torch.nn.functional.conv2d(x, k, padding=1)
+              torch.ops.aten.convolution_backward(y, x, k, None, [1, 1], [1, 1], [1, 1], False,
+                                                  [0, 0], 1, [True, False, False])
+      self.step = step
+    else:
+      import jax
+      from jax import lax
+      conv = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+      def convs(xs, ws):
+        out = []
+        for xt, wt in zip(xs, ws):
+          for x, k in zip(xt, wt):
+            y, vjp = jax.vjp(lambda x, k=k: conv(x, k), x)
+            out.append(vjp(y)[0])
+        return out
+      xs = [[jax.numpy.asarray(x.transpose(0, 2, 3, 1)) for x in xt] for xt in xs]
+      ws = [[jax.numpy.asarray(k.transpose(2, 3, 1, 0)) for k in wt] for wt in ws]
+      f = jax.jit(convs)
+      self.step = lambda: jax.block_until_ready(f(xs, ws))
+      cost = f.lower(xs, ws).compile().cost_analysis()
+      self.gflop = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']) / 1e9
+    t0 = time.perf_counter()
+    self.step()
+    self.compile_s = time.perf_counter() - t0
+
+  def info(self):
+    return {'gflop': self.gflop} if hasattr(self, 'gflop') else {}
+
+
 def matmul_gflops(n=2048, reps=10) -> float:
   """This CPU's float32 matmul rate under XLA (best of `reps`)."""
   import jax
@@ -159,6 +215,8 @@ def worker(kind, case, threads):
   elif kind.startswith('torch-compile'):
     r = TorchInversion(case, threads, compiled=True,
                        mode=kind[len('torch-compile'):].lstrip(':') or None)
+  elif kind.startswith('floor-'):
+    r = ConvFloor(case, kind[len('floor-'):], threads)
   else:
     raise ValueError(f'unknown runner {kind!r}')
   print(json.dumps({'ready': True, 'compile_s': r.compile_s}), flush=True)
@@ -275,7 +333,9 @@ def main():
   # minutes; 'chunks' runs them as programs of 13.
   # The 100-teacher case is judged against the 13-teacher rate: PyTorch eager alone there
   # (compiling 100 teachers' loss takes many minutes).
-  cases = [(case('headline', 'conv4', 13, 32, 16), ['loop', 'vmap'], 3, torch_kinds)]
+  # The headline also times its convolutions alone (`floor-*`): how fast any step can be.
+  cases = [(case('headline', 'conv4', 13, 32, 16), ['loop', 'vmap'], 3,
+            torch_kinds + ['floor-jax', 'floor-torch'])]
   if not args.quick:
     cases += [(case('conv4-1', 'conv4', 1, 32, 16), ['loop'], 5, torch_kinds),
               (case('conv4-100', 'conv4', 100, 32, 16), ['chunks', 'vmap'], 1,
@@ -295,25 +355,37 @@ def main():
     for r in recs[-1]['results'].values():
       if 'gflop' in r:
         r['matmul_fraction'] = r['gflop'] / r['median_s'] / rate
+    _write(args.json, {'partial': True, 'matmul_gflops': rate, 'cases': recs})  # kept if cut
   head = recs[0]['results']
   best = min((k for k in head if k.startswith('jax-')), key=lambda k: head[k]['median_s'])
+  # The fastest kernels' convolutions alone, and the speedup over torch.compile a step
+  # spending no time outside them would have: the ceiling of any step built on them.
+  floor = min(head[k]['median_s'] for k in head if k.startswith('floor-'))
+  compiled = min(head[k]['median_s'] for k in head if k.startswith('torch-compile'))
   out = {
       'headline': {'jax_variant': best, 'jax_img_s': head[best]['img_s'],
                    **{k: head[best][k] for k in ('speedup_vs_eager', 'speedup_vs_compile',
                                                  'gflop', 'matmul_fraction') if k in head[best]},
-                   **{f'{k}_img_s': head[k]['img_s'] for k in torch_kinds}},
+                   **{f'{k}_img_s': head[k]['img_s'] for k in torch_kinds},
+                   'conv_floor_s': floor, 'ceiling_vs_compile': compiled / floor},
       'matmul_gflops': rate,
       'cases': recs,
       'backend': _backend(args.threads, load),
       'wall_s': round(time.time() - t0, 1),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-  with open(args.json, 'w') as f:
-    json.dump(out, f, indent=1)
+  _write(args.json, out)
   h = out['headline']
   print(f"headline ({best}): JAX {h['jax_img_s']:.0f} img/s, x{h['speedup_vs_eager']:.2f} vs "
         f"eager, x{h['speedup_vs_compile']:.2f} vs torch.compile; {h['gflop']:.1f} GFLOP/step "
-        f"at {100 * h['matmul_fraction']:.0f}% of the matmul rate ({out['wall_s']:.0f}s)")
+        f"at {100 * h['matmul_fraction']:.0f}% of the matmul rate; its convolutions alone take "
+        f"{h['conv_floor_s'] * 1e3:.0f} ms (a ceiling of x{h['ceiling_vs_compile']:.2f} vs "
+        f"torch.compile) ({out['wall_s']:.0f}s)")
+
+
+def _write(path, out):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(out, f, indent=1)
 
 
 def _backend(threads, load):

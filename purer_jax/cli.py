@@ -9,18 +9,23 @@ defining a flag. A command with more flags passes a function that defines them:
     cli.run(main)            # or cli.run(main, define_flags)
 
 `run` (or `user_errors()`) prints the project's errors as one message without a traceback.
+A refused command line exits with status 2 before any work: a bad flag or config value
+(`purer_jax.schema`), or a workdir another command holds (`purer_jax.workdir.lock`).
 """
 import contextlib
+import difflib
 import json
 import os
+import re
 import sys
 from typing import Callable, Optional
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from purer_jax import data as data_lib
-from purer_jax import parallel, train, utils, workdir as workdir_lib, zoo
+from purer_jax import parallel, schema, train, utils, workdir as workdir_lib, zoo
 
 # Errors whose message is the whole story; anything else keeps its traceback.
 USER_ERRORS = (utils.UserError, OSError, FloatingPointError, json.JSONDecodeError)
@@ -40,10 +45,9 @@ def define_flags():
 
 
 def config_and_workdir(splits=()):
-  """The locked config and the work directory, checked before any work: the workdir's teachers
-  and checkpoints fit the config (`purer_jax.workdir.check`) and every data split the entry
-  point will read (`splits`, of each dataset of the run) is there. Then W/config.json is
-  written (the one it replaces goes to W/config_history/)."""
+  """The locked config and the work directory, checked before any work: every config value
+  (`purer_jax.schema.check`), then this process becomes the workdir's one writer
+  (`purer_jax.workdir.lock`), then `prepare`."""
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   f = flags.FLAGS
   config = f.config
@@ -52,12 +56,16 @@ def config_and_workdir(splits=()):
   workdir = f.workdir or config.workdir
   if not workdir:
     raise app.UsageError('--workdir is required')
+  schema.check(config)
+  workdir_lib.lock(workdir, jax.process_index())
   prepare(config, workdir, splits=splits, allow_change=f.allow_config_change)
   return config, workdir
 
 
 def prepare(config, workdir: str, *, splits=(), allow_change: bool = False):
-  """`config_and_workdir` without the flags."""
+  """The workdir's teachers and checkpoints fit the config (`purer_jax.workdir.check`) and
+  every data split the entry point will read (`splits`, of each dataset of the run) is there.
+  Then W/config.json is written (the one it replaces goes to W/config_history/)."""
   workdir_lib.check(config, workdir, zoo_config=zoo.read_manifest(workdir).get('config'),
                     allow_change=allow_change)
   if config.teachers.source != 'pretrain':  # imported teachers need no meta-train images
@@ -72,12 +80,35 @@ def prepare(config, workdir: str, *, splits=(), allow_change: bool = False):
 
 @contextlib.contextmanager
 def user_errors():
-  """USER_ERRORS become `<Type>: message` on stderr and exit status 1."""
+  """USER_ERRORS become `<Type>: message` on stderr and exit status 1 (a UserError's
+  `status`: 2 for a refused command line)."""
   try:
     yield
   except USER_ERRORS as e:
     print(f'{type(e).__name__}: {e}', file=sys.stderr)
-    raise SystemExit(1) from None
+    raise SystemExit(getattr(e, 'status', 1)) from None
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, where a refused flag exits with status 2 as `schema.check` does: a
+  --config.<field> value of the wrong type says what the field allows, an unknown field is
+  named (ml_collections' own error is a traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    bad = re.match(r'flag --config\.([\w.]+)=(.*?): ', str(e))
+    msg = (f'{schema.ConfigError.__name__}: {schema.field_problem(*bad.groups())}'
+           if bad and bad[1] in schema.FIELDS else f'FATAL Flags parsing error: {e}')
+  except (AttributeError, KeyError):
+    names = [a.split('=')[0][len('--config.'):] for a in argv if a.startswith('--config.')]
+    unknown = [n for n in names if n not in schema.FIELDS]
+    if not unknown:
+      raise
+    near = difflib.get_close_matches(unknown[0], schema.FIELDS, n=1)
+    msg = (f'{schema.ConfigError.__name__}: --config.{unknown[0]}: no such config field'
+           + (f'; did you mean {near[0]}?' if near else ' (the fields: docs/CONFIG.md)'))
+  print(msg, file=sys.stderr)
+  raise SystemExit(2)
 
 
 def run(main: Callable, define_extra: Optional[Callable] = None):
@@ -92,4 +123,4 @@ def run(main: Callable, define_extra: Optional[Callable] = None):
     with user_errors():
       parallel.initialize()
       return main(argv)
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)

@@ -6,10 +6,15 @@ pool, the training checkpoints those that define the run; a config that differs 
 them is refused before any work (`check`). Every checkpoint gets a digest of its files, since
 orbax reads a flipped byte in compressed data as silently wrong values (`digest`, `verify`).
 W/config.json is the last command's config; the ones it replaced are in W/config_history/.
+A command holds W/.lock while it runs, so two commands never write one workdir (`lock`).
 """
+import atexit
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
 import time
 
 from purer_jax import utils
@@ -33,10 +38,17 @@ RUN_EXCLUDE = ('teachers.torch_dir', 'inversion.strategy', 'inversion.shard', 'i
 RUN_FILE = 'run.json'  # in W/checkpoints: deleting that folder restarts meta-training
 DIGEST_FILE = 'digest.json'
 OVERRIDE_FLAG = '--allow_config_change'
+LOCK_FILE = '.lock'
+_HELD = {}  # lock path -> open descriptor, for the locks this process holds
 
 
 class WorkdirError(utils.UserError):
   """A workdir that does not fit the config, or a damaged file in it."""
+
+
+class BusyError(WorkdirError):
+  """Another live process holds the workdir's lock."""
+  status = 2
 
 
 def flat(config) -> dict:
@@ -172,3 +184,71 @@ def damaged(what: str, path: str, error: Exception, fix: str) -> WorkdirError:
   detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
   return WorkdirError(f'{what}: cannot read {path} ({type(error).__name__}: {detail}). The '
                       f'files are damaged or incomplete: {fix}')
+
+
+def lock(workdir: str, process: int = 0) -> str:
+  """Makes this process the one writer of `workdir` until it exits; returns the lock's path.
+
+  An exclusive flock on W/.lock (W/.lock.<i> for process i > 0 of a jax.distributed run, whose
+  processes share W), so the kernel releases it when its holder dies, however it dies. The
+  file holds pid, host and start time, for the refusal to name the holder. A lock held by a
+  live process raises BusyError, and nothing is written; a file left by a killed process is
+  taken over with a warning. Taking a lock this process holds again does nothing.
+  """
+  path = os.path.abspath(os.path.join(workdir, LOCK_FILE + (f'.{process}' if process else '')))
+  if path in _HELD:
+    return path
+  os.makedirs(workdir, exist_ok=True)
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _holder(fd)
+      os.close(fd)
+      raise BusyError(
+          f'{workdir} is in use by pid {holder.get("pid", "?")} on {holder.get("host", "?")} '
+          f'(since {holder.get("started", "?")}): wait for that command to end, or use another '
+          '--workdir') from None
+    if _same_file(fd, path):  # else its holder released it (unlinked) between open and flock
+      break
+    os.close(fd)
+  old = _holder(fd)
+  if old:
+    print(f'warning: taking over {path}, left by pid {old.get("pid", "?")} on '
+          f'{old.get("host", "?")} (since {old.get("started", "?")}), which ended without '
+          'releasing it', file=sys.stderr)
+  record = {'pid': os.getpid(), 'host': socket.gethostname(),
+            'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, json.dumps(record).encode(), 0)
+  _HELD[path] = fd
+  atexit.register(unlock, path)
+  return path
+
+
+def unlock(path: str):
+  """Releases a lock `lock` took (at exit, or earlier)."""
+  fd = _HELD.pop(path, None)
+  if fd is None:
+    return
+  # Unlinked while still held: a process that opened the file meanwhile sees it is gone.
+  if _same_file(fd, path):
+    os.unlink(path)
+  os.close(fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    return os.path.samestat(os.fstat(fd), os.stat(path))
+  except FileNotFoundError:
+    return False
+
+
+def _holder(fd: int) -> dict:
+  """The pid, host and start time a lock file records ({} if empty or partly written)."""
+  try:
+    holder = json.loads(os.pread(fd, 4096, 0) or b'{}')
+  except ValueError:
+    return {}
+  return holder if isinstance(holder, dict) else {}

@@ -73,8 +73,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
   nan = _workdir(tmp_path, 'nan', smoke_zoo)
   cache = str(tmp_path / 'jax_cache')  # one compilation of the meta-iteration for all runs
   p_full = _launch(full, data_dir, cache=cache)
-  # The NaN guard: ECI's term is NaN from its first use (it 1), after checkpoint 1.
-  p_nan = _launch(nan, data_dir, '--config.eci.adv_scale=nan', '--config.train.ckpt_every=1')
+  # The NaN guard: ECI's term is -inf from its first use (it 1), after checkpoint 1. A NaN
+  # config value is refused before any work; 1e39 passes the check and overflows float32.
+  p_nan = _launch(nan, data_dir, '--config.eci.adv_scale=1e39', '--config.train.ckpt_every=1')
   procs = [p_full, p_nan]
   try:
     deadline = time.time() + 600

@@ -112,7 +112,11 @@ def base() -> ml_collections.ConfigDict:
   c.eval.seed = 1234                         # fixed task seeds: every method sees the same tasks
   c.eval.val_seed = 4321
   c.eval.batch = 25                          # tasks per compiled call
-  c.eval.methods = ('random', 'average', 'ota', 'purer')
+  c.eval.methods = ('random', 'average', 'ota', 'pool', 'purer')
+  # `pool`: the teachers' own read-out, no training (purer_jax/pool.py). Its variant (which
+  # representation, how each teacher's block is normalised) is chosen on meta-val from this grid.
+  c.eval.pool_layers = ('features', 'logits', 'both')
+  c.eval.pool_norms = ('l2', 'centred')
   # Each method's test-time inner steps and lr chosen on meta-val (train.val_tasks tasks)
   # from this grid before its meta-test; off: config.meta's test_inner_steps / inner_lr.
   c.eval.tune_adapt = False

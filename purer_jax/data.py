@@ -331,5 +331,15 @@ def episodes(data: SplitData, ways: int, shots: int, queries: int = 15, seed: in
     i += 1
 
 
+def task_spec(ways: int, shots: int, queries: int, image_size: int) -> dict:
+  """Shapes and dtypes of one episode's arrays (no `classes`): what a meta-test program takes,
+  for lowering it without data (`utils.compiled_gflop`)."""
+  import jax
+  x = lambda n: jax.ShapeDtypeStruct((n, image_size, image_size, 3), np.float32)
+  y = lambda n: jax.ShapeDtypeStruct((n,), np.int32)
+  return {'support_x': x(ways * shots), 'support_y': y(ways * shots),
+          'query_x': x(ways * queries), 'query_y': y(ways * queries)}
+
+
 def stack(eps: Sequence[dict]) -> dict:
   return {k: np.stack([e[k] for e in eps]) for k in eps[0]}

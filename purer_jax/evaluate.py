@@ -3,7 +3,7 @@
   python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
 
 scores the `random`, `average` and `ota` baselines (the latter two of the config's teacher
-pool, `zoo.pool`) on `eval.tasks` 5-way K-shot meta-test tasks with config.meta's test-time
+pool, `zoo.pool`) and the pool's own read-out (`pool`, its variant chosen on meta-val) on `eval.tasks` 5-way K-shot meta-test tasks with config.meta's test-time
 adaptation (MAML's inner loop by default) and transductive BatchNorm, and writes
 W/results.json and W/results.md. Every method sees the same tasks:
 task i is drawn from (eval.seed, i).
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from purer_jax import data as data_lib
-from purer_jax import cli, meta, models, ota, utils, zoo
+from purer_jax import cli, meta, models, ota, pool, utils, zoo
 
 
 def task_accuracies(params, *, learner, split, ways, shots, queries, num_tasks, seed, batch=25,
@@ -180,12 +180,52 @@ def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dic
   return dict(best, trials=trials, tasks=n)
 
 
+def pool_choice(teachers, config, val_splits, *, log=print) -> dict:
+  """The pool read-out's variant (`purer_jax.pool`), chosen on config.train.val_tasks meta-val
+  tasks (config.eval.val_seed; `val_splits`: one per dataset of the run, averaged)."""
+  return pool.choose_variant(
+      teachers, val_splits, ways=config.meta.ways, shots=config.meta.shots,
+      queries=config.meta.queries, num_tasks=config.train.val_tasks, seed=config.eval.val_seed,
+      variant_list=pool.variants(config.eval.pool_layers, config.eval.pool_norms),
+      image_size=meta_model(config).image_size, log=log)
+
+
+def pool_accuracies(teachers, choice: dict, config, split, desc=None) -> np.ndarray:
+  """Per-task accuracies of the pool read-out (`choice`: `pool_choice`'s) on config.eval's
+  tasks: the same tasks as every other method."""
+  size, n = meta_model(config).image_size, config.eval.tasks
+  per_task = config.meta.ways * (config.meta.shots + config.meta.queries)
+  # Tasks per call: about 4,096 images of 32 px in flight (84-px ResNets need fewer).
+  batch = max(1, min(config.eval.batch, 4096 * 32 * 32 // (per_task * size * size)))
+  return pool.accuracies(
+      teachers, split, ways=config.meta.ways, shots=config.meta.shots,
+      queries=config.meta.queries, num_tasks=n, seed=config.eval.seed,
+      variant_list=[pool.variant_of(choice)], batch=batch, image_size=size,
+      progress=utils.Progress(n, desc) if desc else None)[:, 0]
+
+
+def method_gflop(config, teachers=None, choice=None) -> float:
+  """GFLOP of one meta-test task, support adaptation and query prediction, from XLA's cost
+  analysis: the pool read-out of `choice` (`pool_choice`'s) over `teachers`, else config.meta's
+  learner with its test-time adaptation (the program `task_accuracies` runs)."""
+  model = meta_model(config)
+  m = config.meta
+  if choice is not None:
+    return pool.task_gflop(teachers, ways=m.ways, shots=m.shots, queries=m.queries,
+                           image_size=model.image_size, variant=pool.variant_of(choice))
+  params = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))['params']
+  return utils.compiled_gflop(meta.task_accuracy, params,
+                              data_lib.task_spec(m.ways, m.shots, m.queries, model.image_size),
+                              learner=meta.from_config(m, model, test=True))
+
+
 def main(argv):
   del argv
-  config, workdir = cli.config_and_workdir(splits=('meta_test',))
+  config, workdir = cli.config_and_workdir(splits=('meta_val', 'meta_test'))
   model = meta_model(config)
   teachers = zoo.pool(config, workdir) if zoo.read_manifest(workdir)['teachers'] else []
-  split = data_lib.load(config.data.dataset, 'meta_test', config.data.data_dir, config.data.source)
+  d = config.data
+  split = data_lib.load(d.dataset, 'meta_test', d.data_dir, d.source)
   accs = {}
   for name in BASELINES:
     if not applies(name, teachers, model):
@@ -195,7 +235,16 @@ def main(argv):
     params = baseline_params(name, teachers, model, jax.random.key(config.seed))
     accs[name] = evaluate_params(params, config, split, desc=name)
     print('{}: {:.4f} ± {:.4f}'.format(name, *summarize(accs[name])))
-  write_results(workdir, config, accs)
+  extra = {}
+  if teachers and 'pool' in config.eval.methods:
+    choice = pool_choice(teachers, config, [data_lib.load(d.dataset, 'meta_val', d.data_dir,
+                                                          d.source)])
+    accs['pool'] = pool_accuracies(teachers, choice, config, split, desc='pool')
+    learner = round(method_gflop(config), 4)  # the baselines all run one program
+    extra = {'pool_variant': choice, 'cost_gflop': dict(
+        {m: learner for m in accs if m != 'pool'},
+        pool=round(method_gflop(config, teachers, choice), 4))}
+  write_results(workdir, config, accs, extra=extra)
   print(open(os.path.join(workdir, 'results.md')).read())
 
 

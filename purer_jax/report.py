@@ -21,7 +21,7 @@ SHOTS = (1, 5)
 NAMES = {'ss': 'SS', 'sh': 'SH', 'mh': 'MH', 'cifar_fs': 'CIFAR-FS',
          'mini_imagenet': 'MiniImageNet', 'mixed': 'mixed'}
 METHODS = {'random': 'Random', 'average': 'Average', 'ota': 'OTA', 'dro': 'DRO',
-           'purer': 'PURER', 'purer+icfil': 'PURER+ICFIL'}
+           'pool': 'Pool read-out', 'purer': 'PURER', 'purer+icfil': 'PURER+ICFIL'}
 
 # The paper's figures (poster table, transcribed from METHOD.md §9): 5-way accuracy %,
 # (1-shot, 5-shot). The poster prints two OTA figures per SS CIFAR-FS cell; both are kept.
@@ -221,6 +221,12 @@ def fmt_value(v) -> str:
   return repr(v) if isinstance(v, str) else str(v)
 
 
+def fmt_gflop(cell, method: str) -> str:
+  """A method's meta-test GFLOP per task as its run recorded it (`cost_gflop`), or —."""
+  cost = cell and cell['res'].get('cost_gflop', {}).get(method)
+  return '—' if cost is None else f'{cost:.2f}'
+
+
 def fmt_time(seconds) -> str:
   m = int(round(seconds / 60))
   return f'{m} min' if m < 60 else f'{m // 60} h {m % 60:02d} min'
@@ -352,7 +358,7 @@ def _rows(scenario, dataset, cells):
   paper = PAPER[scenario, dataset]
   rows = []
   for m in METHODS:
-    if (m in ('random', 'purer', 'purer+icfil') or m in paper or m in measured or
+    if (m in ('random', 'pool', 'purer', 'purer+icfil') or m in paper or m in measured or
         (scenario == 'ss' and m != 'dro')):  # average and ota apply to one-arch pools
       rows.append(m)
   return rows
@@ -368,9 +374,13 @@ def render(cells: dict, out_dir: str) -> str:
       'Checkpoints are selected on meta-val tasks; the paper reports the best meta-*test* '
       'accuracy seen during training (METHOD.md §6, §11), so its figures are optimistic by '
       'that selection.', '',
-      '| scenario | dataset | method | 1-shot (ours) | 1-shot (paper) | 5-shot (ours) | '
-      '5-shot (paper) |',
-      '|---|---|---|---|---|---|---|']
+      'The GFLOP columns give each method\'s meta-test cost per 5-way task (support '
+      'adaptation and query prediction), from XLA\'s cost analysis of the compiled program. '
+      'The pool read-out (no training) embeds the task with every teacher and classifies each '
+      'query by its nearest support mean; its variant is chosen on meta-val.', '',
+      '| scenario | dataset | method | 1-shot (ours) | 1-shot (paper) | 1-shot GFLOP | '
+      '5-shot (ours) | 5-shot (paper) | 5-shot GFLOP |',
+      '|---|---|---|---|---|---|---|---|---|']
   for scenario, dataset in SCENARIOS:
     mark = _mark(dataset)
     for i, m in enumerate(_rows(scenario, dataset, cells)):
@@ -385,7 +395,7 @@ def render(cells: dict, out_dir: str) -> str:
         else:
           v = combined(cell)['methods'].get(m)
           ours = fmt_acc(v) if v else '—'
-        row += [ours, PAPER[scenario, dataset].get(m, ('—', '—'))[k]]
+        row += [ours, PAPER[scenario, dataset].get(m, ('—', '—'))[k], fmt_gflop(cell, m)]
       lines.append('| ' + ' | '.join(row) + ' |')
   lines += [
       '', f'† {MINI_NOTE} (MH teachers come from CIFAR-FS and '
@@ -616,7 +626,8 @@ def render_ablation(runs: list, figure: str = None) -> str:
       continue
     several = sum(c is None for _, c in pairs) > 1
     lines += ['| run | changes from the control | best meta-val | meta-test PURER | '
-              'paired vs control | wall time |', '|---|---|---|---|---|---|']
+              'paired vs control | wall time | meta-test GFLOP per task |',
+              '|---|---|---|---|---|---|---|']
     controls = [c for c, none in pairs if none is None]
     for r, control in pairs:
       res, scores = r['res'], _default_scores(r['res'])
@@ -645,7 +656,7 @@ def render_ablation(runs: list, figure: str = None) -> str:
           f"{100 * res['best_val']:.2f}" if 'best_val' in res else '—',
           f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
           f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f}' if diff else '—',
-          _wall_time(res)]) + ' |')
+          _wall_time(res), fmt_gflop(r, 'purer')]) + ' |')
       tuned = (res.get('adaptation') or {}).get('purer')
       per = res.get('per_task', {})
       if tuned and 'purer_untuned' in per:
@@ -654,14 +665,24 @@ def render_ablation(runs: list, figure: str = None) -> str:
         lines.append(f"| `{r['name']}` + tuned adaptation | test-time {tuned['steps']} steps at "
                      f"lr {fmt_value(tuned['lr'])}, chosen on meta-val | "
                      f"{100 * tuned['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
-                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — |')
+                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — | '
+                     f"{fmt_gflop(r, 'purer')} |")
+      if 'pool' in per and 'purer' in per:
+        v = res['pool_variant']
+        acc = _summary(per['pool'])
+        diff = _summary([x - y for x, y in zip(per['pool'], per['purer'])])
+        lines.append(f"| `{r['name']}`: pool read-out | the teachers' own {v['layer']}, "
+                     f"{v['norm']}, {v['metric']} (no training), chosen on meta-val | "
+                     f"{100 * v['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
+                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run\'s PURER) | '
+                     f"— | {fmt_gflop(r, 'pool')} |")
       icf = _with_icfil({'methods': res['methods'], 'paired': res.get('paired')}, res,
                         r['dir'])
       if icf.get('icfil'):
         m, d = icf['methods']['purer+icfil'], icf['paired']['purer+icfil']
         lines.append(f"| `{r['name']}` + ICFIL | ICFIL at meta-test "
                      f"({fmt_settings(icf['icfil'])}), chosen on "
-                     f'meta-val | — | {fmt_acc(m)} | {fmt_diff(d)} (vs the same run) | — |')
+                     f'meta-val | — | {fmt_acc(m)} | {fmt_diff(d)} (vs the same run) | — | — |')
     lines.append('')
   lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '
             'several: see its changes).', '', '| lever | 1-shot runs | 5-shot runs |',
@@ -716,26 +737,44 @@ HEADLINE_MARKS = ('<!-- headline: generated by python -m purer_jax.report docs/r
 
 
 def headline(cells: dict, page: str) -> str:
-  """The table's headline (markdown): PURER in each cell beside the paper's figure, and its
-  paired difference to the cell's best baseline; `page` is the full page's link."""
-  lines = ['| scenario | dataset | 1-shot PURER (paper) | vs best baseline | 5-shot PURER (paper) '
-           '| vs best baseline |', '|---|---|---|---|---|---|']
+  """The table's headline (markdown): per cell PURER beside the paper's figure, the pool
+  read-out with its paired difference and both meta-test costs, and PURER's paired difference
+  to the best other baseline; `page` is the full page's link."""
+  lines = ['| scenario | dataset | shots | PURER (paper) | pool read-out | PURER − pool | '
+           'GFLOP per task, PURER / pool | PURER − best other baseline |',
+           '|---|---|---|---|---|---|---|---|']
+  vs_pool = []
   for scenario, dataset in SCENARIOS:
-    row = [NAMES[scenario], NAMES[dataset] + _mark(dataset)]
     for k, shots in enumerate(SHOTS):
       cell, paper = cells.get((scenario, dataset, shots)), PAPER[scenario, dataset]['purer'][k]
+      row = [NAMES[scenario], NAMES[dataset] + _mark(dataset), str(shots)]
       c = cell and combined(cell)
       if not c or 'purer' not in c['methods']:
-        row += ['not run yet', '']
-      else:
-        row += [f"**{fmt_acc(c['methods']['purer'])}** ({paper})", _vs_best(c)]
-    lines.append('| ' + ' | '.join(row) + ' |')
+        lines.append('| ' + ' | '.join(row + ['not run yet'] + [''] * 4) + ' |')
+        continue
+      pool, diff = c['methods'].get('pool'), c['paired'].get('purer-pool')
+      if diff:
+        vs_pool.append(diff)
+      others = {**c, 'methods': {m: v for m, v in c['methods'].items() if m != 'pool'}}
+      row += [f"**{fmt_acc(c['methods']['purer'])}** ({paper})",
+              fmt_acc(pool) if pool else 'not scored', fmt_diff(diff) if diff else '—',
+              f"{fmt_gflop(cell, 'purer')} / {fmt_gflop(cell, 'pool')}", _vs_best(others)]
+      lines.append('| ' + ' | '.join(row) + ' |')
   tasks = '/'.join(str(n) for n in sorted({c['res'].get('tasks', 0) for c in cells.values()}))
+  wins = sum(d['mean_diff'] - d['ci95'] > 0 for d in vs_pool)
+  losses = sum(d['mean_diff'] + d['ci95'] < 0 for d in vs_pool)
+  standing = (f'**Against the pool read-out** (the teachers\' own features, no training), '
+              f'PURER wins in {wins}, loses in {losses} and ties in {len(vs_pool) - wins - losses}'
+              f' of the {len(vs_pool)} cells scored with it (paired 95% CI)'
+              + (f', by {100 * min(d["mean_diff"] for d in vs_pool):+.2f} to '
+                 f'{100 * max(d["mean_diff"] for d in vs_pool):+.2f} points' if vs_pool else '')
+              + '; the other cells predate the pool method. ')
   return '\n'.join(lines + [
-      '', f'5-way accuracy % ± 95% CI on {tasks} meta-test tasks per cell, checkpoints chosen '
-      f'on meta-val; paired differences on the same tasks. † {MINI_NOTE} (MH: the mean over '
-      'its CIFAR-FS and MiniImageNet meta-test sets). Every baseline, wall time and deviation '
-      f"from the paper's protocol: [{page}]({page}).", ''])
+      '', standing + f'5-way accuracy % ± 95% CI on {tasks} meta-test tasks per cell, '
+      'checkpoints and the pool\'s read-out chosen on meta-val; paired differences on the same '
+      'tasks; meta-test cost from XLA\'s cost analysis. '
+      f'† {MINI_NOTE} (MH: the mean over its CIFAR-FS and MiniImageNet meta-test sets). Every '
+      f"baseline, wall time and deviation from the paper's protocol: [{page}]({page}).", ''])
 
 
 def _update_headline(readme: str, text: str) -> None:

@@ -470,14 +470,20 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   model = evaluate.meta_model(config)
   params, configs, tuned = {}, {}, {}
   for method in config.eval.methods:
+    if method == 'pool':
+      continue
     if not evaluate.applies(method, teachers, model):
       print(f'{method}: skipped (needs every teacher to be the meta-learner\'s arch and size)')
       continue
     params[method] = purer_params if method == 'purer' else evaluate.baseline_params(
         method, teachers, model, jax.random.key(config.seed))
     configs[method] = config
+  val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
+  pool_choice = None
+  if 'pool' in config.eval.methods:
+    print('pool: choosing its read-out on meta-val')
+    pool_choice = evaluate.pool_choice(teachers, config, val_splits)
   if config.eval.tune_adapt:
-    val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
     for method in [m for m in params if m in config.eval.tune_methods]:
       print(f'{method}: tuning test-time adaptation on meta-val')
       tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
@@ -485,11 +491,15 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
                                                  tuned[method]['lr'])
     if 'purer' in tuned:
       params['purer_untuned'], configs['purer_untuned'] = purer_params, config
+  costs = method_costs(config, configs, teachers, pool_choice)
   out = {}
   for i, (name, data_dir, source) in enumerate(datasets(config)):
     split = data_lib.load(name, 'meta_test', data_dir, source)
     accs = {m: evaluate.evaluate_params(p, configs[m], split, desc=f'{m} {name}')
             for m, p in params.items()}
+    if pool_choice is not None:
+      accs['pool'] = evaluate.pool_accuracies(teachers, pool_choice, config, split,
+                                              desc=f'pool {name}')
     paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
               for m, a in accs.items() if m != 'purer' and 'purer' in accs}
     if config.icfil.enabled and 'purer' in accs:  # same tasks as purer: a paired comparison
@@ -499,13 +509,42 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
                                        evaluate.paired(accs['purer+icfil'], accs['purer'])))
     where = workdir if i == 0 else os.path.join(workdir, name)
     os.makedirs(where, exist_ok=True)
-    info = {'paired': paired, **(extra or {})}
+    info = {'paired': paired, 'cost_gflop': costs, **(extra or {})}
     if tuned:
       info['adaptation'] = tuned
+    if pool_choice is not None:
+      info['pool_variant'] = pool_choice
     out[name] = evaluate.write_results(where, config, accs, dataset=name, extra=info)
   if len(out) > 1:  # MH: every dataset's table in the main results.json too
     res = dict(out[config.data.dataset], by_dataset={k: v['methods'] for k, v in out.items()})
     utils.write_json(os.path.join(workdir, 'results.json'), res)
+  return out
+
+
+def _earlier_record(workdir):
+  """The timing and provenance of the workdir's results.json, if a finished run wrote one."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    res = json.load(f)
+  if 'timing' not in res or 'provenance' not in res:
+    return None
+  return {k: res[k] for k in ('timing', 'provenance')}
+
+
+def method_costs(config, configs: dict, teachers, pool_choice=None) -> dict:
+  """{method: GFLOP per meta-test task} (`evaluate.method_gflop`): each method of `configs` at
+  its own test-time adaptation, and the pool's chosen read-out."""
+  by_adaptation = {}  # methods that adapt alike run one program: compile it once
+  out = {}
+  for m, c in configs.items():
+    key = (c.meta.algo, c.meta.test_inner_steps, c.meta.get('test_inner_lr', 0.0))
+    if key not in by_adaptation:
+      by_adaptation[key] = round(evaluate.method_gflop(c), 4)
+    out[m] = by_adaptation[key]
+  if pool_choice is not None:
+    out['pool'] = round(evaluate.method_gflop(config, teachers, pool_choice), 4)
   return out
 
 
@@ -519,6 +558,7 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
   teachers = zoo.pool(config, workdir)
   prov = utils.provenance()  # the code as loaded: HEAD may move while the run goes on
   resumed_at = _checkpoint_manager(workdir).latest_step() or 0
+  earlier = _earlier_record(workdir) if resumed_at >= config.train.iterations else None
   t0 = time.time()
   best = train(config, workdir, teachers)
   meta_s = time.time() - t0
@@ -545,9 +585,12 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
         ([0.0] + [s for _, s in _timed_records(metrics_path)])[-1], 1))
   if started is not None:
     timing['wall_time_s'] = round(time.time() - started, 1)
+  prov = dict(prov, load_avg_end=[round(x, 2) for x in os.getloadavg()])
+  if earlier:  # a re-scoring: the run's own times and code stay, this command's are added
+    timing = dict(earlier['timing'], rescore_eval_s=timing['eval_s'])
+    prov = dict(earlier['provenance'], rescored=prov)
   for where, res in _results_files(workdir, config):
-    res.update(timing=timing, provenance=dict(
-        prov, load_avg_end=[round(x, 2) for x in os.getloadavg()]))
+    res.update(timing=timing, provenance=prov)
     utils.write_json(where, res)
   for name, res in out.items():
     print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"

@@ -88,4 +88,15 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 class UserError(Exception):
   """An error the user can fix (bad data, workdir or config); the message says how. Command-line
-  entry points print it as one line, without a traceback (purer_jax.cli)."""
+  entry points print it as one line, without a traceback, and exit with `status` (purer_jax.cli):
+  2 for a refused command line (bad config value, busy workdir), 1 for the others."""
+  status = 1
+
+
+def compiled_gflop(fn, *args, **kwargs) -> float:
+  """GFLOP of one call of the jitted `fn` at these arguments (arrays or ShapeDtypeStructs), from
+  XLA's cost analysis of the compiled program: never a hand count."""
+  cost = fn.lower(*args, **kwargs).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  return float(cost['flops']) / 1e9

@@ -27,12 +27,15 @@ def _results_dir(tmp_path):
   config.teachers.per_iter = 4
   utils.write_json(str(results / 'ss_cifar' / 'results.json'), {
       'scenario': 'ss', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 1, 'tasks': 600,
-      'methods': _methods(random=0.2213, average=0.2486, ota=0.2512, purer=0.3295,
+      'methods': _methods(random=0.2213, average=0.2486, ota=0.2512, pool=0.40, purer=0.3295,
                           **{'purer+icfil': 0.3301}),
       'paired': {'purer-random': {'mean_diff': 0.1082, 'ci95': 0.0071},
                  'purer-average': {'mean_diff': 0.0809, 'ci95': 0.0069},
                  'purer-ota': {'mean_diff': 0.0783, 'ci95': 0.0072},
+                 'purer-pool': {'mean_diff': -0.0705, 'ci95': 0.0066},
                  'purer+icfil': {'mean_diff': 0.0006, 'ci95': 0.0011}},
+      'cost_gflop': {'random': 0.696, 'average': 0.696, 'ota': 0.696, 'purer': 0.696,
+                     'pool': 7.816},
       'best_val': 0.3412, 'best_it': 1750, 'iterations': 2000, 'init': 'average',
       'config': json.loads(config.to_json_best_effort()),
       'timing': {'meta_train_s': 1500.0, 'eval_s': 290.0, 'teachers_train_s': 600.0,
@@ -60,20 +63,23 @@ def test_page_numbers_and_missing_cells(tmp_path):
   lines = page.splitlines()
   row = lambda *prefix: next(l for l in lines if l.startswith('| ' + ' | '.join(prefix)))
   assert row('SS', 'CIFAR-FS', 'Random') == (
-      '| SS | CIFAR-FS | Random | 22.13 ± 0.68 | 21.65 ± 0.45 | not run yet | 21.59 ± 0.45 |')
-  assert '| OTA | 25.12 ± 0.68 | 28.12 ± 0.62 / 29.10 ± 0.65 | not run yet |' in page
-  assert '| PURER+ICFIL | 33.01 ± 0.68 | — | not run yet | — |' in page
-  assert ('| DRO‡ | quoted, not measured here | 23.92 ± 0.49 | quoted, not measured here '
-          '| 24.34 ± 0.49 |') in page
+      '| SS | CIFAR-FS | Random | 22.13 ± 0.68 | 21.65 ± 0.45 | 0.70 | not run yet | '
+      '21.59 ± 0.45 | — |')
+  assert '| OTA | 25.12 ± 0.68 | 28.12 ± 0.62 / 29.10 ± 0.65 | 0.70 | not run yet |' in page
+  assert '| Pool read-out | 40.00 ± 0.68 | — | 7.82 | not run yet | — | — |' in page
+  assert '| PURER+ICFIL | 33.01 ± 0.68 | — | — | not run yet | — | — |' in page
+  assert ('| DRO‡ | quoted, not measured here | 23.92 ± 0.49 | — | quoted, not measured here '
+          '| 24.34 ± 0.49 | — |') in page
   # SS MiniImageNet: nothing ran; the paper's figures and the 100-vs-600 note are there.
   assert row('SS', 'MiniImageNet†', 'Random') == (
-      '| SS | MiniImageNet† | Random | not run yet | 22.45 ± 0.41 | not run yet | 23.48 ± 0.45 |')
+      '| SS | MiniImageNet† | Random | not run yet | 22.45 ± 0.41 | — | not run yet | '
+      '23.48 ± 0.45 | — |')
   assert '100 images per class where the paper\'s has 600' in page
   # MH: the mean of both meta-test sets, CI of a mean of independent estimates.
   assert row('MH', 'mixed†', 'Random') == (
-      '| MH | mixed† | Random | not run yet | 21.11 | 22.00 ± 0.48 | 21.34 |')
+      '| MH | mixed† | Random | not run yet | 21.11 | — | 22.00 ± 0.48 | 21.34 | — |')
   assert '| SH MiniImageNet 5-shot | not run yet |' + ' |' * 8 in page
-  assert ('| SS CIFAR-FS 1-shot | `ss_cifar` | 600 | +10.82 ± 0.71 | +7.83 ± 0.72 (OTA) '
+  assert ('| SS CIFAR-FS 1-shot | `ss_cifar` | 600 | +10.82 ± 0.71 | -7.05 ± 0.66 (Pool read-out) '
           '| +0.06 ± 0.11 | 1,750 of 2,000 | 40 min (teachers 10 min, meta-training 25 min, '
           'meta-test 5 min) | 70.0% (min 60.0, max 80.0; 3 teachers) '
           '| `0123456789` |') in page
@@ -120,7 +126,7 @@ def test_icfil_score_kept_beside_a_cell(tmp_path):
                        purer=0.29, **{'purer+icfil': 0.30}), paired={'purer+icfil': {
                            'mean_diff': 0.01, 'ci95': 0.003}}))
   page = open(report.write(str(results))).read()
-  assert '|  |  | PURER+ICFIL | not run yet | — | 31.50 ± 0.48 | — |' in page
+  assert '|  |  | PURER+ICFIL | not run yet | — | — | 31.50 ± 0.48 | — | — |' in page
   assert '| +8.00 ± 0.50 (Random) | +1.50 ± 0.25 |' in page
   utils.write_json(str(results / 'mh_5shot' / 'icfil_5shot' / 'results.json'),
                    dict(icf, methods=_methods(purer=0.35, **{'purer+icfil': 0.36})))
@@ -153,11 +159,17 @@ def test_readme_headline_between_its_marks(tmp_path):
   text = readme.read_text()
   assert text.startswith(before + report.HEADLINE_MARKS[0]) and 'stale' not in text
   assert text.endswith(report.HEADLINE_MARKS[1] + after)
-  rows = {tuple(r.split(' | ')[:2]): r for r in text.splitlines() if r.startswith('| ')}
-  assert rows['| SS', 'CIFAR-FS'] == ('| SS | CIFAR-FS | **32.95 ± 0.68** (38.66 ± 0.78) | '
-                                      '+7.83 ± 0.72 (OTA) | not run yet |  |')
+  rows = {tuple(r.split(' | ')[:3]): r for r in text.splitlines() if r.startswith('| ')}
+  # The pool: its score, PURER's paired difference to it, both costs; the best other baseline.
+  assert rows['| SS', 'CIFAR-FS', '1'] == (
+      '| SS | CIFAR-FS | 1 | **32.95 ± 0.68** (38.66 ± 0.78) | 40.00 ± 0.68 | -7.05 ± 0.66 | '
+      '0.70 / 7.82 | +7.83 ± 0.72 (OTA) |')
+  assert rows['| SS', 'CIFAR-FS', '5'] == '| SS | CIFAR-FS | 5 | not run yet |  |  |  |  |'
   # MH: the mean of its two meta-test sets; its paired difference needs both sets'.
-  assert '| MH | mixed† | not run yet |  | **30.00 ± 0.48** (33.10 ± 0.69) |' in text
+  assert ('| MH | mixed† | 5 | **30.00 ± 0.48** (33.10 ± 0.69) | not scored | — | — / — |'
+          in text)
+  assert ('PURER wins in 0, loses in 1 and ties in 0 of the 1 cells scored with it (paired 95% '
+          'CI), by -7.05 to -7.05 points') in text
   assert 'on 100/600 meta-test tasks per cell' in text
   assert '[docs/RESULTS.md](docs/RESULTS.md)' in text
   report.write(str(results))

@@ -1,0 +1,149 @@
+"""The teacher pool's own read-out at meta-test: no training, no synthetic data.
+
+Every teacher embeds a task's images (eval-mode BatchNorm, each at its own input size); each
+teacher's block is normalised on its own, the blocks are concatenated, and a query takes the
+class of the nearest support mean (SimpleShot applied to a pool). A `Variant` says which
+representation (penultimate `features`, `logits`, or `both` as two blocks per teacher), whether a
+block is `centred` on the task's support mean before its L2 norm, and the distance (`cosine` to
+the normalised class means, or `euclidean`). It reads only what PURER has at meta-test: the
+teachers and the task's support (queries are classified one by one). `choose_variant` picks it
+on meta-val tasks; the meta-test never enters the choice.
+"""
+import itertools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purer_jax import data as data_lib
+from purer_jax import utils
+
+LAYERS = ('features', 'logits', 'both')
+NORMS = ('l2', 'centred')
+METRICS = ('cosine', 'euclidean')
+
+
+class Variant(NamedTuple):
+  layer: str = 'features'
+  norm: str = 'l2'
+  metric: str = 'cosine'
+
+
+def variants(layers: Sequence[str] = LAYERS, norms: Sequence[str] = NORMS,
+             metrics: Sequence[str] = METRICS) -> list:
+  for name, given, allowed in (('layer', layers, LAYERS), ('norm', norms, NORMS),
+                               ('metric', metrics, METRICS)):
+    bad = [g for g in given if g not in allowed]
+    if bad or not given:
+      raise ValueError(f'pool {name}s must be a non-empty subset of {allowed}, got {given}')
+  return [Variant(*v) for v in itertools.product(layers, norms, metrics)]
+
+
+def embed(variables: Sequence[dict], x, *, models: tuple) -> list:
+  """Per teacher, (features, logits) of the images x (NHWC, any size: each teacher sees them
+  resized to its own)."""
+  out = []
+  for v, m in zip(variables, models):
+    xi = x if x.shape[1] == m.image_size else jax.image.resize(
+        x, (x.shape[0], m.image_size, m.image_size, x.shape[3]), 'bilinear')
+    f = m.apply(v, xi, train=False, features=True)
+    head = v['params']['head']
+    out.append((f, f @ head['kernel'] + head['bias']))
+  return out
+
+
+def _blocks(embeds, layer: str) -> list:
+  if layer == 'features':
+    return [f for f, _ in embeds]
+  if layer == 'logits':
+    return [l for _, l in embeds]
+  return [b for fl in embeds for b in fl]
+
+
+def readout(embeds, support_y, *, ways: int, variant: Variant):
+  """Query class scores (n_query, ways) from `embed`'s output over [support; query] rows."""
+  ns = support_y.shape[0]
+  unit = lambda a: a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
+  blocks = []
+  for b in _blocks(embeds, variant.layer):
+    if variant.norm == 'centred':
+      b = b - b[:ns].mean(0, keepdims=True)
+    blocks.append(unit(b))
+  # Each block has unit norm: every teacher (and representation) weighs the same.
+  z = jnp.concatenate(blocks, -1)
+  onehot = jax.nn.one_hot(support_y, ways, dtype=z.dtype)
+  means = (onehot.T @ z[:ns]) / onehot.sum(0)[:, None]
+  q = z[ns:]
+  if variant.metric == 'cosine':
+    return q @ unit(means).T
+  return 2 * q @ means.T - jnp.sum(means ** 2, -1)  # -|q - mean|^2 up to a per-query constant
+
+
+def task_accuracy(variables, task, *, models: tuple, ways: int, variant: Variant):
+  """Query accuracy of the pool read-out on one task: the program whose cost is the pool's."""
+  x = jnp.concatenate([task['support_x'], task['query_x']])
+  scores = readout(embed(variables, x, models=models), task['support_y'], ways=ways,
+                   variant=variant)
+  return jnp.mean(jnp.argmax(scores, -1) == task['query_y'])
+
+
+def _embed_batch_fn(models):
+  @jax.jit
+  def fn(variables, x):  # x: (tasks, images, H, W, C); the tasks' images embedded as one batch
+    e = embed(variables, x.reshape((-1,) + x.shape[2:]), models=models)
+    return jax.tree.map(lambda a: a.reshape(x.shape[:2] + a.shape[1:]), e)
+  return fn
+
+
+def _all_variant_accs(embeds, support_y, query_y, *, ways, variant_list):
+  return jnp.stack([jnp.mean(jnp.argmax(readout(embeds, support_y, ways=ways, variant=v), -1)
+                             == query_y) for v in variant_list])
+
+
+def accuracies(teachers, split, *, ways, shots, queries, num_tasks, seed, variant_list,
+               batch: int = 25, image_size=None, progress=None) -> np.ndarray:
+  """(num_tasks, len(variant_list)) query accuracies: each batch of tasks is embedded once by
+  every teacher, then read out by every variant (the variants share the teachers' passes)."""
+  models = tuple(t.model for t in teachers)
+  variables = [t.variables for t in teachers]
+  embed_fn = _embed_batch_fn(models)
+  score = jax.jit(jax.vmap(lambda e, sy, qy: _all_variant_accs(
+      e, sy, qy, ways=ways, variant_list=tuple(variant_list))))
+  eps = data_lib.episodes(split, ways, shots, queries, seed, num=num_tasks, image_size=image_size)
+  out = []
+  for start in range(0, num_tasks, batch):
+    tasks = data_lib.stack([next(eps) for _ in range(min(batch, num_tasks - start))])
+    e = embed_fn(variables, np.concatenate([tasks['support_x'], tasks['query_x']], 1))
+    out.append(np.asarray(score(e, tasks['support_y'], tasks['query_y'])))
+    if progress:
+      progress.update(start + len(out[-1]))
+  return np.concatenate(out)
+
+
+def choose_variant(teachers, val_splits, *, ways, shots, queries, num_tasks, seed,
+                   variant_list, image_size=None, log=print) -> dict:
+  """The variant with the best mean accuracy on meta-val tasks (`val_splits`: one meta-val
+  split per dataset of the run, averaged). Returns {'layer', 'norm', 'metric', 'val_acc',
+  'tasks', 'trials'}."""
+  means = np.mean([accuracies(teachers, s, ways=ways, shots=shots, queries=queries,
+                              num_tasks=num_tasks, seed=seed, variant_list=variant_list,
+                              image_size=image_size).mean(0) for s in val_splits], 0)
+  trials = [dict(v._asdict(), val_acc=float(a)) for v, a in zip(variant_list, means)]
+  for t in trials:
+    log(f"  pool {t['layer']}/{t['norm']}/{t['metric']}: meta-val {t['val_acc']:.4f}")
+  best = trials[int(np.argmax(means))]  # first of equals: the grid's order
+  return dict(best, tasks=int(num_tasks), trials=trials)
+
+
+def variant_of(choice: dict) -> Variant:
+  return Variant(choice['layer'], choice['norm'], choice['metric'])
+
+
+def task_gflop(teachers, *, ways, shots, queries, image_size, variant: Variant) -> float:
+  """GFLOP of the pool's read-out of one task, from XLA's cost analysis of its program."""
+  task = data_lib.task_spec(ways, shots, queries, image_size)
+  models = tuple(t.model for t in teachers)
+  fn = jax.jit(lambda v, t: task_accuracy(v, t, models=models, ways=ways, variant=variant))
+  return utils.compiled_gflop(fn, [t.variables for t in teachers], task)
+

@@ -49,12 +49,12 @@ class TorchInversion:
 
   def __init__(self, case, threads, compiled=False, mode=None):
     import torch
-    from purer_jax import config as config_lib, inversion
+    from purer_jax import config as config_lib, deep_inversion
     from tests import torch_reference
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = config_lib.build('ss').inversion
-    w = inversion.Weights.from_config(cfg)
+    w = deep_inversion.Weights.from_config(cfg)
     n, spc, size = case['classes'], case['spc'], case['size']
     self.losses = []
     for _ in range(case['teachers']):

@@ -124,7 +124,7 @@ def time_strategies(iters):
 def time_torch(iters):
   import torch
   import torch.nn.functional as F
-  from purer_jax import inversion
+  from purer_jax import deep_inversion
   from tests import torch_reference
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
@@ -134,7 +134,7 @@ def time_torch(iters):
     t = torch_reference.create('conv4', n, SIZE).eval()
     for p in t.parameters():
       p.requires_grad_(False)
-    teachers.append((torch_reference.DeepInversionLoss(t, inversion.Weights()), n))
+    teachers.append((torch_reference.DeepInversionLoss(t, deep_inversion.Weights()), n))
   bank = torch.randn(64 * SPC, 3, SIZE, SIZE, requires_grad=True)
   bank_opt = torch.optim.Adam([bank], lr=0.25)
   learner = torch_reference.create('conv4', WAYS, SIZE).train()

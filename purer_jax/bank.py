@@ -14,6 +14,7 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from purer_jax import models
 
@@ -143,6 +144,21 @@ def as_seen(images: jax.Array, layout: Layout) -> jax.Array:
       images = images.at[rows].set(
           jax.image.resize(small, flat.shape, 'bilinear').reshape(x.shape))
   return images
+
+
+def apply_gradients(images, opt_state, grads, *, tx: optax.GradientTransformation,
+                    lazy: bool = False) -> tuple:
+  """(images, opt_state) after one step of `tx` on the bank along `grads`. lazy: pseudo
+  classes without gradient this step (their teacher was not drawn: `teachers.per_iter`) keep
+  their images and optimiser moments, which Adam's momentum would otherwise keep moving."""
+  updates, new_state = tx.update(grads, opt_state, images)
+  new_images = optax.apply_updates(images, updates)
+  if not lazy:
+    return new_images, new_state
+  touched = jnp.any(grads != 0, axis=tuple(range(1, grads.ndim)))
+  keep = lambda new, old: (jnp.where(touched.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+                           if new.shape == images.shape else new)
+  return keep(new_images, images), jax.tree.map(keep, new_state, opt_state)
 
 
 def targets(num_classes: int, spc: int) -> jax.Array:

@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from purer_jax import data as data_lib
-from purer_jax import parallel, schema, train, utils, workdir as workdir_lib, zoo
+from purer_jax import parallel, schema, utils, workdir as workdir_lib, zoo
 
 # Errors whose message is the whole story; anything else keeps its traceback.
 USER_ERRORS = (utils.UserError, OSError, FloatingPointError, json.JSONDecodeError)
@@ -70,7 +70,7 @@ def prepare(config, workdir: str, *, splits=(), allow_change: bool = False):
                     allow_change=allow_change)
   if config.teachers.source != 'pretrain':  # imported teachers need no meta-train images
     splits = [s for s in splits if s != 'meta_train']
-  for name, data_dir, source in train.datasets(config):
+  for name, data_dir, source in data_lib.run_datasets(config):
     for split in splits:
       data_lib.check(name, split, data_dir, source)
   os.makedirs(workdir, exist_ok=True)

@@ -126,6 +126,13 @@ def base() -> ml_collections.ConfigDict:
   c.eval.adapt_steps = (1, 5, 10)
   c.eval.adapt_lrs = (0.01, 0.03, 0.1)
 
+  # Distilling the pool's representation into the learner on the bank (purer_jax/distil.py):
+  # weight 0 is off; the target is the pool read-out's `layer` (features, logits or both).
+  c.distil = ml_collections.ConfigDict()
+  c.distil.weight = 0.0
+  c.distil.batch = 64                        # bank images per meta-iteration
+  c.distil.layer = 'both'
+
   c.icfil = ml_collections.ConfigDict()
   # Chosen on meta-val for the :quick checkpoints (README.md): larger lr or smaller tau made
   # calibration cost accuracy there (up to -13 points at 5-shot with tau 0.1, lr 0.01).

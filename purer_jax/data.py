@@ -94,6 +94,16 @@ def check(name: str, split: str, data_dir: str, source: str = 'auto'):
     _folder_files(path)
 
 
+def run_datasets(config) -> list:
+  """[(name, data_dir, source)] of a run: the pool's dataset, plus MH's second one
+  (config.data.extra_dataset). Entry points read and check their splits from this list alone."""
+  c = config.data
+  out = [(c.dataset, c.data_dir, c.source)]
+  if c.extra_dataset:
+    out.append((c.extra_dataset, c.extra_data_dir, 'auto'))
+  return out
+
+
 def _locate(name, split, data_dir, source):
   """('npz' | 'folders' | 'tfds', path) of a split, or the DataError that says what to do."""
   if name not in DATASETS:

@@ -6,7 +6,7 @@ MAML all of them, ANIL the head; ProtoNet adapts none and is refused). Per test 
   1. adapt on the real support with the learner's own test-time adaptation (transductive
      BN) -> φ + head, the model plain evaluation scores;
   2. invert the adapted model into a pseudo support (`images_per_class` per task class) with
-     §4's loss (`inversion.objective`, as the bank), BN-matching the pseudo batch to the
+     §4's loss (`deep_inversion.objective`, as the bank), BN-matching the pseudo batch to the
      adapted model's BN-input statistics on the real support;
   3. calibrate the backbone φ (head fixed) with the supervised contrastive loss between real
      support features and pseudo features;
@@ -27,7 +27,7 @@ import optax
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import evaluate, inversion, meta, utils, viz
+from purer_jax import deep_inversion, evaluate, meta, utils, viz
 from purer_jax.meta import maml
 
 HEAD = 'head'
@@ -45,7 +45,7 @@ class Settings(NamedTuple):
   lr: float
   inv_lr: float = 0.25
   jitter: int = 2
-  weights: inversion.Weights = inversion.Weights()
+  weights: deep_inversion.Weights = deep_inversion.Weights()
 
   @classmethod
   def from_config(cls, icfil_config, inversion_config) -> 'Settings':
@@ -53,7 +53,7 @@ class Settings(NamedTuple):
             inv_steps=int(icfil_config.inv_steps), cal_steps=int(icfil_config.cal_steps),
             lr=float(icfil_config.lr), inv_lr=float(inversion_config.lr),
             jitter=int(inversion_config.jitter),
-            weights=inversion.Weights.from_config(inversion_config))
+            weights=deep_inversion.Weights.from_config(inversion_config))
     s.check()
     return s
 
@@ -95,13 +95,14 @@ def pseudo_labels(ways: int, settings: Settings):
 
 
 def inversion_objective(x, params, stats, key, *, model, settings: Settings):
-  """§4's loss (`inversion.objective`) for the adapted model: CE to its head, BN matching of
-  the (jittered) pseudo batch's own BN-input statistics to the real support's `stats`, TV and
-  L2 on `x`. Returns (loss, unweighted terms)."""
-  logits, state = model.apply({'params': params}, inversion.jitter(x, key, settings.jitter),
-                              train=True, mutable=['bn_stats'])
-  return inversion.objective(x, logits, state['bn_stats'], stats,
-                             pseudo_labels(model.num_classes, settings), settings.weights)
+  """§4's loss (`deep_inversion.objective`) for the adapted model: CE to its head, BN
+  matching of the (jittered) pseudo batch's own BN-input statistics to the real support's
+  `stats`, TV and L2 on `x`. Returns (loss, unweighted terms)."""
+  logits, state = model.apply({'params': params},
+                              deep_inversion.jitter(x, key, settings.jitter), train=True,
+                              mutable=['bn_stats'])
+  return deep_inversion.objective(x, logits, state['bn_stats'], stats,
+                                  pseudo_labels(model.num_classes, settings), settings.weights)
 
 
 def _unit(f):

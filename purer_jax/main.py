@@ -15,7 +15,7 @@ import jax
 
 from purer_jax import cli
 from purer_jax import data as data_lib
-from purer_jax import pretrain, train, utils, zoo
+from purer_jax import meta_test, pretrain, utils, zoo
 
 
 def get_teachers(config, workdir):
@@ -54,7 +54,7 @@ def main(argv):
           f'--workdir={workdir}), then start every process')
   else:
     get_teachers(config, workdir)
-  train.train_and_evaluate(config, workdir, started=started, teachers_reused=reused)
+  meta_test.train_and_evaluate(config, workdir, started=started, teachers_reused=reused)
 
 
 if __name__ == '__main__':

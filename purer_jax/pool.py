@@ -61,17 +61,26 @@ def _blocks(embeds, layer: str) -> list:
   return [b for fl in embeds for b in fl]
 
 
+def unit(a):
+  return a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
+
+
+def represent(embeds, *, layer: str, norm: str = 'l2', num_support: int = 0):
+  """`embed`'s output as one vector per image: each block (teacher and representation) unit
+  normalised, centred first on the mean of the first `num_support` rows if norm == 'centred',
+  so that every block weighs the same; the blocks concatenated."""
+  blocks = []
+  for b in _blocks(embeds, layer):
+    if norm == 'centred':
+      b = b - b[:num_support].mean(0, keepdims=True)
+    blocks.append(unit(b))
+  return jnp.concatenate(blocks, -1)
+
+
 def readout(embeds, support_y, *, ways: int, variant: Variant):
   """Query class scores (n_query, ways) from `embed`'s output over [support; query] rows."""
   ns = support_y.shape[0]
-  unit = lambda a: a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
-  blocks = []
-  for b in _blocks(embeds, variant.layer):
-    if variant.norm == 'centred':
-      b = b - b[:ns].mean(0, keepdims=True)
-    blocks.append(unit(b))
-  # Each block has unit norm: every teacher (and representation) weighs the same.
-  z = jnp.concatenate(blocks, -1)
+  z = represent(embeds, layer=variant.layer, norm=variant.norm, num_support=ns)
   onehot = jax.nn.one_hot(support_y, ways, dtype=z.dtype)
   means = (onehot.T @ z[:ns]) / onehot.sum(0)[:, None]
   q = z[ns:]

@@ -22,8 +22,7 @@ from purer_jax import workdir as workdir_lib
 def pool_plan(config, num_train_classes: dict) -> list:
   """[(dataset, arch, classes)] per teacher: disjoint blocks or random subsets."""
   t = config.teachers
-  datasets = [config.data.dataset] + ([config.data.extra_dataset]
-                                      if config.data.extra_dataset else [])
+  datasets = [name for name, _, _ in data_lib.run_datasets(config)]
   rng = np.random.default_rng([config.seed, 7])
   plan = []
   # `num` caps a disjoint pool (ceil(64 / ways) = 13 teachers at most) and sizes a random one.
@@ -141,12 +140,8 @@ def _fmt(acc) -> str:
 
 
 def _splits(config) -> dict:
-  datasets = {config.data.dataset: config.data.data_dir}
-  if config.data.extra_dataset:
-    datasets[config.data.extra_dataset] = config.data.extra_data_dir
-  return {name: data_lib.load(name, 'meta_train', d, config.data.source if name ==
-                              config.data.dataset else 'auto')
-          for name, d in datasets.items()}
+  return {name: data_lib.load(name, 'meta_train', d, source)
+          for name, d, source in data_lib.run_datasets(config)}
 
 
 def missing(config, workdir: str, splits=None) -> tuple:

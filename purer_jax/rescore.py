@@ -7,7 +7,7 @@ scores per task, so `purer-pool` pairs on the same tasks without retraining.
 
 W's teachers must be the run's (the same held-out accuracy, teacher by teacher: teachers
 retrained with the same seed on the same kind of machine come out identical), and the config
-must give the run's tasks. The pool's variant is chosen on meta-val, as in `train`.
+must give the run's tasks. The pool's variant is chosen on meta-val, as in `meta_test`.
 """
 import json
 import time
@@ -15,7 +15,7 @@ import time
 import ml_collections
 from absl import flags
 
-from purer_jax import cli, evaluate, train, utils, zoo
+from purer_jax import cli, evaluate, meta_test, utils, zoo
 from purer_jax import data as data_lib
 
 
@@ -70,7 +70,7 @@ def rescore(record: dict, config, teachers, *, val_split, test_split) -> dict:
     out['paired'] = dict(record.get('paired') or {}, **{'purer-pool': dict(zip(
         ('mean_diff', 'ci95'), evaluate.paired(record['per_task']['purer'], accs)))})
   out['pool_variant'] = choice
-  out['cost_gflop'] = train.method_costs(
+  out['cost_gflop'] = meta_test.method_costs(
       ml_collections.ConfigDict(record['config']), run_configs(record), teachers, choice)
   out['rescored'] = dict(record.get('rescored') or {}, pool=dict(
       utils.provenance(), eval_s=round(time.time() - t0, 1)))

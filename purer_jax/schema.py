@@ -148,6 +148,11 @@ FIELDS = {
                            item=int, nonempty=True),
     'eval.adapt_lrs': _F(tuple, 'Test-time inner lrs eval.tune_adapt tries', 'evaluate', '> 0',
                          item=float, nonempty=True),
+    'distil.weight': _F(float, "Weight of the pool-distillation loss in the outer loss (0: off)",
+                        'train, distil', '>= 0'),
+    'distil.batch': _F(int, 'Bank images distilled per meta-iteration', 'train, distil', '>= 1'),
+    'distil.layer': _F(str, "The pool representation the learner regresses onto", 'distil',
+                       choices=('features', 'logits', 'both')),
     'icfil.enabled': _F(bool, 'PURER also scored with ICFIL calibration', 'train, icfil'),
     'icfil.tau': _F(float, "Temperature of ICFIL's contrastive loss", 'icfil', '> 0'),
     'icfil.images_per_class': _F(int, 'Pseudo support images ICFIL inverts per class', 'icfil',
@@ -236,7 +241,7 @@ def field_problem(name: str, value) -> str:
 # Rules across fields: each returns problems of a config whose fields all pass, [] if none.
 
 def _datasets(c) -> list:
-  return [c.data.dataset] + ([c.data.extra_dataset] if c.data.extra_dataset else [])
+  return [name for name, _, _ in data.run_datasets(c)]
 
 
 def _real_tasks(c) -> list:

@@ -1,4 +1,4 @@
-"""PURER meta-training (METHOD.md §4-§8) and the final meta-test.
+"""PURER meta-training (METHOD.md §4-§8); the final meta-test is `purer_jax.meta_test`.
 
 One meta-iteration is one compiled program (`train_step`): an Adam step on the bank over all
 teachers (plus ECI's adversarial term while the switch is on, under `lax.cond`), a meta-batch
@@ -7,14 +7,13 @@ its randomness from fold_in(rng, it), so a run resumed from a checkpoint repeats
 an uninterrupted run does.
 
 Workdir: checkpoints/ (orbax; the latest, including the best-by-meta-val parameters),
-metrics.jsonl, tb/ (TensorBoard), pseudo_XXXXXX.png, results.json / results.md.
+metrics.jsonl, tb/ (TensorBoard), pseudo_XXXXXX.png.
 """
 import functools
 import json
 import os
 import signal
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from tensorboardX import SummaryWriter
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import eci, evaluate, icfil, inversion, meta, parallel, utils, viz, zoo
+from purer_jax import eci, evaluate, inversion, meta, parallel, utils, viz
 from purer_jax import workdir as workdir_lib
 
 # Checked every iteration, in this order, so the error names the first term that broke.
@@ -121,9 +120,6 @@ class Trainer:
       raise ValueError("config.inversion.strategy='chunks' runs the inversion as several "
                        'programs and meta-training needs one per iteration: use auto, loop '
                        'or vmap (for a pool of 100, teachers.per_iter keeps the step small)')
-    if config.inversion.shard and config.teachers.per_iter:
-      raise ValueError('config.inversion.shard shards the whole pool: set '
-                       'config.teachers.per_iter=0 (or inversion.shard=False)')
     self.mesh = parallel.teacher_mesh() if config.inversion.shard else None
     self.inv = inversion.make_inversion_step(self.layout, config.inversion, teachers=stacked,
                                              mesh=self.mesh,
@@ -186,43 +182,6 @@ class Trainer:
         images, jax.random.fold_in(self.png_rng, it), **task_kw(self.config, self.layout)))
 
 
-def datasets(config) -> list:
-  """[(name, data_dir, source)]: the pool's dataset, plus MH's second one."""
-  c = config.data
-  out = [(c.dataset, c.data_dir, c.source)]
-  if c.extra_dataset:
-    out.append((c.extra_dataset, c.extra_data_dir, 'auto'))
-  return out
-
-
-def save_episode_png(path: str, task: dict, class_datasets) -> None:
-  """A pseudo episode as a grid: one row per class, support | query, de-normalised.
-
-  class_datasets: per class of the episode, the dataset whose normalisation its pixels use.
-  """
-  ways = len(task['classes'])
-  sx = task['support_x'].reshape((ways, -1) + task['support_x'].shape[1:])
-  qx = task['query_x'].reshape((ways, -1) + task['query_x'].shape[1:])
-  # An empty column between support and query.
-  viz.save(path, [list(s) + [None] + list(q) for s, q in zip(sx, qx)], class_datasets)
-
-
-def save_arch_pngs(prefix: str, images, layout, teachers) -> list:
-  """For a pool of several architectures (SH, MH), `<prefix>_<dataset>_<arch>.png` per
-  dataset and architecture: the pseudo classes of its first teacher. Returns the paths."""
-  firsts = {}
-  for g in layout.groups:
-    for pos in g.members:
-      firsts.setdefault((teachers[pos].dataset, g.arch), pos)
-  if len({arch for _, arch in firsts}) < 2:
-    return []
-  paths = []
-  for (dataset, arch), pos in sorted(firsts.items()):
-    paths.append(f'{prefix}_{dataset}_{arch}.png')
-    viz.save_teacher_classes(paths[-1], images, layout, teachers[pos], pos)
-  return paths
-
-
 class _NoWriter:
   """TensorBoard's writer for the processes that write no files."""
 
@@ -254,7 +213,7 @@ class _StopRequest:
       signal.signal(s, h)
 
 
-def _checkpoint_manager(workdir):
+def checkpoint_manager(workdir):
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
       options=ocp.CheckpointManagerOptions(
@@ -308,7 +267,7 @@ def _local_target(mngr, step: int):
 def load_best(workdir) -> dict:
   """The best meta-val parameters saved by `train` in W/checkpoints (finished or not)."""
   # Checked first: the manager would create the folder.
-  mngr = (_checkpoint_manager(workdir)
+  mngr = (checkpoint_manager(workdir)
           if os.path.isdir(os.path.join(workdir, 'checkpoints')) else None)
   step = mngr.latest_step() if mngr else None
   if step is None:
@@ -341,25 +300,6 @@ def _truncate_jsonl(path, start):
     f.writelines(keep)
 
 
-def _timed_records(metrics_path: str):
-  """(record, meta-training seconds so far) of a run's metrics.jsonl, the seconds summed over
-  the logged windows (compilation and meta-val included) of every segment of a resumed run."""
-  seconds, last = 0.0, -1
-  with open(metrics_path) as f:
-    for rec in map(json.loads, f):
-      if 'it_per_s' in rec:  # a window of iterations last+1 .. it
-        seconds += (rec['it'] - last) / rec['it_per_s']
-        last = rec['it']
-      yield rec, seconds
-
-
-def val_curve(metrics_path: str) -> list:
-  """[{'it', 'val_acc', 'minutes'}] from a run's metrics.jsonl: meta-val accuracy against the
-  meta-training wall time (`_timed_records`)."""
-  return [{'it': rec['it'] + 1, 'val_acc': rec['val_acc'], 'minutes': round(seconds / 60, 2)}
-          for rec, seconds in _timed_records(metrics_path) if 'val_acc' in rec]
-
-
 def train(config, workdir, teachers) -> dict:
   """Meta-trains (resuming from W/checkpoints); returns {'params', 'val', 'it'} of the best
   meta-val evaluation (the final parameters if none ran)."""
@@ -372,7 +312,7 @@ def train(config, workdir, teachers) -> dict:
   # On the host: a copy (the step donates the state's buffers) that every process holds.
   best = {'params': parallel.to_host(state['params']), 'val': np.asarray(-1.0, np.float32),
           'it': np.asarray(-1, np.int32)}
-  mngr = _checkpoint_manager(workdir)
+  mngr = checkpoint_manager(workdir)
   start = mngr.latest_step() or 0
   # Under jax.distributed every process runs this loop; process 0 alone writes files (orbax
   # checkpoints are written by all of them together).
@@ -393,7 +333,7 @@ def train(config, workdir, teachers) -> dict:
   tb = (SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start) if primary else
         _NoWriter())
   write_jsonl = utils.write_jsonl if primary else lambda *a: None
-  val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
+  val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in data_lib.run_datasets(config)]
   prog = utils.Progress(t.iterations, 'meta-train', start=start)
   window, t_window = [], time.time()
 
@@ -424,11 +364,11 @@ def train(config, workdir, teachers) -> dict:
         bank = np.asarray(trainer.view(parallel.to_host(state['images'])))
         ep = trainer.pseudo_episode(bank, it)
         if primary:
-          save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,
-                           [trainer.layout.dataset[c] or config.data.dataset
-                            for c in ep['classes']])
-          save_arch_pngs(os.path.join(workdir, f'pseudo_{done:06d}'), bank, trainer.layout,
-                         teachers)
+          viz.save_episode_png(os.path.join(workdir, f'pseudo_{done:06d}.png'), ep,
+                               [trainer.layout.dataset[c] or config.data.dataset
+                                for c in ep['classes']])
+          viz.save_arch_pngs(os.path.join(workdir, f'pseudo_{done:06d}'), bank, trainer.layout,
+                             teachers)
       if done % t.val_every == 0 or done == t.iterations:
         params = parallel.to_host(state['params'])
         acc = evaluate.validate(params, config, val_splits)
@@ -451,148 +391,3 @@ def train(config, workdir, teachers) -> dict:
   return parallel.to_host(best)
 
 
-def _results_files(workdir, config):
-  """(path, contents) of each results.json that final_evaluation wrote."""
-  for i, (name, _, _) in enumerate(datasets(config)):
-    path = os.path.join(workdir if i == 0 else os.path.join(workdir, name), 'results.json')
-    with open(path) as f:
-      yield path, json.load(f)
-
-
-def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dict:
-  """Meta-test of config.eval.methods on each dataset; W/results.json for the pool's dataset
-  (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}.
-
-  With config.eval.tune_adapt each method of config.eval.tune_methods is scored with its own
-  test-time adaptation chosen on meta-val (`evaluate.tune_adaptation`); `purer_untuned` then
-  keeps config.meta's, paired.
-  """
-  model = evaluate.meta_model(config)
-  params, configs, tuned = {}, {}, {}
-  for method in config.eval.methods:
-    if method == 'pool':
-      continue
-    if not evaluate.applies(method, teachers, model):
-      print(f'{method}: skipped (needs every teacher to be the meta-learner\'s arch and size)')
-      continue
-    params[method] = purer_params if method == 'purer' else evaluate.baseline_params(
-        method, teachers, model, jax.random.key(config.seed))
-    configs[method] = config
-  val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in datasets(config)]
-  pool_choice = None
-  if 'pool' in config.eval.methods:
-    print('pool: choosing its read-out on meta-val')
-    pool_choice = evaluate.pool_choice(teachers, config, val_splits)
-  if config.eval.tune_adapt:
-    for method in [m for m in params if m in config.eval.tune_methods]:
-      print(f'{method}: tuning test-time adaptation on meta-val')
-      tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
-      configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
-                                                 tuned[method]['lr'])
-    if 'purer' in tuned:
-      params['purer_untuned'], configs['purer_untuned'] = purer_params, config
-  costs = method_costs(config, configs, teachers, pool_choice)
-  out = {}
-  for i, (name, data_dir, source) in enumerate(datasets(config)):
-    split = data_lib.load(name, 'meta_test', data_dir, source)
-    accs = {m: evaluate.evaluate_params(p, configs[m], split, desc=f'{m} {name}')
-            for m, p in params.items()}
-    if pool_choice is not None:
-      accs['pool'] = evaluate.pool_accuracies(teachers, pool_choice, config, split,
-                                              desc=f'pool {name}')
-    paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
-              for m, a in accs.items() if m != 'purer' and 'purer' in accs}
-    if config.icfil.enabled and 'purer' in accs:  # same tasks as purer: a paired comparison
-      accs['purer+icfil'] = icfil.evaluate_params(purer_params, configs['purer'], split,
-                                                  desc=f'purer+icfil {name}')
-      paired['purer+icfil'] = dict(zip(('mean_diff', 'ci95'),
-                                       evaluate.paired(accs['purer+icfil'], accs['purer'])))
-    where = workdir if i == 0 else os.path.join(workdir, name)
-    os.makedirs(where, exist_ok=True)
-    info = {'paired': paired, 'cost_gflop': costs, **(extra or {})}
-    if tuned:
-      info['adaptation'] = tuned
-    if pool_choice is not None:
-      info['pool_variant'] = pool_choice
-    out[name] = evaluate.write_results(where, config, accs, dataset=name, extra=info)
-  if len(out) > 1:  # MH: every dataset's table in the main results.json too
-    res = dict(out[config.data.dataset], by_dataset={k: v['methods'] for k, v in out.items()})
-    utils.write_json(os.path.join(workdir, 'results.json'), res)
-  return out
-
-
-def _earlier_record(workdir):
-  """The timing and provenance of the workdir's results.json, if a finished run wrote one."""
-  path = os.path.join(workdir, 'results.json')
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    res = json.load(f)
-  if 'timing' not in res or 'provenance' not in res:
-    return None
-  return {k: res[k] for k in ('timing', 'provenance')}
-
-
-def method_costs(config, configs: dict, teachers, pool_choice=None) -> dict:
-  """{method: GFLOP per meta-test task} (`evaluate.method_gflop`): each method of `configs` at
-  its own test-time adaptation, and the pool's chosen read-out."""
-  by_adaptation = {}  # methods that adapt alike run one program: compile it once
-  out = {}
-  for m, c in configs.items():
-    key = (c.meta.algo, c.meta.test_inner_steps, c.meta.get('test_inner_lr', 0.0))
-    if key not in by_adaptation:
-      by_adaptation[key] = round(evaluate.method_gflop(c), 4)
-    out[m] = by_adaptation[key]
-  if pool_choice is not None:
-    out['pool'] = round(evaluate.method_gflop(config, teachers, pool_choice), 4)
-  return out
-
-
-def train_and_evaluate(config, workdir, started: Optional[float] = None,
-                       teachers_reused: bool = False) -> dict:
-  """Meta-trains and scores; results.json records the config, the timings and provenance
-  (`started`: when the command began, so that wall_time_s includes teacher training, unless
-  `teachers_reused`: the pool was in the workdir already, its training time is recorded apart)."""
-  if config.icfil.enabled:
-    icfil.learner_from_config(config)  # refuses a learner ICFIL cannot follow before training
-  teachers = zoo.pool(config, workdir)
-  prov = utils.provenance()  # the code as loaded: HEAD may move while the run goes on
-  resumed_at = _checkpoint_manager(workdir).latest_step() or 0
-  earlier = _earlier_record(workdir) if resumed_at >= config.train.iterations else None
-  t0 = time.time()
-  best = train(config, workdir, teachers)
-  meta_s = time.time() - t0
-  if not parallel.is_primary():  # meta-test runs on the host: process 0 scores and writes
-    return {}
-  print(f'meta-training: {meta_s:.0f}s, best meta-val {float(best["val"]):.4f} at '
-        f'iteration {int(best["it"])}')
-  extra = {'best_val': float(best['val']), 'best_it': int(best['it']),
-           'iterations': int(config.train.iterations),
-           'init': resolve_init(config.meta.init, teachers, evaluate.meta_model(config)),
-           'teachers_heldout': [t.heldout_acc for t in teachers],
-           'val_curve': val_curve(os.path.join(workdir, 'metrics.jsonl')),
-           'config': json.loads(config.to_json_best_effort())}
-  out = final_evaluation(config, workdir, teachers, best['params'], extra=extra)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  timing = {'meta_train_s': round(meta_s, 1), 'eval_s': round(time.time() - t0 - meta_s, 1),
-            # Unknown for teachers imported or trained by older code: then left out.
-            'teachers_train_s': (round(sum(t.train_seconds for t in teachers), 1) if all(
-                t.train_seconds is not None for t in teachers) else None)}
-  if teachers_reused:
-    timing['teachers_reused'] = True
-  if resumed_at:  # this command's times cover the last segment only: the logged windows all
-    timing.update(resumed_at=resumed_at, meta_train_logged_s=round(
-        ([0.0] + [s for _, s in _timed_records(metrics_path)])[-1], 1))
-  if started is not None:
-    timing['wall_time_s'] = round(time.time() - started, 1)
-  prov = dict(prov, load_avg_end=[round(x, 2) for x in os.getloadavg()])
-  if earlier:  # a re-scoring: the run's own times and code stay, this command's are added
-    timing = dict(earlier['timing'], rescore_eval_s=timing['eval_s'])
-    prov = dict(earlier['provenance'], rescored=prov)
-  for where, res in _results_files(workdir, config):
-    res.update(timing=timing, provenance=prov)
-    utils.write_json(where, res)
-  for name, res in out.items():
-    print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"
-                 for m, v in res['methods'].items()})
-  return out

@@ -136,8 +136,8 @@ def search(params, config, split, *, num_tasks: int, grid=None, log=print) -> di
 def dataset_dir(config, workdir: str, dataset: str = ''):
   """(name, data_dir, source, folder for its outputs) of `dataset` among the config's meta-test
   sets (empty: the pool's); MH's second set keeps its outputs in W/<dataset>/, as
-  `train.final_evaluation` does."""
-  sets = train.datasets(config)
+  `meta_test.final_evaluation` does."""
+  sets = data_lib.run_datasets(config)
   for i, (name, data_dir, source) in enumerate(sets):
     if name == (dataset or sets[0][0]):
       return name, data_dir, source, workdir if i == 0 else os.path.join(workdir, name)

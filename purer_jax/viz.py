@@ -80,3 +80,31 @@ def save(path: str, rows, datasets, *, row_labels: Sequence[str] = (),
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def save_episode_png(path: str, task: dict, class_datasets) -> None:
+  """A pseudo episode as a grid: one row per class, support | query, de-normalised.
+
+  class_datasets: per class of the episode, the dataset whose normalisation its pixels use.
+  """
+  ways = len(task['classes'])
+  sx = task['support_x'].reshape((ways, -1) + task['support_x'].shape[1:])
+  qx = task['query_x'].reshape((ways, -1) + task['query_x'].shape[1:])
+  # An empty column between support and query.
+  save(path, [list(s) + [None] + list(q) for s, q in zip(sx, qx)], class_datasets)
+
+
+def save_arch_pngs(prefix: str, images, layout, teachers) -> list:
+  """For a pool of several architectures (SH, MH), `<prefix>_<dataset>_<arch>.png` per
+  dataset and architecture: the pseudo classes of its first teacher. Returns the paths."""
+  firsts = {}
+  for g in layout.groups:
+    for pos in g.members:
+      firsts.setdefault((teachers[pos].dataset, g.arch), pos)
+  if len({arch for _, arch in firsts}) < 2:
+    return []
+  paths = []
+  for (dataset, arch), pos in sorted(firsts.items()):
+    paths.append(f'{prefix}_{dataset}_{arch}.png')
+    save_teacher_classes(paths[-1], images, layout, teachers[pos], pos)
+  return paths

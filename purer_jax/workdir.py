@@ -31,7 +31,7 @@ POOL = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers.source', 'teache
 # it, the learner, the bank, ECI, the training levers and checkpoint selection. Not
 # `train.iterations`: a longer run continues a shorter one (`check`).
 RUN = ('seed', 'data.dataset', 'data.extra_dataset', 'teachers', 'meta', 'inversion', 'eci',
-       'train', 'eval.val_seed')
+       'distil', 'train', 'eval.val_seed')
 # Not identity either: how the step is computed or placed (same results), and schedules.
 RUN_EXCLUDE = ('teachers.torch_dir', 'inversion.strategy', 'inversion.shard', 'inversion.steps',
                'train.iterations', 'train.log_every', 'train.ckpt_every', 'train.png_every')

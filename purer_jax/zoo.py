@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from purer_jax import data as data_lib
 from purer_jax import models, utils
 from purer_jax import workdir as workdir_lib
 
@@ -143,7 +144,7 @@ def pool(config, workdir: str) -> list:
   config.data.extra_dataset for MH) and archs (config.teachers.archs): a zoo trained for
   another scenario is an error that names the teacher, not a silently different pool.
   """
-  datasets = tuple(d for d in (config.data.dataset, config.data.extra_dataset) if d)
+  datasets = tuple(name for name, _, _ in data_lib.run_datasets(config))
   archs = tuple(config.teachers.archs)
   teachers = load(workdir, num=config.teachers.num)
   if not teachers:

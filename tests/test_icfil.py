@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from purer_jax import data, evaluate, icfil, meta, train, tune_icfil, utils, zoo
+from purer_jax import data, evaluate, icfil, meta, tune_icfil, utils, zoo
+from purer_jax import meta_test as meta_test_lib
 
 SETTINGS = icfil.Settings(tau=0.1, images_per_class=4, inv_steps=30, cal_steps=5, lr=0.01)
 
@@ -167,7 +168,7 @@ def test_refuses_protonet_before_any_work(average, meta_test, smoke_config, tmp_
   with pytest.raises(ValueError, match=match):
     icfil.check_learner(meta.Learner('protonet', model))
   with pytest.raises(ValueError, match=match):  # before the teachers are even looked for
-    train.train_and_evaluate(c, str(tmp_path))
+    meta_test_lib.train_and_evaluate(c, str(tmp_path))
   assert not list(tmp_path.iterdir())
 
 

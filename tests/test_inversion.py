@@ -9,12 +9,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
 from purer_jax import bank as bank_lib
 from purer_jax import config as config_lib
-from purer_jax import inversion, models, zoo
+from purer_jax import deep_inversion, inversion, models, zoo
 from tests import torch_reference
 
 
@@ -89,7 +90,7 @@ def test_bad_input_gives_clear_errors(layout, cfg, teachers):
 def test_bn_statistics_equal_a_direct_computation(teachers, layout):
   t = teachers[0]
   x = _slice(_images(layout), layout, 0)
-  logits, stats = inversion.bn_statistics(t.model, t.variables, x)
+  logits, stats = deep_inversion.bn_statistics(t.model, t.variables, x)
   # The BN inputs of Conv4 are its conv outputs: capture them and reduce in float64.
   _, inter = t.model.apply(t.variables, x, capture_intermediates=lambda m, _: isinstance(
       m, nn.Conv), mutable=['intermediates'])
@@ -101,23 +102,23 @@ def test_bn_statistics_equal_a_direct_computation(teachers, layout):
   np.testing.assert_allclose(logits, t.model.apply(t.variables, x), rtol=1e-6, atol=1e-6)
   # The fast functional Conv4 (both conv paths) gives the same logits and statistics.
   for conv in ('lax', 'im2col'):
-    fl, fs = inversion.conv4_forward(t.variables, x, conv=conv)
+    fl, fs = deep_inversion.conv4_forward(t.variables, x, conv=conv)
     np.testing.assert_allclose(fl, logits, rtol=1e-4, atol=1e-4)
     chex.assert_trees_all_close(fs, stats, rtol=1e-4, atol=1e-5)
 
 
 def test_loss_and_gradient_agree_with_pytorch(teachers, layout, cfg):
-  w = inversion.Weights.from_config(cfg)
+  w = deep_inversion.Weights.from_config(cfg)
   tgt = bank_lib.targets(5, layout.spc)
   x = _slice(_images(layout, 3), layout, 1)
   t = teachers[1]
-  xj = inversion.jitter(x, jax.random.key(7), 2)
+  xj = deep_inversion.jitter(x, jax.random.key(7), 2)
   assert not np.array_equal(xj, x)  # an actual roll
   shift = [s for s in range(-2, 3) for r in range(-2, 3)
            if np.array_equal(np.roll(x, (s, r), (1, 2)), xj)]
   assert len(shift) == 1  # one offset for the whole slice
   for strategy in ('loop', 'vmap'):
-    loss, grad = jax.value_and_grad(lambda a, s=strategy: inversion.deep_inversion_loss(
+    loss, grad = jax.value_and_grad(lambda a, s=strategy: deep_inversion.deep_inversion_loss(
         a, t.variables, tgt, model=t.model, weights=w, strategy=s)[0])(xj)
     xt = torch_reference.nchw(xj).requires_grad_(True)
     ref = torch_reference.DeepInversionLoss(torch_reference.from_flax(t.variables, 'conv4', 32),
@@ -131,14 +132,14 @@ def test_loss_and_gradient_agree_with_pytorch(teachers, layout, cfg):
 @pytest.mark.slow  # compile-bound
 def test_gradient_check(teachers, cfg):
   t = teachers[2]
-  w = inversion.Weights.from_config(cfg)
+  w = deep_inversion.Weights.from_config(cfg)
   tgt = bank_lib.targets(5, 1)
   x = jax.random.normal(jax.random.key(1), (5, 32, 32, 3))
   with jax.enable_x64(True):
     v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t.variables)
     for s in ('loop', 'vmap'):
-      f = lambda a, s=s: inversion.deep_inversion_loss(a, v64, tgt, model=t.model, weights=w,
-                                                       strategy=s)[0]
+      f = lambda a, s=s: deep_inversion.deep_inversion_loss(a, v64, tgt, model=t.model,
+                                                            weights=w, strategy=s)[0]
       jax.test_util.check_grads(f, (jnp.asarray(x, jnp.float64),), order=1, modes=['rev'],
                                 eps=1e-7, atol=1e-6, rtol=1e-5)
 
@@ -154,7 +155,7 @@ def test_mixed_pool_sums_teachers_in_pool_order(teachers, cfg):
   pool = [teachers[0], t4, teachers[1]]
   lay = bank_lib.make_layout(pool, spc=2)
   assert [g.members for g in lay.groups] == [(0, 2), (1,)]
-  w, key = inversion.Weights.from_config(cfg), jax.random.key(5)
+  w, key = deep_inversion.Weights.from_config(cfg), jax.random.key(5)
   images = _images(lay)
   loss, m = jax.jit(functools.partial(
       inversion.inversion_loss, layout=lay, weights=w, max_shift=2,
@@ -163,10 +164,10 @@ def test_mixed_pool_sums_teachers_in_pool_order(teachers, cfg):
   @functools.partial(jax.jit, static_argnums=(0,))
   def expected_loss(pos, variables):
     x = images[lay.classes_of(pos)].swapaxes(0, 1).reshape((-1, 32, 32, 3))
-    x = inversion.jitter(x, jax.random.fold_in(key, pos), 2)
+    x = deep_inversion.jitter(x, jax.random.fold_in(key, pos), 2)
     t = pool[pos]
-    return inversion.deep_inversion_loss(x, variables, bank_lib.targets(t.num_classes, 2),
-                                         model=t.model, weights=w)[0]
+    return deep_inversion.deep_inversion_loss(x, variables, bank_lib.targets(t.num_classes, 2),
+                                              model=t.model, weights=w)[0]
 
   expected = [expected_loss(pos, t.variables) for pos, t in enumerate(pool)]
   np.testing.assert_allclose(m['teacher_loss'], expected, rtol=1e-5)
@@ -175,14 +176,14 @@ def test_mixed_pool_sums_teachers_in_pool_order(teachers, cfg):
 
 def test_teachers_see_their_slice_resized_to_their_input_size(teachers, cfg):
   t = teachers[0]
-  w, tgt = inversion.Weights.from_config(cfg), bank_lib.targets(5, 2)
+  w, tgt = deep_inversion.Weights.from_config(cfg), bank_lib.targets(5, 2)
   x = jax.random.normal(jax.random.key(2), (10, 48, 48, 3))
-  _, terms = inversion.deep_inversion_loss(x, t.variables, tgt, model=t.model, weights=w)
+  _, terms = deep_inversion.deep_inversion_loss(x, t.variables, tgt, model=t.model, weights=w)
   small = jax.image.resize(x, (10, 32, 32, 3), 'bilinear')
-  logits, stats = inversion.bn_statistics(t.model, t.variables, small)
-  np.testing.assert_allclose(terms['bn'], inversion.bn_loss(stats, t.variables['batch_stats']),
-                             rtol=1e-5)
-  np.testing.assert_allclose(terms['tv'], inversion.tv_loss(x), rtol=1e-6)  # at bank size
+  logits, stats = deep_inversion.bn_statistics(t.model, t.variables, small)
+  np.testing.assert_allclose(terms['bn'],
+                             deep_inversion.bn_loss(stats, t.variables['batch_stats']), rtol=1e-5)
+  np.testing.assert_allclose(terms['tv'], deep_inversion.tv_loss(x), rtol=1e-6)  # at bank size
   lay = bank_lib.make_layout(teachers, spc=2, image_size=48)
   step = inversion.make_inversion_step(lay, cfg, strategy='loop')
   images, opt = step.init(jax.random.key(0))
@@ -342,6 +343,27 @@ def test_chunked_step_equals_one_program(layout, stacked, cfg, monkeypatch):
   chex.assert_trees_all_close(out['chunks'], out['loop'], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='per_iter'):
     inversion.make_inversion_step(layout, cfg, strategy='chunks', per_iter=1)
+
+
+def test_pool_metrics_and_bank_update_are_one_rule():
+  """The one-program and the chunked steps share both. Where their copies differed: a teacher
+  a step does not evaluate has NaN metrics (the chunked copy wrote 0), and a pseudo class
+  without gradient keeps its images and Adam moments only when `lazy` (per_iter)."""
+  terms = {'ce': jnp.asarray([0.5, 0.25]), 'acc': jnp.asarray([1.0, 0.0])}
+  m = inversion.pool_metrics(jnp.asarray([1.0, 2.0]), terms, np.asarray([2, 0]), 3)
+  np.testing.assert_array_equal(m['teacher_loss'], [2.0, np.nan, 1.0])
+  np.testing.assert_array_equal(m['teacher_acc'], [0.0, np.nan, 1.0])
+  assert (float(m['inv']), float(m['ce']), float(m['acc'])) == (3.0, 0.75, 0.5)
+  tx = optax.adam(0.1)
+  images = jnp.zeros((2, 1, 1, 1, 3))
+  images, opt = bank_lib.apply_gradients(images, tx.init(images), jnp.ones_like(images), tx=tx)
+  grads = jnp.ones_like(images).at[1].set(0.0)  # class 1's teacher not drawn
+  eager, _ = bank_lib.apply_gradients(images, opt, grads, tx=tx)
+  lazy, lazy_opt = bank_lib.apply_gradients(images, opt, grads, tx=tx, lazy=True)
+  assert not np.array_equal(eager[1], images[1])  # Adam's momentum moves it
+  np.testing.assert_array_equal(lazy[1], images[1])
+  np.testing.assert_array_equal(lazy[0], eager[0])
+  np.testing.assert_array_equal(lazy_opt[0].mu[1], opt[0].mu[1])
 
 
 def test_per_iter_refines_a_random_subset_and_leaves_the_rest(layout, stacked, cfg):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from purer_jax import data as data_lib
-from purer_jax import evaluate, models, pool, train, utils, zoo
+from purer_jax import evaluate, meta_test, models, pool, utils, zoo
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ def test_pool_variant_never_reads_meta_test(smoke_zoo, smoke_config, tmp_path, m
   choose = pool.choose_variant
   monkeypatch.setattr(pool, 'choose_variant',
                       lambda t, splits, **kw: seen.extend(splits) or choose(t, splits, **kw))
-  first = train.final_evaluation(c, str(tmp_path / 'a'), teachers, None)['cifar_fs']
+  first = meta_test.final_evaluation(c, str(tmp_path / 'a'), teachers, None)['cifar_fs']
   real_val = data_lib.load('cifar_fs', 'meta_val', c.data.data_dir)
   assert seen and all(np.array_equal(s.images, real_val.images) for s in seen)
   load = data_lib.load
@@ -101,7 +101,7 @@ def test_pool_variant_never_reads_meta_test(smoke_zoo, smoke_config, tmp_path, m
       d = dataclasses.replace(d, images=noise)
     return d
   monkeypatch.setattr(data_lib, 'load', noisy)
-  second = train.final_evaluation(c, str(tmp_path / 'b'), teachers, None)['cifar_fs']
+  second = meta_test.final_evaluation(c, str(tmp_path / 'b'), teachers, None)['cifar_fs']
   assert second['pool_variant'] == first['pool_variant']
   assert second['per_task']['pool'] != first['per_task']['pool']
   assert set(first['methods']) == {'pool'} and first['cost_gflop']['pool'] > 0

@@ -150,14 +150,14 @@ def test_average_refuses_mixed_archs(smoke_zoo, smoke_config):
 
 
 def test_tune_adapt_tunes_the_listed_methods_only(smoke_zoo, smoke_config, tmp_path):
-  from purer_jax import train
+  from purer_jax import meta_test
   c = smoke_config.copy_and_resolve_references()
   c.eval.tasks, c.train.val_tasks, c.eval.methods = 10, 10, ('random', 'purer')
   c.eval.tune_adapt, c.eval.tune_methods = True, ('purer',)
   c.eval.adapt_steps, c.eval.adapt_lrs = (1, 2), (0.01,)
   teachers = zoo.load(smoke_zoo)
   params = evaluate.baseline_params('average', teachers, evaluate.meta_model(c), jax.random.key(0))
-  res = train.final_evaluation(c, str(tmp_path), teachers, params)['cifar_fs']
+  res = meta_test.final_evaluation(c, str(tmp_path), teachers, params)['cifar_fs']
   assert set(res['adaptation']) == {'purer'}
   assert [(t['steps'], t['lr']) for t in res['adaptation']['purer']['trials']] == [
       (1, 0.01), (2, 0.01)]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from purer_jax import config as config_lib
-from purer_jax import report, utils
+from purer_jax import ablation, records, report, utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,7 +137,7 @@ def test_icfil_score_kept_beside_a_cell(tmp_path):
   utils.write_json(str(results / 'ss_cifar' / 'icfil_1shot' / 'results.json'),
                    dict(icf, scenario='ss', shots=1, tasks=600))
   with pytest.raises(ValueError, match=r'scored PURER\+ICFIL already: keep one'):
-    report.load_cells(str(results))
+    records.load_cells(str(results))
 
 
 def test_rerun_reproduces_the_page_byte_for_byte(tmp_path):
@@ -187,7 +187,7 @@ def test_cli_writes_beside_the_results_folder(tmp_path):
                        env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.returncode == 0, out.stderr
   assert (tmp_path / 'docs' / 'RESULTS.md').read_text() == report.render(
-      report.load_cells(str(results)), str(tmp_path / 'docs'))
+      records.load_cells(str(results)), str(tmp_path / 'docs'))
 
 
 def test_clear_errors(tmp_path):
@@ -252,18 +252,18 @@ def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
 def test_a_resumed_run_counts_every_segment():
   whole = {'timing': {'wall_time_s': 3000.0, 'teachers_train_s': 600.0, 'meta_train_s': 2100.0,
                       'eval_s': 300.0}}
-  assert report._wall_time(whole) == '50 min (teachers 10 min, meta-training 35 min, meta-test 5 min)'
+  assert records.wall_time(whole) == '50 min (teachers 10 min, meta-training 35 min, meta-test 5 min)'
   # The last command ran 1 h of a 2 h meta-training: the total sums the logged windows.
   resumed = {'timing': dict(whole['timing'], wall_time_s=3900.0, meta_train_s=3600.0,
                             resumed_at=80, meta_train_logged_s=7200.0)}
-  assert report._wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
+  assert records.wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
                                         'meta-test 5 min; summed: resumed at iteration 80)')
   # Teachers from an earlier command: named, not counted.
   reused = {'timing': dict(whole['timing'], wall_time_s=2400.0, teachers_reused=True)}
-  assert report._wall_time(reused) == ('40 min (teachers reused, 10 min when trained earlier, '
+  assert records.wall_time(reused) == ('40 min (teachers reused, 10 min when trained earlier, '
                                        'not counted, meta-training 35 min, meta-test 5 min)')
   reused['timing'].update(resumed_at=80, meta_train_logged_s=7200.0)
-  assert report._wall_time(reused).startswith('2 h 05 min (teachers reused')
+  assert records.wall_time(reused).startswith('2 h 05 min (teachers reused')
 
 
 def test_the_control_is_found_in_a_record_older_than_placement_fields():
@@ -273,10 +273,10 @@ def test_the_control_is_found_in_a_record_older_than_placement_fields():
   # Levers added later take their defaults, which keep the old behaviour.
   del old['meta']['train_queries'], old['inversion']['native_size']
   run = {'name': 'quick', 'res': {'shots': 1, 'config': old, 'init': 'average'}}
-  assert report.find_controls([run], 1) == [run]
+  assert ablation.find_controls([run], 1) == [run]
   new = config_lib.build('ss', 'quick')
   new.meta.train_queries = 3
-  assert report.changes({'config': new.to_dict(), 'init': 'average'}, run['res']) == [
+  assert ablation.changes({'config': new.to_dict(), 'init': 'average'}, run['res']) == [
       '`meta.train_queries` 0 → 3']
 
 
@@ -284,12 +284,12 @@ def test_eci_settings_that_never_switch_on_are_no_change():
   quick = {'config': config_lib.build('ss', 'quick,5shot').to_dict(), 'init': 'average'}
   # :budget,5shot keeps budget's ECI fields but starts ECI at its last iteration.
   off = {'config': config_lib.build('ss', 'budget,5shot').to_dict(), 'init': 'average'}
-  assert not [c for c in report.changes(off, quick) if 'eci.' in c]
-  assert not report._lever_runs([({'name': 'b5', 'res': off}, {'res': quick})], ('eci.',))
+  assert not [c for c in ablation.changes(off, quick) if 'eci.' in c]
+  assert not ablation._lever_runs([({'name': 'b5', 'res': off}, {'res': quick})], ('eci.',))
   # At 1-shot :budget switches ECI on, so its fields are changes from :quick.
   on = {'config': config_lib.build('ss', 'budget').to_dict(), 'init': 'average'}
   quick_1shot = {'config': config_lib.build('ss', 'quick').to_dict(), 'init': 'average'}
-  assert '`eci.adv_start` 4,000 → 250' in report.changes(on, quick_1shot)
+  assert '`eci.adv_start` 4,000 → 250' in ablation.changes(on, quick_1shot)
 
 
 def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
@@ -307,7 +307,7 @@ def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):
   last.teachers.keep = 'last'
   utils.write_json(str(results / 'ablation' / 'last_epoch' / 'results.json'),
                    _run(last, [0.2, 0.4, 0.6, 0.5], 0.30, teachers_heldout=[0.75, 0.9]))
-  page = report.render_ablation(report.load_runs(str(results)))
+  page = ablation.render(ablation.load_runs(str(results)))
   rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
   # budget - quick_again (its teachers) = (.1, .1, .1, .2): +12.50, not the first control's.
   assert '(control `ablation/quick_again`, the same teachers)' in rows['ablation/budget']
@@ -334,7 +334,7 @@ def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):
   run = _run(budget, [0.5, 0.5, 0.5, 0.6], 0.35, teachers_heldout=[0.8, 0.9],
              control='ablation/quick_again')
   utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'), run)
-  page = report.render_ablation(report.load_runs(str(results)))
+  page = ablation.render(ablation.load_runs(str(results)))
   rows = {l.split(' | ')[0].strip('| `'): l for l in page.splitlines() if l.startswith('| `')}
   assert '(control `ablation/quick_again`, the same teachers)' in rows['ablation/budget']
   assert '| +12.50 ± ' in rows['ablation/budget']
@@ -344,7 +344,7 @@ def test_a_run_that_names_its_control_is_paired_with_it(tmp_path):
   utils.write_json(str(results / 'ablation' / 'budget' / 'results.json'),
                    dict(run, control='ablation/gone'))
   with pytest.raises(ValueError, match="names control 'ablation/gone'"):
-    report.render_ablation(report.load_runs(str(results)))
+    ablation.render(ablation.load_runs(str(results)))
 
 
 def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
@@ -359,7 +359,7 @@ def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
          'icfil': {'settings': {'tau': 0.5, 'lr': 0.001, 'enabled': False},
                    'tuned_on': 'meta_val'}}
   utils.write_json(str(results / 'ablation' / 'budget' / 'icfil_1shot' / 'results.json'), icf)
-  page = report.render_ablation(report.load_runs(str(results)))
+  page = ablation.render(ablation.load_runs(str(results)))
   row = next(l for l in page.splitlines() if l.startswith('| `ablation/budget` + ICFIL |'))
   assert '(lr 0.001, tau 0.5), chosen on meta-val' in row
   assert '| 55.00 ± 0.68 | +2.50 ± 1.00 (vs the same run) |' in row
@@ -367,4 +367,4 @@ def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
   utils.write_json(str(results / 'ablation' / 'budget' / 'icfil_1shot' / 'results.json'),
                    dict(icf, methods=_methods(purer=0.4, **{'purer+icfil': 0.55})))
   with pytest.raises(ValueError, match='is not the cell'):
-    report.render_ablation(report.load_runs(str(results)))
+    ablation.render(ablation.load_runs(str(results)))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, evaluate, models, train, utils, zoo
+from purer_jax import data, evaluate, meta_test, models, train, utils, viz, zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -152,7 +152,7 @@ def test_save_episode_png(tmp_path):
           'query_x': rng.normal(size=(6, 16, 16, 3)).astype(np.float32),
           'classes': np.array([4, 0, 2])}
   path = str(tmp_path / 'ep.png')
-  train.save_episode_png(path, task, ['cifar_fs', 'mini_imagenet', 'cifar_fs'])
+  viz.save_episode_png(path, task, ['cifar_fs', 'mini_imagenet', 'cifar_fs'])
   grid = np.asarray(Image.open(path))
   # 3 rows, 1 support + gap + 2 query columns, 2 px padding.
   assert grid.shape == (3 * 18 + 2, 4 * 18 + 2, 3)
@@ -171,12 +171,12 @@ def test_save_arch_pngs_one_per_architecture(tmp_path):
   pool = [teacher(0, 'conv4'), teacher(1, 'resnet10'), teacher(2, 'conv4')]
   layout = bank.make_layout(pool, 3)
   images = np.random.default_rng(0).normal(size=layout.shape).astype(np.float32)
-  paths = train.save_arch_pngs(str(tmp_path / 'p'), images, layout, pool)
+  paths = viz.save_arch_pngs(str(tmp_path / 'p'), images, layout, pool)
   assert [os.path.basename(p) for p in paths] == ['p_cifar_fs_conv4.png', 'p_cifar_fs_resnet10.png']
   assert all(np.asarray(Image.open(p)).std() > 10 for p in paths)
   same = [teacher(0, 'conv4'), teacher(1, 'conv4')]  # one architecture: the episode PNG suffices
-  assert train.save_arch_pngs(str(tmp_path / 'q'), images[:4], bank.make_layout(same, 3),
-                              same) == []
+  assert viz.save_arch_pngs(str(tmp_path / 'q'), images[:4], bank.make_layout(same, 3),
+                            same) == []
 
 
 def test_warmup_inverts_the_bank_before_meta_training(smoke_zoo, smoke_config):
@@ -230,7 +230,7 @@ def test_val_curve_sums_logged_windows(tmp_path):
   for r in recs:
     utils.write_jsonl(path, r)
   # 10 iterations at 2/s, then 10 at 1/s.
-  assert train.val_curve(path) == [{'it': 10, 'val_acc': 0.3, 'minutes': round(5 / 60, 2)},
+  assert meta_test.val_curve(path) == [{'it': 10, 'val_acc': 0.3, 'minutes': round(5 / 60, 2)},
                                    {'it': 20, 'val_acc': 0.4, 'minutes': round(15 / 60, 2)}]
 
 

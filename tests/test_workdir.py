@@ -226,7 +226,7 @@ def _fake_run(step, val):
 
 
 def test_damaged_training_checkpoint_is_named(tmp_path):
-  mngr = train._checkpoint_manager(str(tmp_path))
+  mngr = train.checkpoint_manager(str(tmp_path))
   for step in (2, 4):
     train._save(mngr, step, _fake_run(step, 0.1 * step))
   chex.assert_trees_all_equal(train.load_best(str(tmp_path)), _fake_run(4, 0)['best']['params'])
@@ -265,14 +265,14 @@ def test_kill_during_teacher_save_keeps_finished_teachers(config, zoo_dir, tmp_p
 
 
 def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
-  mngr = train._checkpoint_manager(str(tmp_path))
+  mngr = train.checkpoint_manager(str(tmp_path))
   train._save(mngr, 2, _fake_run(2, 0.5))
   _kill_at_commit(monkeypatch)
   with pytest.raises(Killed):
     train._save(mngr, 4, _fake_run(4, 0.9))
   monkeypatch.undo()
   assert any('orbax-checkpoint-tmp' in f for f in os.listdir(mngr.directory))
-  mngr = train._checkpoint_manager(str(tmp_path))  # as a resumed run: leftovers go
+  mngr = train.checkpoint_manager(str(tmp_path))  # as a resumed run: leftovers go
   assert mngr.all_steps() == [2]
   chex.assert_trees_all_equal(train._restore(mngr, 2), _fake_run(2, 0.5))
   train._save(mngr, 4, _fake_run(4, 0.9))  # the resumed run saves again (after the clean-up)

@@ -158,7 +158,7 @@ class DeepInversionLoss:
   """§4's loss of one eval-mode teacher on its (already jittered) NCHW batch `x`: CE to
   `targets`, BN matching on each BatchNorm2d's input statistics (collected by forward hooks,
   as the original's DeepInversionFeatureHook), TV and L2 on `x`, weighted by `weights`
-  (inversion.Weights). Hooks stay registered for the net's life (cheap for benchmarks)."""
+  (deep_inversion.Weights). Hooks stay registered for the net's life (cheap for benchmarks)."""
 
   def __init__(self, net: nn.Module, weights):
     self.net, self.w, self.feats = net, weights, []

@@ -1,0 +1,273 @@
+"""The recipe ablation page (SS CIFAR-FS): docs/ABLATION.md and the time-to-accuracy figure,
+written by `python -m purer_jax.report docs/results` beside the results page.
+
+Every SS CIFAR-FS run under the results folder (its cells and `ablation/<run>/`) is paired with
+a `:quick` control run of its shots (`pair_with_controls`) and listed with the settings it
+changes (`changes`) and its paired meta-test difference to the control.
+"""
+import json
+import math
+import os
+
+from purer_jax import records
+from purer_jax import workdir as workdir_lib
+
+# Fields that do not change what meta-training learns: left out of a run's "changes".
+NOT_LEVER = records.NOT_PROTOCOL + ('eval.', 'icfil.', 'train.log_every', 'train.ckpt_every',
+                                    'train.png_every', 'inversion.strategy', 'inversion.steps')
+
+
+def load_runs(results_dir: str) -> list:
+  """Every SS CIFAR-FS run below results_dir (cells and `ablation/<run>/`), by folder name."""
+  runs = []
+  for root, dirs, files in os.walk(results_dir):
+    dirs.sort()
+    if 'results.json' in files:
+      with open(os.path.join(root, 'results.json')) as f:
+        res = json.load(f)
+      if (res.get('scenario'), res.get('dataset')) == ('ss', 'cifar_fs') and 'config' in res:
+        runs.append({'name': os.path.relpath(root, results_dir).replace(os.sep, '/'),
+                     'res': res, 'dir': root})
+  return runs
+
+
+def _lever_config(res: dict) -> dict:
+  out = {k: v for k, v in records.flatten(res['config']).items()
+         if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in NOT_LEVER)}
+  if 'init' in res:  # the init used: `auto` resolved for the run's pool
+    out['meta.init'] = res['init']
+  if out.get('eci.adv_start', 0) >= out.get('train.iterations', 0):
+    # ECI never switched on: its settings did not change what meta-training learnt.
+    out = {k: v for k, v in out.items() if not k.startswith('eci.')}
+  return out
+
+
+def _changed(res: dict, control: dict) -> list:
+  """(field, control's value, run's value) for each meta-training setting that differs."""
+  from purer_jax import config as config_lib
+  # A field added after a run was recorded takes its default, which keeps the old behaviour.
+  base = _lever_config({'config': config_lib.base().to_dict()})
+  a, b = _lever_config(control), _lever_config(res)
+  get = lambda d, k: d[k] if k in d else base.get(k)
+  return [(k, get(a, k), get(b, k)) for k in sorted(set(a) | set(b))
+          if not records.same(get(a, k), get(b, k))]
+
+
+def changes(res: dict, control: dict) -> list:
+  """`field a -> b` for each meta-training setting where the run differs from the control."""
+  return [f'`{k}` {records.fmt_value(a)} → {records.fmt_value(b)}'
+          for k, a, b in _changed(res, control)]
+
+
+# The recipe's levers and the config fields that move each (a trailing dot: every field below).
+# Test-time adaptation is measured by eval.tune_adapt on any run (its "tuned adaptation" row).
+LEVERS = (
+    ('iteration count and outer-lr schedule',
+     ('train.iterations', 'meta.outer_schedule', 'meta.outer_lr')),
+    ('inversion-only warm-up', ('train.warmup',)),
+    ('ECI', ('eci.',)),
+    ('test-time inner steps and lr', ()),
+    ('inner steps at train', ('meta.inner_steps', 'meta.inner_lr')),
+    ('pseudo-image augmentation', ('train.augment', 'train.shift')),
+    ('meta-learner', ('meta.algo',)),
+    ('meta-batch size', ('meta.meta_batch',)),
+    ('bank size', ('inversion.spc',)),
+    ('teachers refined per iteration', ('teachers.per_iter',)),
+    ("teachers' recipe", workdir_lib.RECIPE),
+)
+
+
+def _lever_runs(pairs: list, fields) -> list:
+  if not fields:
+    return [r['name'] for r, _ in pairs if (r['res'].get('adaptation') or {}).get('purer')]
+  return [r['name'] for r, c in pairs if c is not None and any(
+      k == f or (f.endswith('.') and k.startswith(f)) for k, _, _ in
+      _changed(r['res'], c['res']) for f in fields)]
+
+
+def find_controls(runs: list, shots: int) -> list:
+  """The runs of the `:quick` recipe (default init) for `shots`, the results page's cell first."""
+  from purer_jax import config as config_lib
+  quick = {'config': config_lib.build('ss', f'quick,{shots}shot').to_dict(),
+           'init': 'average'}  # `auto` for the 13 Conv4 teachers
+  return sorted([r for r in runs if r['res']['shots'] == shots and not changes(r['res'], quick)],
+                key=lambda r: '/' in r['name'])
+
+
+def pair_with_controls(runs: list, shots: int) -> list:
+  """[(run, its control)] for the runs of `shots`, each control first with None, then its
+  runs: those that name it (results.json's `control`: the run whose teachers were copied in,
+  so the same teachers and code), else those that share its teachers (equal held-out
+  accuracies); a run no control shares teachers with goes with the first (the cell's). Empty
+  without a control."""
+  mine = [r for r in runs if r['res']['shots'] == shots]
+  controls = find_controls(mine, shots)
+  if not controls:
+    return []
+
+  def control_of(r):
+    found = _named_or_same_teachers(r, controls)
+    if r['res'].get('control') is None:
+      return found or controls[0]
+    if found is None or found['res'].get('teachers_heldout') != r['res'].get('teachers_heldout'):
+      raise ValueError(f"{r['dir']}/results.json names control {r['res']['control']!r}, which "
+                       f'is not a {shots}-shot `:quick` run on its teachers under the results '
+                       'folder: fix its `control` field or add that run')
+    return found
+
+  own = {id(r): control_of(r) for r in mine if r not in controls}
+  return [p for c in controls for p in [(c, None)] + [(r, c) for r in mine if own.get(id(r)) is c]]
+
+
+def _named_or_same_teachers(r: dict, candidates: list):
+  """The candidate run `r` names (results.json's `control`), else the first on its teachers
+  (equal held-out accuracies); None if there is none. One rule for a run's control and for
+  the earlier control a control re-runs."""
+  named = r['res'].get('control')
+  same = lambda c: c['res'].get('teachers_heldout') == r['res'].get('teachers_heldout')
+  return next((c for c in candidates if (c['name'] == named if named else same(c))), None)
+
+
+def _default_scores(res: dict):
+  """Per-task PURER accuracies at config.meta's test-time adaptation (training levers are
+  compared there; tuned adaptation is its own row)."""
+  per = res.get('per_task', {})
+  return per.get('purer_untuned', per.get('purer'))
+
+
+def render(runs: list, figure: str = None) -> str:
+  """The page (markdown) for `load_runs`' runs; `figure`: the time-to-accuracy figure's link."""
+  lines = ['# Recipe ablation: SS CIFAR-FS', '',
+           'Generated by `python -m purer_jax.report docs/results` from every SS CIFAR-FS '
+           '`results.json` under `docs/results/`; do not edit by hand. Each run is compared with '
+           'a `:quick` run of its shots (the control: the one it names, whose teachers it '
+           'reused, else one on the same teachers where there is one; always the same meta-val '
+           'and meta-test tasks). Meta-val is the best of the run\'s meta-val evaluations '
+           '(checkpoint selection); meta-test is that checkpoint on the 600 fixed meta-test tasks '
+           'with config.meta\'s test-time adaptation; the paired difference is per task against '
+           'the control, ± its 95% CI half-width.', '']
+  for shots in records.SHOTS:
+    lines += [f'## {shots}-shot', '']
+    pairs = pair_with_controls(runs, shots)
+    if not pairs:
+      lines += ['No `:quick` control run yet.', '']
+      continue
+    several = sum(c is None for _, c in pairs) > 1
+    lines += ['| run | changes from the control | best meta-val | meta-test PURER | '
+              'paired vs control | wall time | meta-test GFLOP per task |',
+              '|---|---|---|---|---|---|---|']
+    controls = [c for c, none in pairs if none is None]
+    for r, control in pairs:
+      res, scores = r['res'], _default_scores(r['res'])
+      acc = _summary(scores)
+      # A control after another on its teachers re-runs it.
+      twin = (_named_or_same_teachers(r, controls[:controls.index(r)]) if control is None
+              else None)
+      if control is None and twin is None:
+        what, diff = 'control (`:quick`)', None
+      elif control is None:  # the recipe again on the same teachers: the run-to-run noise
+        what = (f"control (`:quick`), run again on the teachers of `{twin['name']}` (other code "
+                'or seed: the paired difference is run-to-run noise)')
+        diff = _summary([x - y for x, y in zip(scores, _default_scores(twin['res']))])
+      else:
+        what = '; '.join(changes(res, control['res'])) or 'the control recipe, run again'
+        if res.get('teachers_heldout') != control['res'].get('teachers_heldout'):
+          recipe = dict(LEVERS)["teachers' recipe"]
+          moved = any(k in recipe for k, _, _ in _changed(res, control['res']))
+          whose = 'its teachers by the changed recipe' if moved else 'other teachers of its recipe'
+          what += f" (control `{control['name']}`, {whose})"
+        elif several:
+          what += f" (control `{control['name']}`, the same teachers)"
+        diff = _summary([x - y for x, y in zip(scores, _default_scores(control['res']))])
+      lines.append('| ' + ' | '.join([
+          f"`{r['name']}`", what,
+          f"{100 * res['best_val']:.2f}" if 'best_val' in res else '—',
+          f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
+          f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f}' if diff else '—',
+          records.wall_time(res), records.fmt_gflop(r, 'purer')]) + ' |')
+      tuned = (res.get('adaptation') or {}).get('purer')
+      per = res.get('per_task', {})
+      if tuned and 'purer_untuned' in per:
+        acc = _summary(per['purer'])
+        diff = _summary([x - y for x, y in zip(per['purer'], per['purer_untuned'])])
+        lines.append(f"| `{r['name']}` + tuned adaptation | test-time {tuned['steps']} steps at "
+                     f"lr {records.fmt_value(tuned['lr'])}, chosen on meta-val | "
+                     f"{100 * tuned['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
+                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — | '
+                     f"{records.fmt_gflop(r, 'purer')} |")
+      if 'pool' in per and 'purer' in per:
+        v = res['pool_variant']
+        acc = _summary(per['pool'])
+        diff = _summary([x - y for x, y in zip(per['pool'], per['purer'])])
+        lines.append(f"| `{r['name']}`: pool read-out | the teachers' own {v['layer']}, "
+                     f"{v['norm']}, {v['metric']} (no training), chosen on meta-val | "
+                     f"{100 * v['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
+                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run\'s PURER) | '
+                     f"— | {records.fmt_gflop(r, 'pool')} |")
+      icf = records.with_icfil({'methods': res['methods'], 'paired': res.get('paired')}, res,
+                               r['dir'])
+      if icf.get('icfil'):
+        m, d = icf['methods']['purer+icfil'], icf['paired']['purer+icfil']
+        lines.append(f"| `{r['name']}` + ICFIL | ICFIL at meta-test "
+                     f"({records.fmt_settings(icf['icfil'])}), chosen on "
+                     f'meta-val | — | {records.fmt_acc(m)} | {records.fmt_diff(d)} '
+                     '(vs the same run) | — | — |')
+    lines.append('')
+  lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '
+            'several: see its changes).', '', '| lever | 1-shot runs | 5-shot runs |',
+            '|---|---|---|']
+  for lever, fields in LEVERS:
+    cols = []
+    for shots in records.SHOTS:
+      names = _lever_runs(pair_with_controls(runs, shots), fields)
+      cols.append(', '.join(f'`{n}`' for n in names) or 'not measured yet')
+    lines.append(f'| {lever} | {cols[0]} | {cols[1]} |')
+  lines.append('')
+  if figure:
+    lines += ['Meta-val accuracy against meta-training wall-clock minutes (the load differed '
+              'between runs: see each run\'s wall time and its results.json):', '',
+              f'![time to accuracy]({figure})', '']
+  return '\n'.join(lines).rstrip('\n') + '\n'
+
+
+def _summary(xs) -> tuple:
+  n = len(xs)
+  mean = sum(xs) / n
+  sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / n)
+  return mean, 1.96 * sd / math.sqrt(n)
+
+
+def plot_time_to_accuracy(runs: list, path: str) -> None:
+  """Meta-val accuracy against meta-training wall minutes, one panel per shots."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(records.SHOTS), figsize=(11, 4))
+  for ax, shots in zip(axes, records.SHOTS):
+    for r in [r for r in runs if r['res']['shots'] == shots and r['res'].get('val_curve')]:
+      curve = r['res']['val_curve']
+      ax.plot([p['minutes'] for p in curve], [100 * p['val_acc'] for p in curve],
+              marker='o', ms=3, label=r['name'])
+    # Meta-training time alone: lever runs reuse their control's teachers (the tables give
+    # each run's teacher minutes).
+    ax.set(title=f'SS CIFAR-FS {shots}-shot', xlabel='meta-training wall minutes',
+           ylabel='meta-val accuracy %')
+    ax.grid(alpha=.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, metadata={'Software': None})
+  plt.close(fig)
+
+
+def write(results_dir: str, out_dir: str) -> None:
+  """Writes out_dir/ABLATION.md for the runs under results_dir and, if there are any, the
+  figure it shows (out_dir/figures/time_to_accuracy.png)."""
+  runs = load_runs(results_dir)
+  figure = None
+  if runs:
+    os.makedirs(os.path.join(out_dir, 'figures'), exist_ok=True)
+    figure = 'figures/time_to_accuracy.png'
+    plot_time_to_accuracy(runs, os.path.join(out_dir, figure))
+  with open(os.path.join(out_dir, 'ABLATION.md'), 'w', newline='\n') as f:
+    f.write(render(runs, figure))

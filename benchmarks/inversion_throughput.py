@@ -1,4 +1,4 @@
-"""Throughput of one full inversion step (METHOD.md §4): JAX against PyTorch eager and
+"""Throughput of one full inversion step (docs/DESIGN.md §4): JAX against PyTorch eager and
 torch.compile, each runner in its own process, timed in alternating rounds.
 
   python benchmarks/inversion_throughput.py --json OUT.json [--quick] [--rounds 6] [--autotune]

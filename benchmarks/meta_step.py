@@ -3,7 +3,7 @@ reference of the same step, on this machine.
 
   python benchmarks/meta_step.py --json OUT.json [--iters 10] [--strategies]
 
-The step (METHOD.md §10): an inversion step over 13 Conv4 teachers (12 x 5 classes + 1 x 4,
+The step (docs/DESIGN.md §10): an inversion step over 13 Conv4 teachers (12 x 5 classes + 1 x 4,
 16 images per class: 80 images per teacher) at 32 px with one Adam step on the bank, then 4
 second-order MAML tasks (5-way 1-shot, 15 queries) from the detached bank and the outer Adam
 step; ECI's switch stays off. Teachers are randomly initialised (the cost does not depend on

@@ -1,4 +1,4 @@
-"""The memory bank of pseudo images (METHOD.md §4) and how it maps onto the teacher pool.
+"""The memory bank of pseudo images (docs/DESIGN.md §4) and how it maps onto the teacher pool.
 
 The bank is one array `images` of shape (P, spc, H, W, 3) in normalised pixel space: P pseudo
 classes with `spc` images each. Every pseudo class belongs to exactly one teacher (`owner`,

@@ -1,4 +1,4 @@
-"""The default PURER configuration (METHOD.md) and the variants the config files share.
+"""The default PURER configuration (docs/DESIGN.md) and the variants the config files share.
 
 Scenario files in `configs/` call `build(scenario, arg)`; `arg` is a comma-separated list of
 variants: `smoke`, `quick`, `budget` (SS: the best recipe found for 120 minutes here), `plus` (a PURER-Plus pool of 100 teachers), `1shot`, `5shot`,
@@ -37,7 +37,7 @@ def base() -> ml_collections.ConfigDict:
   c.teachers.gamma = 0.2
   c.teachers.clip = 50.0
   c.teachers.heldout_frac = 0.2             # 0: every image trains (then keep='last')
-  # Which epoch a teacher keeps: `best` held-out accuracy (METHOD.md §3) or `last` (what the
+  # Which epoch a teacher keeps: `best` held-out accuracy (docs/DESIGN.md §3) or `last` (what the
   # original ends up with; the teachers' recipe lever of issue 13).
   c.teachers.keep = 'best'
   c.teachers.max_per_class = 0               # 0: all images (smoke runs cap it)
@@ -170,7 +170,8 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.train.png_every = 500
     elif v == 'protonet':
       c.meta.algo = 'protonet'
-    elif v == 'anil':  # METHOD.md §5: the head alone adapts, 5 inner steps to train, 10 to test
+    elif v == 'anil':  # docs/DESIGN.md §5: the head alone adapts, 5 inner steps to train,
+      # 10 to test
       c.meta.algo, c.meta.inner_steps, c.meta.test_inner_steps = 'anil', 5, 10
     elif v == 'smoke':  # <= 10 min per scenario on a 2-core CPU, teachers included
       c.teachers.epochs = 3

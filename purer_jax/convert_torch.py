@@ -5,7 +5,7 @@
   # a folder of model_{i}.pth -> the teacher zoo of WORKDIR, ready for a PURER run
   python -m purer_jax.convert_torch --pool --arch conv4 --image-size 32 IN_DIR WORKDIR
 
-Keys follow the original `network.py` (METHOD.md §3): Conv4 `trunk.{i}.C|BN.*` (+ the same
+Keys follow the original `network.py` (docs/DESIGN.md §3): Conv4 `trunk.{i}.C|BN.*` (+ the same
 tensors again as `trunk.{i}.trunk.0|1.*`), head `trunk.5`; ResNets `trunk.0|1` stem,
 `trunk.{k+2}.C1|BN1|...|shortcut|BNshortcut` for block k, head after avgpool and flatten.
 Conv kernels OIHW -> HWIO, Linear weights transposed, and the Conv4 head's input columns

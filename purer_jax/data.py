@@ -1,6 +1,6 @@
 """Few-shot data: split loaders (.npz, class folders, TFDS), normalisation and episodes.
 
-Every split is held in memory as uint8 NHWC (METHOD.md §2); episodes are drawn from a
+Every split is held in memory as uint8 NHWC (docs/DESIGN.md §2); episodes are drawn from a
 per-task seed so the same `(seed, index)` always gives the same task (paired evaluation).
 """
 import contextlib

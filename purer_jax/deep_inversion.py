@@ -1,4 +1,4 @@
-"""The inversion loss (METHOD.md §4): DeepInversion's objective for one teacher, pure.
+"""The inversion loss (docs/DESIGN.md §4): DeepInversion's objective for one teacher, pure.
 
 Bottom-up: `bn_statistics` -> (logits, BN-input statistics) of an eval-mode teacher in one
 pass; `bn_loss`, `tv_loss`, `l2_loss`, `jitter` -> the terms of §4, and `objective`, their

@@ -1,4 +1,4 @@
-"""ECI - Episode Curriculum Inversion (METHOD.md §8): pseudo tasks from the bank, the plateau
+"""ECI - Episode Curriculum Inversion (docs/DESIGN.md §8): pseudo tasks from the bank, the plateau
 switch I(Ω), and the adversarial term the inversion step adds while the switch is on.
 
 Pseudo tasks mix teachers: N classes drawn from all pseudo classes of the bank, K support +

@@ -1,4 +1,4 @@
-"""Meta-test evaluation on fixed, paired task seeds (METHOD.md §6).
+"""Meta-test evaluation on fixed, paired task seeds (docs/DESIGN.md §6).
 
   python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
 

@@ -1,4 +1,4 @@
-"""ICFIL: inversion calibration following the inner loop, at meta-test time (METHOD.md §7).
+"""ICFIL: inversion calibration following the inner loop, at meta-test time (docs/DESIGN.md §7).
 
 A plug-in of the evaluation harness for any meta-learned model (params of
 `evaluate.meta_model(config)`) and any learner that adapts parameters (`meta.Learner.adapt`:
@@ -134,7 +134,7 @@ def margin(sims, support_y, pseudo_y):
 # Compiled steps. Each step is its own program, driven by a Python loop: XLA:CPU runs the
 # gradient convolutions inside a while loop (fori_loop, scan, lax.map) without canonicalising
 # them, 3x slower on Conv4 here (50x for a lone conv), and vmapping over tasks' different
-# weights makes grouped convolutions (PITFALLS.md). Dispatch costs well under 1 ms per step.
+# weights makes grouped convolutions (docs/DESIGN.md §13). Dispatch costs well under 1 ms per step.
 
 _STATIC = ('model', 'settings')
 

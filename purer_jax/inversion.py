@@ -1,4 +1,4 @@
-"""The inversion engine (METHOD.md §4): the pool's loss and one compiled bank update.
+"""The inversion engine (docs/DESIGN.md §4): the pool's loss and one compiled bank update.
 
 Runs the objective of `purer_jax.deep_inversion` over a teacher pool:
   stack_losses -> per-teacher losses of one group of stacked teachers;
@@ -12,7 +12,7 @@ Teachers that share (arch, num_classes, image_size) form a group (see `bank.Layo
 variables are stacked on a leading axis. A group is evaluated either by a Python loop over
 its members inside the jit ('loop': one ordinary conv per teacher) or by `jax.vmap` ('vmap':
 one batched program; Conv4 then computes its convs as im2col matmuls, because vmapped convs
-over different weights become grouped convolutions, very slow on XLA:CPU - PITFALLS.md).
+over different weights become grouped convolutions, very slow on XLA:CPU - docs/DESIGN.md §13).
 'auto' times them on the actual shapes. A pool too large to unroll in one program (100
 teachers) can run as one program per chunk of CHUNK teachers plus one for the update
 ('chunks', `ChunkedInversionStep`), at the unrolled loop's speed per teacher.

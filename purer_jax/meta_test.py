@@ -1,4 +1,4 @@
-"""The final meta-test of a meta-training run (METHOD.md §6) and its results.json.
+"""The final meta-test of a meta-training run (docs/DESIGN.md §6) and its results.json.
 
 `train_and_evaluate` is `purer_jax.main`'s run after the teachers: meta-training
 (`purer_jax.train.train`), then `final_evaluation` of config.eval.methods on each dataset of the

@@ -1,6 +1,6 @@
 """OTA: model fusion by optimal transport (Singh & Jaggi, NeurIPS 2020), weight-based mode.
 
-METHOD.md §11. Layer by layer, each model's units are aligned to a reference model's by an
+docs/DESIGN.md §11. Layer by layer, each model's units are aligned to a reference model's by an
 exact transport plan on the squared Euclidean distance between the units' incoming weights
 (otfusion's default ground metric), after the previous layer's alignment has been applied to
 the inputs ("past correction"). With equal widths and uniform masses the exact plan is a

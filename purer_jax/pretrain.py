@@ -1,4 +1,4 @@
-"""Trains the teacher pool (METHOD.md §3) into `W/teachers/` (manifest + orbax checkpoints).
+"""Trains the teacher pool (docs/DESIGN.md §3) into `W/teachers/` (manifest + orbax checkpoints).
 
   python -m purer_jax.pretrain --config=configs/ss.py:smoke --workdir=W
 
@@ -58,7 +58,7 @@ def split_heldout(split: data_lib.SplitData, classes, frac: float, max_per_class
 
 
 def make_optimizer(model, tc, steps_per_epoch: int):
-  """Conv4: Adam; ResNets: SGD with momentum 0.9 and weight decay 5e-4 (METHOD.md §3)."""
+  """Conv4: Adam; ResNets: SGD with momentum 0.9 and weight decay 5e-4 (docs/DESIGN.md §3)."""
   return _optimizer(isinstance(model, models.Conv4), tuple(tc.milestones), float(tc.gamma),
                     float(tc.clip), int(steps_per_epoch))
 

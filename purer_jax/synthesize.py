@@ -1,4 +1,4 @@
-"""Synthesises a pseudo dataset from the teacher pool (METHOD.md §4), no meta-learning: the
+"""Synthesises a pseudo dataset from the teacher pool (docs/DESIGN.md §4), no meta-learning: the
 command over the inversion engine (purer_jax/inversion.py).
 
   python -m purer_jax.synthesize --config=configs/ss.py:smoke --workdir=W

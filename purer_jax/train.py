@@ -1,4 +1,4 @@
-"""PURER meta-training (METHOD.md §4-§8); the final meta-test is `purer_jax.meta_test`.
+"""PURER meta-training (docs/DESIGN.md §4-§8); the final meta-test is `purer_jax.meta_test`.
 
 One meta-iteration is one compiled program (`train_step`): an Adam step on the bank over all
 teachers (plus ECI's adversarial term while the switch is on, under `lax.cond`), a meta-batch

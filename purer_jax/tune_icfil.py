@@ -1,4 +1,4 @@
-"""Tunes ICFIL (METHOD.md §7) on meta-val tasks only (config.eval.val_seed), never meta-test.
+"""Tunes ICFIL (docs/DESIGN.md §7) on meta-val tasks only (config.eval.val_seed), never meta-test.
 
   python -m purer_jax.tune_icfil --config=configs/ss.py --workdir=W [--params=PATH|best]
       [--tasks=100] [--test] [--dataset=mini_imagenet]

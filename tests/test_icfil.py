@@ -1,4 +1,4 @@
-"""ICFIL (METHOD.md §7) on synthetic CIFAR-FS tasks with the smoke zoo's average params."""
+"""ICFIL (docs/DESIGN.md §7) on synthetic CIFAR-FS tasks with the smoke zoo's average params."""
 import json
 import os
 

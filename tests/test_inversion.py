@@ -1,4 +1,4 @@
-"""The inversion engine (METHOD.md §4) on smoke-trained teachers (synthetic data)."""
+"""The inversion engine (docs/DESIGN.md §4) on smoke-trained teachers (synthetic data)."""
 import dataclasses
 import functools
 import time

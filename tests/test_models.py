@@ -1,4 +1,4 @@
-"""Model zoo: output shapes, parameter counts from METHOD.md §3's formulas, BN semantics."""
+"""Model zoo: output shapes, parameter counts from docs/DESIGN.md §3's formulas, BN semantics."""
 import chex
 import flax.linen as nn
 import jax

@@ -1,8 +1,8 @@
 """PyTorch references for tests and benchmarks: the original PURER networks and §4's loss.
 
 The networks follow the original `network.py` module by module, attribute names included,
-so their state_dict keys are the original's (METHOD.md §3; Conv4's ConvBlock registers its
-conv and BN twice). `DeepInversionLoss` is METHOD.md §4's loss for one teacher, with the
+so their state_dict keys are the original's (docs/DESIGN.md §3; Conv4's ConvBlock registers its
+conv and BN twice). `DeepInversionLoss` is docs/DESIGN.md §4's loss for one teacher, with the
 original's forward hooks on every BatchNorm2d. Needs torch: only tests and benchmarks import
 this module, never the library.
 """

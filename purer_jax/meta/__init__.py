@@ -1,4 +1,4 @@
-"""Meta-learners (METHOD.md §5): MAML (PURER's), ProtoNet and ANIL behind one interface.
+"""Meta-learners (docs/DESIGN.md §5): MAML (PURER's), ProtoNet and ANIL behind one interface.
 
 A `Learner` is a small hashable spec (algorithm, model, inner-loop settings), so jitted code
 takes it as a static argument; `learner.task_loss(params, task)` is the query (loss, accuracy)

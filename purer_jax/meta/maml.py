@@ -1,4 +1,4 @@
-"""MAML with transductive BatchNorm (METHOD.md §5-§6), as pure functions.
+"""MAML with transductive BatchNorm (docs/DESIGN.md §5-§6), as pure functions.
 
 The model is applied with `train=True` and no `batch_stats`: every forward pass normalises
 with its own batch's statistics (support and query separately), as the original does.

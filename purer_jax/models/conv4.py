@@ -1,4 +1,5 @@
-"""Conv4: 4 x [conv3x3(32, bias) -> BN -> ReLU -> maxpool 2], flatten, linear (METHOD.md §3)."""
+"""Conv4: 4 x [conv3x3(32, bias) -> BN -> ReLU -> maxpool 2], flatten, linear (docs/DESIGN.md
+§3)."""
 import flax.linen as nn
 
 from purer_jax.models.layers import BatchNorm, conv, max_pool_2x2

@@ -1,4 +1,4 @@
-"""ResNet-10/18/34 (SimpleBlock) and ResNet-50 (BottleneckBlock) of METHOD.md §3."""
+"""ResNet-10/18/34 (SimpleBlock) and ResNet-50 (BottleneckBlock) of docs/DESIGN.md §3."""
 from typing import Sequence
 
 import flax.linen as nn

@@ -139,3 +139,13 @@ def switch_update(switch: Switch, it, acc, *, adv_start: int, patience: int,
                 best=jnp.where(fire, -jnp.inf, best).astype(jnp.float32),
                 stale=jnp.where(fire, 0, stale).astype(jnp.int32),
                 signal=signal.astype(jnp.float32))
+
+
+def augmentation(train_config) -> dict:
+  """The training step's flip / shift from config.train.augment: '', 'flip', 'shift' or
+  'flip,shift'."""
+  kinds = {k for k in train_config.augment.split(',') if k}
+  if kinds - {'flip', 'shift'}:
+    raise ValueError(f"config.train.augment must list 'flip' and/or 'shift', got "
+                     f'{train_config.augment!r}')
+  return {'flip': 'flip' in kinds, 'shift': int(train_config.shift) if 'shift' in kinds else 0}

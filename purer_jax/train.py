@@ -24,7 +24,7 @@ from tensorboardX import SummaryWriter
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import eci, evaluate, inversion, meta, parallel, utils, viz
+from purer_jax import distil, eci, evaluate, inversion, meta, parallel, utils, viz
 from purer_jax import workdir as workdir_lib
 
 # Checked every iteration, in this order, so the error names the first term that broke.
@@ -39,9 +39,11 @@ def task_kw(config, layout) -> dict:
 
 
 def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, adv_scale,
-               adv_start, patience, ema=0.0, flip=False, shift=0, view=lambda x: x):
+               adv_start, patience, ema=0.0, flip=False, shift=0, view=lambda x: x,
+               distiller=None):
   """One meta-iteration; returns (state, metrics). `state['it']` is the iteration's index.
-  view: the bank -> the bank as the meta-learner sees it, what tasks are built from."""
+  view: the bank -> the bank as the meta-learner sees it, what tasks are built from.
+  distiller: `distil.Distiller`, whose loss joins the outer loss (state['distil'])."""
   it = state['it']
   k_inv, k_adv, k_tasks, k_aug = jax.random.split(jax.random.fold_in(rng, it), 4)
   on = state['switch'].on
@@ -60,8 +62,14 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
                            **task_kw)
   if flip or shift:
     tasks = eci.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
-  (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
-      state['params'], tasks, learner=learner)  # tasks in an unrolled loop: see meta
+  extra = {}
+  if distiller is None:
+    (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
+        state['params'], tasks, learner=learner)  # tasks in an unrolled loop: see meta
+  else:  # its own key, so that the other streams stay those of a run without it
+    (loss, (_, accs)), extra['distil/loss'], grads, state['distil'] = distil.outer_grads(
+        state['params'], state['distil'], tasks, jax.lax.stop_gradient(view(images)),
+        jax.random.fold_in(k_aug, 1), learner=learner, distiller=distiller, tx=tx)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   acc = jnp.mean(accs)  # of the meta-batch, before the outer update
@@ -74,17 +82,8 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
   metrics = {f'inv/{k}': inv_m[k] for k in ('ce', 'bn', 'tv', 'l2', 'acc', 'loss')}
   metrics.update({'inv/adv': inv_m['extra'], 'meta/loss': loss, 'meta/pseudo_acc': acc,
                   'meta/grad_norm': optax.tree.norm(grads), 'eci/on': on,
-                  'state_finite': finite.astype(jnp.float32)})
+                  'state_finite': finite.astype(jnp.float32), **extra})
   return new, metrics
-
-
-def augmentation(train_config) -> dict:
-  """train_step's flip / shift from config.train.augment ('', 'flip', 'shift', 'flip,shift')."""
-  kinds = {k for k in train_config.augment.split(',') if k}
-  if kinds - {'flip', 'shift'}:
-    raise ValueError(f"config.train.augment must list 'flip' and/or 'shift', got "
-                     f'{train_config.augment!r}')
-  return {'flip': 'flip' in kinds, 'shift': int(train_config.shift) if 'shift' in kinds else 0}
 
 
 def resolve_init(name: str, teachers, model) -> str:
@@ -129,6 +128,7 @@ class Trainer:
     self.view = (functools.partial(bank_lib.as_seen, layout=self.layout)
                  if config.inversion.native_size else lambda x: x)
     self.tx = outer_optimizer(config.meta, iterations=config.train.iterations)
+    self.distiller = distil.from_config(config, teachers)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
     self.step = jax.jit(functools.partial(
@@ -136,7 +136,7 @@ class Trainer:
         meta_batch=config.meta.meta_batch, task_kw=task_kw(config, self.layout),
         adv_scale=float(config.eci.adv_scale), adv_start=int(config.eci.adv_start),
         patience=int(config.eci.patience), ema=float(config.eci.ema), view=self.view,
-        **augmentation(config.train)), donate_argnums=(0,))
+        distiller=self.distiller, **eci.augmentation(config.train)), donate_argnums=(0,))
 
   def init_params(self):
     name = resolve_init(self.config.meta.init, self.teachers, self.model)
@@ -147,9 +147,13 @@ class Trainer:
   def init_state(self) -> dict:
     params = self.init_params()
     images, bank_opt = self.inv.init(self.bank_rng)
-    return self.place({'it': jnp.asarray(0, jnp.int32), 'params': params,
-                       'opt_state': self.tx.init(params), 'images': images,
-                       'bank_opt': bank_opt, 'switch': eci.switch_init(self.config.eci.adv_start)})
+    state = {'it': jnp.asarray(0, jnp.int32), 'params': params,
+             'opt_state': self.tx.init(params), 'images': images, 'bank_opt': bank_opt,
+             'switch': eci.switch_init(self.config.eci.adv_start)}
+    if self.distiller:  # a key no iteration draws (they fold in it >= 0)
+      state['distil'] = distil.init_state(self.distiller, self.model, self.tx,
+                                          jax.random.fold_in(self.rng, 2 ** 32 - 1))
+    return self.place(state)
 
   def place(self, state: dict) -> dict:
     """The state's arrays where the step expects them, so that the first step compiles the

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, evaluate, meta_test, models, train, utils, viz, zoo
+from purer_jax import data, eci, evaluate, meta_test, models, train, utils, viz, zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -214,12 +214,12 @@ def test_init_and_augmentation_settings(smoke_zoo):
   with pytest.raises(ValueError, match='meta.init'):
     train.resolve_init('avg', teachers, conv4)
   cfg = ml_collections.ConfigDict({'augment': 'flip,shift', 'shift': 3})
-  assert train.augmentation(cfg) == {'flip': True, 'shift': 3}
+  assert eci.augmentation(cfg) == {'flip': True, 'shift': 3}
   cfg.augment = ''
-  assert train.augmentation(cfg) == {'flip': False, 'shift': 0}
+  assert eci.augmentation(cfg) == {'flip': False, 'shift': 0}
   cfg.augment = 'crop'
   with pytest.raises(ValueError, match="'flip' and/or 'shift'"):
-    train.augmentation(cfg)
+    eci.augmentation(cfg)
 
 
 def test_val_curve_sums_logged_windows(tmp_path):

@@ -70,6 +70,7 @@ LEVERS = (
     ('inner steps at train', ('meta.inner_steps', 'meta.inner_lr')),
     ('pseudo-image augmentation', ('train.augment', 'train.shift')),
     ('meta-learner', ('meta.algo',)),
+    ("distilling the pool's representation", ('distil.',)),
     ('meta-batch size', ('meta.meta_batch',)),
     ('bank size', ('inversion.spc',)),
     ('teachers refined per iteration', ('teachers.per_iter',)),
@@ -195,6 +196,16 @@ def render(runs: list, figure: str = None) -> str:
                      f"{100 * tuned['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
                      f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — | '
                      f"{records.fmt_gflop(r, 'purer')} |")
+      if 'purer_proto' in per and 'purer' in per:
+        acc = _summary(per['purer_proto'])
+        diff = _summary([x - y for x, y in zip(per['purer_proto'], per['purer'])])
+        val = (res.get('readout_val') or {}).get('purer_proto')
+        lines.append(f"| `{r['name']}` + prototype read-out | the learner's features, nearest "
+                     f"support mean instead of MAML's head | "
+                     f"{'—' if val is None else f'{100 * val:.2f}'} | "
+                     f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | '
+                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — | '
+                     f"{records.fmt_gflop(r, 'purer_proto')} |")
       if 'pool' in per and 'purer' in per:
         v = res['pool_variant']
         acc = _summary(per['pool'])

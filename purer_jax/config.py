@@ -7,7 +7,8 @@ variants: `smoke`, `quick`, `budget` (SS: the best recipe found for 120 minutes 
 """
 import ml_collections
 
-VARIANTS = ('smoke', 'quick', 'budget', 'plus', '1shot', '5shot', 'mini', 'protonet', 'anil')
+VARIANTS = ('smoke', 'quick', 'budget', 'plus', '1shot', '5shot', 'mini', 'protonet', 'anil',
+            'distil')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -168,6 +169,9 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
       c.train.iterations = 2000
       c.train.val_every = c.train.ckpt_every = 250
       c.train.png_every = 500
+    elif v == 'distil':  # issue 32's lever: the pool's representation distilled on the bank
+      c.distil.weight = 4.0  # ~ one pseudo task's query loss in the summed outer loss
+      c.eval.methods = tuple(c.eval.methods) + ('purer_proto',)
     elif v == 'protonet':
       c.meta.algo = 'protonet'
     elif v == 'anil':  # docs/DESIGN.md §5: the head alone adapts, 5 inner steps to train,

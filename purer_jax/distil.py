@@ -37,9 +37,10 @@ def loss(params, proj: dict, x, target, *, model):
 
 
 def sample_images(images, key, *, batch: int):
-  """`batch` bank images (any layout: the leading axes flattened), each flipped left-right at
-  random."""
+  """`batch` distinct bank images (all of them if the bank holds fewer; any layout: the leading
+  axes flattened), each flipped left-right at random."""
   flat = images.reshape((-1,) + images.shape[-3:])
+  batch = min(batch, flat.shape[0])
   k_pick, k_flip = jax.random.split(key)
   x = flat[jax.random.choice(k_pick, flat.shape[0], (batch,), replace=False)]
   flip = jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1))

@@ -157,6 +157,14 @@ def with_adaptation(config, steps: int, lr: float):
   return c
 
 
+def with_algo(config, algo: str):
+  """A copy of config whose meta-learner algorithm is `algo` (the same parameters read out
+  another way, e.g. `protonet`'s nearest support mean of the learner's features)."""
+  c = config.copy_and_resolve_references()
+  c.meta.algo = algo
+  return c
+
+
 def validate(params, config, splits, num_tasks=None) -> float:
   """Mean query accuracy on fixed meta-val tasks (config.eval.val_seed; num_tasks, default
   config.train.val_tasks), per dataset of `splits`, averaged."""

@@ -55,6 +55,9 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   for method in config.eval.methods:
     if method == 'pool':
       continue
+    if method == 'purer_proto':  # the learner's features read out by nearest support mean
+      params[method], configs[method] = purer_params, evaluate.with_algo(config, 'protonet')
+      continue
     if not evaluate.applies(method, teachers, model):
       print(f'{method}: skipped (needs every teacher to be the meta-learner\'s arch and size)')
       continue
@@ -75,6 +78,9 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     if 'purer' in tuned:
       params['purer_untuned'], configs['purer_untuned'] = purer_params, config
   costs = method_costs(config, configs, teachers, pool_choice)
+  if 'purer_proto' in params and 'purer' in params:  # which read-out: meta-val says
+    extra = dict(extra or {}, readout_val={m: evaluate.validate(params[m], configs[m], val_splits)
+                                           for m in ('purer', 'purer_proto')})
   out = {}
   for i, (name, data_dir, source) in enumerate(data_lib.run_datasets(config)):
     split = data_lib.load(name, 'meta_test', data_dir, source)

@@ -18,7 +18,8 @@ SHOTS = (1, 5)
 NAMES = {'ss': 'SS', 'sh': 'SH', 'mh': 'MH', 'cifar_fs': 'CIFAR-FS',
          'mini_imagenet': 'MiniImageNet', 'mixed': 'mixed'}
 METHODS = {'random': 'Random', 'average': 'Average', 'ota': 'OTA', 'dro': 'DRO',
-           'pool': 'Pool read-out', 'purer': 'PURER', 'purer+icfil': 'PURER+ICFIL'}
+           'pool': 'Pool read-out', 'purer': 'PURER', 'purer_proto': 'PURER, prototype read-out',
+           'purer+icfil': 'PURER+ICFIL'}
 # Fields that do not change what is measured (paths, logging, speed, what else is scored).
 # Any other field is compared with this repository's default for the scenario.
 NOT_PROTOCOL = ('seed', 'workdir', 'data.data_dir', 'data.extra_data_dir', 'data.source',

@@ -175,7 +175,7 @@ def _rows(scenario, dataset, cells):
   rows = []
   for m in records.METHODS:
     if (m in ('random', 'pool', 'purer', 'purer+icfil') or m in paper or m in measured or
-        (scenario == 'ss' and m != 'dro')):  # average and ota apply to one-arch pools
+        (scenario == 'ss' and m in ('average', 'ota'))):  # one-arch pools
       rows.append(m)
   return rows
 

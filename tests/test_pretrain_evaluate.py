@@ -163,3 +163,21 @@ def test_tune_adapt_tunes_the_listed_methods_only(smoke_zoo, smoke_config, tmp_p
       (1, 0.01), (2, 0.01)]
   assert set(res['methods']) == {'random', 'purer', 'purer_untuned'}
   assert 'purer-purer_untuned' in res['paired']
+
+
+def test_prototype_read_out_of_the_learner_is_scored_and_chosen_on_meta_val(smoke_zoo,
+                                                                             smoke_config,
+                                                                             tmp_path):
+  from purer_jax import meta_test
+  c = smoke_config.copy_and_resolve_references()
+  c.eval.tasks, c.train.val_tasks, c.eval.methods = 10, 10, ('purer', 'purer_proto')
+  teachers = zoo.load(smoke_zoo)
+  params = evaluate.baseline_params('average', teachers, evaluate.meta_model(c), jax.random.key(0))
+  res = meta_test.final_evaluation(c, str(tmp_path), teachers, params)['cifar_fs']
+  assert set(res['methods']) == {'purer', 'purer_proto'} and 'purer-purer_proto' in res['paired']
+  assert set(res['readout_val']) == {'purer', 'purer_proto'}
+  split = data.load('cifar_fs', 'meta_test', c.data.data_dir)
+  proto = evaluate.evaluate_params(params, evaluate.with_algo(c, 'protonet'), split, num_tasks=10)
+  np.testing.assert_allclose(res['per_task']['purer_proto'], np.round(proto, 4))
+  # Prototypes need one forward pass; MAML's adaptation a backward pass too.
+  assert 0 < res['cost_gflop']['purer_proto'] < res['cost_gflop']['purer']

@@ -52,7 +52,7 @@ def test_choices_match_the_code():
   assert choices('meta.algo') == set(meta.ALGOS)
   assert choices('teachers.keep') == set(pretrain.KEEP)
   assert choices('inversion.strategy') == set(inversion.STRATEGIES) | {'auto', 'chunks'}
-  assert choices('eval.methods') == set(evaluate.BASELINES) | {'pool', 'purer'}
+  assert choices('eval.methods') == set(evaluate.BASELINES) | {'pool', 'purer', 'purer_proto'}
   assert choices('eval.tune_methods') == set(evaluate.BASELINES) | {'purer'}
   assert choices('eval.pool_layers') == set(pool.LAYERS)
   assert choices('eval.pool_norms') == set(pool.NORMS)

@@ -5,11 +5,14 @@
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:budget --workdir=W  # <= 2 h on a 2-core CPU
 
-Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil, comma-separated
-(`:quick,5shot`). The meta-learner starts from the teachers' average (`meta.init='auto'`).
+Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil | distil,
+comma-separated (`:quick,5shot`). The meta-learner starts from the teachers' average
+(`meta.init='auto'`).
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
-  :quick        1-shot PURER 38.27 +- 0.75 (random 22.13, average 24.86 with one test-time
-                step); 58 min at load ~7, teachers included (14 min), meta-training 43 min
+  :quick        1-shot PURER 38.54 +- 0.77 (random 22.13, average 25.00, ota 23.04 with one
+                test-time step); the pool read-out 48.56 +- 0.83, so PURER - pool -10.01 +- 0.67
+                at 0.70 against 7.82 GFLOP per task; 39 min from an empty workdir (teachers 7,
+                meta-training 29, meta-test 3) on 2026-12-05 (matmul 292 GFLOP/s)
   :quick,5shot  5-shot PURER 51.98 +- 0.77 (random 21.70, average 25.26); meta-training 31 min
                 on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
   :quick,mini   1-shot PURER 29.19 +- 0.69 (random 21.95, average 22.76, ota 21.52); 64 min:

@@ -3,10 +3,10 @@
   python -m purer_jax.evaluate --config=configs/ss.py --workdir=W
 
 scores the `random`, `average` and `ota` baselines (the latter two of the config's teacher
-pool, `zoo.pool`) and the pool's own read-out (`pool`, its variant chosen on meta-val) on `eval.tasks` 5-way K-shot meta-test tasks with config.meta's test-time
-adaptation (MAML's inner loop by default) and transductive BatchNorm, and writes
-W/results.json and W/results.md. Every method sees the same tasks:
-task i is drawn from (eval.seed, i).
+pool, `zoo.pool`) and the pool's own read-out (`pool`, its variant chosen on meta-val) on
+`eval.tasks` 5-way K-shot meta-test tasks with config.meta's test-time adaptation (MAML's
+inner loop by default) and transductive BatchNorm, and writes W/results.json and W/results.md.
+Every method sees the same tasks: task i is drawn from (eval.seed, i).
 """
 import os
 

@@ -41,7 +41,8 @@ def test_cited_documents_are_in_the_repository():
     with open(path, encoding='utf-8') as f:
       text = f.read()
     rel = os.path.relpath(path, ROOT)
-    if re.search(r'\b(METHOD|PITFALLS)\.md', text) and rel != os.path.join('tests', 'test_pages.py'):
+    if (re.search(r'\b(METHOD|PITFALLS)\.md', text) and
+        rel != os.path.join('tests', 'test_pages.py')):
       outside.append(rel)
     for doc in set(re.findall(r'\bdocs/[\w/.-]+\.(?:md|png|json)', text)):
       if not os.path.exists(os.path.join(ROOT, doc)) and '<' not in doc:

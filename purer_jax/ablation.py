@@ -189,32 +189,19 @@ def render(runs: list, figure: str = None) -> str:
       tuned = (res.get('adaptation') or {}).get('purer')
       per = res.get('per_task', {})
       if tuned and 'purer_untuned' in per:
-        acc = _summary(per['purer'])
-        diff = _summary([x - y for x, y in zip(per['purer'], per['purer_untuned'])])
-        lines.append(f"| `{r['name']}` + tuned adaptation | test-time {tuned['steps']} steps at "
-                     f"lr {records.fmt_value(tuned['lr'])}, chosen on meta-val | "
-                     f"{100 * tuned['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
-                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — | '
-                     f"{records.fmt_gflop(r, 'purer')} |")
+        lines.append(_against(r, ' + tuned adaptation', f"test-time {tuned['steps']} steps at lr "
+                              f"{records.fmt_value(tuned['lr'])}, chosen on meta-val",
+                              tuned['val_acc'], 'purer', 'purer_untuned'))
       if 'purer_proto' in per and 'purer' in per:
-        acc = _summary(per['purer_proto'])
-        diff = _summary([x - y for x, y in zip(per['purer_proto'], per['purer'])])
-        val = (res.get('readout_val') or {}).get('purer_proto')
-        lines.append(f"| `{r['name']}` + prototype read-out | the learner's features, nearest "
-                     f"support mean instead of MAML's head | "
-                     f"{'—' if val is None else f'{100 * val:.2f}'} | "
-                     f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | '
-                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run) | — | '
-                     f"{records.fmt_gflop(r, 'purer_proto')} |")
+        lines.append(_against(r, ' + prototype read-out', "the learner's features, nearest "
+                              "support mean instead of MAML's head",
+                              (res.get('readout_val') or {}).get('purer_proto'), 'purer_proto',
+                              'purer'))
       if 'pool' in per and 'purer' in per:
         v = res['pool_variant']
-        acc = _summary(per['pool'])
-        diff = _summary([x - y for x, y in zip(per['pool'], per['purer'])])
-        lines.append(f"| `{r['name']}`: pool read-out | the teachers' own {v['layer']}, "
-                     f"{v['norm']}, {v['metric']} (no training), chosen on meta-val | "
-                     f"{100 * v['val_acc']:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
-                     f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs the same run\'s PURER) | '
-                     f"— | {records.fmt_gflop(r, 'pool')} |")
+        lines.append(_against(r, ': pool read-out', f"the teachers' own {v['layer']}, "
+                              f"{v['norm']}, {v['metric']} (no training), chosen on meta-val",
+                              v['val_acc'], 'pool', 'purer', "the same run's PURER"))
       icf = records.with_icfil({'methods': res['methods'], 'paired': res.get('paired')}, res,
                                r['dir'])
       if icf.get('icfil'):
@@ -239,6 +226,19 @@ def render(runs: list, figure: str = None) -> str:
               'between runs: see each run\'s wall time and its results.json):', '',
               f'![time to accuracy]({figure})', '']
   return '\n'.join(lines).rstrip('\n') + '\n'
+
+
+def _against(r: dict, label: str, what: str, val, method: str, base: str,
+             vs: str = 'the same run') -> str:
+  """A row for another scoring of run r: `method`'s meta-val `val` and meta-test, paired
+  against `base` on the same tasks, and its meta-test cost."""
+  per = r['res']['per_task']
+  acc = _summary(per[method])
+  diff = _summary([x - y for x, y in zip(per[method], per[base])])
+  return (f"| `{r['name']}`{label} | {what} | {'—' if val is None else f'{100 * val:.2f}'} | "
+          f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | '
+          f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs {vs}) | — | '
+          f"{records.fmt_gflop(r, method)} |")
 
 
 def _summary(xs) -> tuple:

@@ -121,7 +121,8 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
     assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
     assert [p.pop('minutes') >= 0 for p in r['val_curve']] == [True, True]  # wall times
   assert res[0] == res[1]
-  assert set(res[0]['methods']) == {'random', 'average', 'ota', 'purer'}
+  assert set(res[0]['methods']) == {'random', 'average', 'ota', 'pool', 'purer'}
+  assert set(res[0]['cost_gflop']) == set(res[0]['methods'])
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
   # The best checkpoint reloads to the parameters the final meta-test scored.
   c = ml_collections.ConfigDict(json.load(open(os.path.join(full, 'config.json'))))

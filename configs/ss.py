@@ -13,8 +13,10 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 test-time step); the pool read-out 48.56 +- 0.83, so PURER - pool -10.01 +- 0.67
                 at 0.70 against 7.82 GFLOP per task; 39 min from an empty workdir (teachers 7,
                 meta-training 29, meta-test 3) on 2026-12-05 (matmul 292 GFLOP/s)
-  :quick,5shot  5-shot PURER 51.98 +- 0.77 (random 21.70, average 25.26); meta-training 31 min
-                on a quiet machine, plus ~8 min of teachers (the 1-shot run's, reused)
+  :quick,5shot  5-shot PURER 49.91 +- 0.76 (random 21.70, average 25.64, ota 22.84); the pool
+                read-out 63.88 +- 0.76, PURER - pool -13.97 +- 0.61 at 1.15 against 9.77 GFLOP
+                per task; 37 min plus the 1-shot run's 7 min of teachers (2026-12-05). On the
+                teachers of the other machine kind the same command gave 51.98 +- 0.77
   :quick,mini   1-shot PURER 29.19 +- 0.69 (random 21.95, average 22.76, ota 21.52); 64 min:
                 teachers 16 min, meta-training 41 min (2.4 s/it), meta-test 7 min
   :quick,mini,5shot  5-shot PURER 34.97 +- 0.70 (random 22.70, average 23.02, ota 21.25; paired

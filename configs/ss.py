@@ -30,6 +30,10 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 (best meta-val 43.79 at 3,750), ~101 min with the teachers; rerun on the cell's
                 teachers 54.21 +- 0.75 (paired +2.23 +- 0.50 over :quick,5shot), 54.59 with tuned
                 test-time adaptation, 54.78 with ICFIL: 1.8 short of 56.0
+  :quick,distil the pool's representation distilled into the learner on the bank (weight 4):
+                best meta-val 33.16 against the cell's 33.58 (not kept); meta-test 39.07 +- 0.77,
+                +0.53 +- 0.50 paired over the cell, PURER - pool -9.48 +- 0.68; the learner's
+                prototype read-out 38.52 (meta-val 32.76); 23 min with the cell's teachers
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

@@ -33,7 +33,10 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
   :quick,distil the pool's representation distilled into the learner on the bank (weight 4):
                 best meta-val 33.16 against the cell's 33.58 (not kept); meta-test 39.07 +- 0.77,
                 +0.53 +- 0.50 paired over the cell, PURER - pool -9.48 +- 0.68; the learner's
-                prototype read-out 38.52 (meta-val 32.76); 23 min with the cell's teachers
+                prototype read-out 38.52 (meta-val 32.76); 23 min with the cell's teachers.
+                With --config.distil.weight=20: MAML's head 39.62 (meta-val 33.59), the
+                prototype read-out chosen on meta-val (34.11): 40.71 +- 0.81, +2.17 +- 0.65
+                paired over the cell, -7.85 +- 0.62 under the pool, at 0.62 GFLOP per task
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

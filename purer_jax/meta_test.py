@@ -77,7 +77,7 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
                                                  tuned[method]['lr'])
     if 'purer' in tuned:
       params['purer_untuned'], configs['purer_untuned'] = purer_params, config
-  costs = method_costs(config, configs, teachers, pool_choice)
+  costs = evaluate.method_costs(config, configs, teachers, pool_choice)
   if 'purer_proto' in params and 'purer' in params:  # which read-out: meta-val says
     extra = dict(extra or {}, readout_val={m: evaluate.validate(params[m], configs[m], val_splits)
                                            for m in ('purer', 'purer_proto')})
@@ -120,21 +120,6 @@ def _earlier_record(workdir):
   if 'timing' not in res or 'provenance' not in res:
     return None
   return {k: res[k] for k in ('timing', 'provenance')}
-
-
-def method_costs(config, configs: dict, teachers, pool_choice=None) -> dict:
-  """{method: GFLOP per meta-test task} (`evaluate.method_gflop`): each method of `configs` at
-  its own test-time adaptation, and the pool's chosen read-out."""
-  by_adaptation = {}  # methods that adapt alike run one program: compile it once
-  out = {}
-  for m, c in configs.items():
-    key = (c.meta.algo, c.meta.test_inner_steps, c.meta.get('test_inner_lr', 0.0))
-    if key not in by_adaptation:
-      by_adaptation[key] = round(evaluate.method_gflop(c), 4)
-    out[m] = by_adaptation[key]
-  if pool_choice is not None:
-    out['pool'] = round(evaluate.method_gflop(config, teachers, pool_choice), 4)
-  return out
 
 
 def train_and_evaluate(config, workdir, started: Optional[float] = None,

@@ -15,7 +15,7 @@ import time
 import ml_collections
 from absl import flags
 
-from purer_jax import cli, evaluate, meta_test, utils, zoo
+from purer_jax import cli, evaluate, utils, zoo
 from purer_jax import data as data_lib
 
 
@@ -70,7 +70,7 @@ def rescore(record: dict, config, teachers, *, val_split, test_split) -> dict:
     out['paired'] = dict(record.get('paired') or {}, **{'purer-pool': dict(zip(
         ('mean_diff', 'ci95'), evaluate.paired(record['per_task']['purer'], accs)))})
   out['pool_variant'] = choice
-  out['cost_gflop'] = meta_test.method_costs(
+  out['cost_gflop'] = evaluate.method_costs(
       ml_collections.ConfigDict(record['config']), run_configs(record), teachers, choice)
   out['rescored'] = dict(record.get('rescored') or {}, pool=dict(
       utils.provenance(), eval_s=round(time.time() - t0, 1)))

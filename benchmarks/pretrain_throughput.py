@@ -1,12 +1,12 @@
-"""Teacher training throughput: the pool trained one teacher after another (what
-`purer_jax.pretrain` does) against all teachers in one compiled program, on this machine.
+"""Teacher training throughput: the pool trained one teacher after another
+(`teachers.together=1`) against all teachers in one compiled program, on this machine.
 
   python benchmarks/pretrain_throughput.py --json OUT.json [--rounds 10] [--teachers 13]
 
 One round is one training step of every teacher of an SS CIFAR-FS pool (Conv4, 32 px, 5 classes,
-a batch of 128 images each): `loop` calls `pretrain.train_step` once per teacher, as pretraining
-does; `unrolled` runs the same steps as one jitted program over the teachers' list (the
-inversion engine's strategy: XLA:CPU keeps each teacher's convolutions as they are); `vmap`
+a batch of 128 images each): `loop` calls `pretrain.train_step` once per teacher
+(`teachers.together=1`); `unrolled` runs the same steps as one jitted program over the teachers' list
+(`teachers.together=0`: XLA:CPU keeps each teacher's convolutions as they are); `vmap`
 maps one step over the teachers' stacked variables (convolutions of different weights become
 grouped convolutions). Runners alternate round by round (A B C A B C ...), so they see the same
 load; the record gives images per second (median round), each runner's ratio to `loop`, XLA's
@@ -48,7 +48,7 @@ def _timed(fn) -> float:
 
 def _setup(num: int):
   model = models.create('conv4', WAYS, SIZE)
-  tx = pretrain._optimizer(True, (8, 12), 0.2, 50.0, 300)  # the :quick recipe's Adam
+  tx = pretrain._optimizer(True, 'step', 0.01, (8, 12), 0.2, 50.0, 300, 15)  # :quick's Adam
   variables = [models.init(model, jax.random.key(i)) for i in range(num)]
   opt = [tx.init(v['params']) for v in variables]
   rng = np.random.default_rng(0)
@@ -66,27 +66,22 @@ def runners(num: int) -> dict:
   state = [list(variables), list(opt)]
   def loop():
     for i in range(num):
-      state[0][i], state[1][i], loss = step(state[0][i], state[1][i], x[i], y[i])
+      (state[0][i],), (state[1][i],), loss = step([state[0][i]], [state[1][i]], [x[i]], [y[i]])
     loss.block_until_ready()
-  one = utils.compiled_gflop(pretrain.train_step, variables[0], opt[0], x[0], y[0], model=model,
-                             tx=tx)
+  one = utils.compiled_gflop(pretrain.train_step, variables[:1], opt[:1], [x[0]], [y[0]],
+                             model=model, tx=tx)
   out['loop'] = (loop, num * one)
 
-  def many(vs, os_, xs, ys):
-    outs = [pretrain.train_step.__wrapped__(v, o, a, b, model=model, tx=tx)
-            for v, o, a, b in zip(vs, os_, xs, ys)]
-    return [o[0] for o in outs], [o[1] for o in outs], jnp.stack([o[2] for o in outs])
-  unrolled = jax.jit(many, donate_argnums=(0, 1))
   u_state = [jax.tree.map(jnp.copy, variables), jax.tree.map(jnp.copy, opt)]
   def run_unrolled():
-    u_state[0], u_state[1], loss = unrolled(u_state[0], u_state[1], list(x), list(y))
+    u_state[0], u_state[1], loss = step(u_state[0], u_state[1], list(x), list(y))
     loss.block_until_ready()
-  out['unrolled'] = (run_unrolled, utils.compiled_gflop(unrolled, variables, opt, list(x),
-                                                        list(y)))
+  out['unrolled'] = (run_unrolled, utils.compiled_gflop(pretrain.train_step, variables, opt,
+                                                        list(x), list(y), model=model, tx=tx))
 
   stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
-  mapped = jax.jit(jax.vmap(functools.partial(pretrain.train_step.__wrapped__, model=model,
-                                              tx=tx)), donate_argnums=(0, 1))
+  mapped = jax.jit(jax.vmap(functools.partial(pretrain._step, model=model, tx=tx, smoothing=0.0)),
+                   donate_argnums=(0, 1))
   v_state = [stack(variables), stack(opt)]
   def run_vmap():
     v_state[0], v_state[1], loss = mapped(v_state[0], v_state[1], x, y)

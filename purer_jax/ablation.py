@@ -211,6 +211,7 @@ def render(runs: list, figure: str = None) -> str:
                      f'meta-val | — | {records.fmt_acc(m)} | {records.fmt_diff(d)} '
                      '(vs the same run) | — | — |')
     lines.append('')
+  lines += _against_pool(runs)
   lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '
             'several: see its changes).', '', '| lever | 1-shot runs | 5-shot runs |',
             '|---|---|---|']
@@ -226,6 +227,48 @@ def render(runs: list, figure: str = None) -> str:
               'between runs: see each run\'s wall time and its results.json):', '',
               f'![time to accuracy]({figure})', '']
   return '\n'.join(lines).rstrip('\n') + '\n'
+
+
+def learner_choice(res: dict) -> str:
+  """The run's learner read-out: MAML's head, or its prototype read-out where the run scored
+  both and the prototype won on meta-val."""
+  val = res.get('readout_val') or {}
+  return 'purer_proto' if val.get('purer_proto', -1) > val.get('purer', math.inf) else 'purer'
+
+
+def _against_pool(runs: list) -> list:
+  """The section that sets every run's learner against the pool read-out on its teachers."""
+  lines = ['## Against the pool read-out', '',
+           "Each run's learner (the read-out its meta-val chose: MAML's head or the prototype "
+           "read-out of its features) against the teachers' own read-out on the same 600 tasks "
+           '(no training; its variant chosen on meta-val), paired per task.', '']
+  for shots in records.SHOTS:
+    mine = [r for r in runs
+            if r['res']['shots'] == shots and 'pool' in r['res'].get('per_task', {})]
+    if not mine:
+      continue
+    lines += [f'### {shots}-shot', '', '| run | learner read-out | learner | pool | learner − pool '
+              '| GFLOP per task, learner / pool | wall time |', '|---|---|---|---|---|---|---|']
+    best = None
+    for r in mine:
+      per, m = r['res']['per_task'], learner_choice(r['res'])
+      diff = _summary([x - y for x, y in zip(per[m], per['pool'])])
+      best = max(best or (diff, r, m), (diff, r, m), key=lambda t: t[0][0])
+      lines.append(f"| `{r['name']}` | {'prototype' if m == 'purer_proto' else 'MAML head'} | "
+                   f"{_pm(_summary(per[m]))} | {_pm(_summary(per['pool']))} | "
+                   f"{_pm(diff, signed=True)} | {records.fmt_gflop(r, m)} / "
+                   f"{records.fmt_gflop(r, 'pool')} | {records.wall_time(r['res'])} |")
+    (d, ci), r, m = best
+    lines += ['', (f"**A learner beats the pool at {shots}-shot**: `{r['name']}`, "
+                   f'learner − pool {100 * d:+.2f} ± {100 * ci:.2f}.') if d - ci > 0 else
+              (f'**No learner beats the pool at {shots}-shot yet.** The closest is '
+               f"`{r['name']}` ({'prototype' if m == 'purer_proto' else 'MAML head'}), "
+               f'learner − pool {100 * d:+.2f} ± {100 * ci:.2f}.'), '']
+  return lines
+
+
+def _pm(summary, signed: bool = False) -> str:
+  return f"{100 * summary[0]:{'+' if signed else ''}.2f} ± {100 * summary[1]:.2f}"
 
 
 def _against(r: dict, label: str, what: str, val, method: str, base: str,

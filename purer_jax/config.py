@@ -34,6 +34,10 @@ def base() -> ml_collections.ConfigDict:
   c.teachers.ways = 5
   c.teachers.epochs = 60
   c.teachers.batch_size = 128
+  c.teachers.lr = 0.01
+  c.teachers.schedule = 'step'              # step (at milestones) | cosine | onecycle
+  c.teachers.label_smoothing = 0.0
+  c.teachers.together = 1                   # teachers of one shape per program (0: all)
   c.teachers.milestones = (30, 40, 50)
   c.teachers.gamma = 0.2
   c.teachers.clip = 50.0

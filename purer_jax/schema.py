@@ -61,6 +61,13 @@ FIELDS = {
     'teachers.ways': _F(int, 'Classes per teacher', 'pretrain', '>= 2'),
     'teachers.epochs': _F(int, "Epochs of a teacher's training", 'pretrain', '>= 1'),
     'teachers.batch_size': _F(int, "Batch size of a teacher's training", 'pretrain', '>= 1'),
+    'teachers.lr': _F(float, "Peak lr of a teacher's training", 'pretrain', '> 0'),
+    'teachers.schedule': _F(str, "A teacher's lr schedule: steps at milestones, cosine decay, or "
+                            'one-cycle', 'pretrain', choices=('step', 'cosine', 'onecycle')),
+    'teachers.label_smoothing': _F(float, "Label smoothing of a teacher's cross-entropy",
+                                   'pretrain', 'in [0, 1)'),
+    'teachers.together': _F(int, 'Teachers of one shape trained in one compiled program (0: all; '
+                            '1: one by one)', 'pretrain', '>= 0'),
     'teachers.milestones': _F(tuple, "Epochs where a teacher's lr is multiplied by gamma",
                               'pretrain', '>= 1', item=int),
     'teachers.gamma': _F(float, "Teacher lr factor at each milestone", 'pretrain', '> 0'),

@@ -70,6 +70,76 @@ def test_unknown_teacher_keep_is_named(meta_train, smoke_config):
     pretrain.train_teacher(models.create('conv4', 2, 32), train, heldout, tc, jax.random.key(0))
 
 
+def test_teachers_trained_together_match_one_by_one(meta_train, smoke_config):
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  tc.epochs, tc.milestones = 2, (1,)
+  model = models.create('conv4', 2, 32)
+  parts = [pretrain.split_heldout(meta_train, c, 0.2) for c in ([0, 1], [2, 3], [4, 5])]
+  keys = [jax.random.key(i) for i in range(3)]
+  together = pretrain.train_teachers(model, [p[0] for p in parts], [p[1] for p in parts], tc, keys)
+  for (train, heldout), key, (variables, acc) in zip(parts, keys, together):
+    alone, alone_acc = pretrain.train_teacher(model, train, heldout, tc, key)
+    assert acc == alone_acc
+    chex.assert_trees_all_close(variables, alone, atol=1e-5)
+
+
+def test_groups_join_teachers_of_one_shape_up_to_the_limit(smoke_config, meta_train):
+  c = smoke_config.copy_and_resolve_references()
+  c.teachers.archs = ('conv4', 'conv4', 'resnet10')
+  c.teachers.num = 13
+  plan = pretrain.pool_plan(c, {'cifar_fs': 64})
+  splits = {'cifar_fs': meta_train}
+  c.teachers.together = 0
+  # conv4 conv4 resnet10 ..., and the last teacher has 4 classes: its own program.
+  assert pretrain._groups(c, plan, list(range(13)), splits) == [
+      [0, 1], [2], [3, 4], [5], [6, 7], [8], [9, 10], [11], [12]]
+  c.teachers.archs, c.teachers.together = ('conv4',), 5
+  plan = pretrain.pool_plan(c, {'cifar_fs': 64})
+  assert pretrain._groups(c, plan, [1, 2, 3, 4, 5, 6, 7, 12], splits) == [
+      [1, 2, 3, 4, 5], [6, 7], [12]]
+  c.teachers.together = 1
+  assert pretrain._groups(c, plan, [3, 4], splits) == [[3], [4]]
+
+
+@pytest.mark.parametrize('schedule', pretrain.SCHEDULES)
+def test_teacher_lr_schedules(smoke_config, schedule):
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  tc.schedule, tc.lr, tc.epochs, tc.milestones, tc.gamma = schedule, 0.1, 10, (5,), 0.2
+  tx = pretrain.make_optimizer(models.create('conv4', 2, 32), tc, steps_per_epoch=10)
+  # Adam's first step moves each weight by about the lr: read the lr off the update.
+  params = {'w': np.zeros(3, np.float32)}
+  state = tx.init(params)
+  lrs = []
+  for _ in range(100):
+    updates, state = tx.update({'w': np.ones(3, np.float32)}, state, params)
+    lrs.append(-float(updates['w'][0]))
+  expected = {'step': [0.1] * 50 + [0.02] * 50,
+              'cosine': [0.05 * (1 + np.cos(np.pi * t / 100)) for t in range(100)]}
+  if schedule in expected:
+    np.testing.assert_allclose(lrs, expected[schedule], rtol=1e-3, atol=1e-6)
+  else:  # one-cycle: up to the peak at 30%, then down towards 0
+    assert np.argmax(lrs) == 30 and abs(max(lrs) - 0.1) < 1e-6 and lrs[0] < 0.01 and lrs[-1] < 1e-3
+
+
+def test_label_smoothing_changes_the_loss_only_when_set(meta_train, smoke_config):
+  model = models.create('conv4', 2, 32)
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  (x, y), _ = pretrain.split_heldout(meta_train, [0, 1], 0.2)
+  tx = pretrain.make_optimizer(model, tc, 1)
+  losses = {}
+  for s in (0.0, 0.3):
+    v = models.init(model, jax.random.key(0))
+    losses[s] = float(pretrain.train_step([v], [tx.init(v['params'])], [x[:8]], [y[:8]],
+                                          model=model, tx=tx, smoothing=s)[2][0])
+  v = models.init(model, jax.random.key(0))
+  logits = model.apply(v, x[:8], train=True, mutable=['batch_stats'])[0]
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  hard = -logp[np.arange(8), y[:8]].mean()
+  np.testing.assert_allclose(losses[0.0], hard, rtol=1e-5)
+  np.testing.assert_allclose(losses[0.3], 0.85 * hard - 0.15 * logp[:, ::-1][
+      np.arange(8), y[:8]].mean(), rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_smoke_teachers_well_above_chance(real_zoo, cifar_train, real_config):
   teachers = zoo.load(real_zoo)

@@ -368,3 +368,30 @@ def test_an_icfil_score_beside_a_run_is_its_own_ablation_row(tmp_path):
                    dict(icf, methods=_methods(purer=0.4, **{'purer+icfil': 0.55})))
   with pytest.raises(ValueError, match='is not the cell'):
     ablation.render(ablation.load_runs(str(results)))
+
+
+def test_against_the_pool_takes_the_read_out_meta_val_chose(tmp_path):
+  results = tmp_path / 'results'
+  quick = config_lib.build('ss', 'quick')
+  pool = [0.6, 0.6, 0.6, 0.6]
+  utils.write_json(str(results / 'quick' / 'results.json'), _run(
+      quick, [0.2, 0.4, 0.6, 0.4], 0.30, per_task={'purer': [0.2, 0.4, 0.6, 0.4], 'pool': pool},
+      pool_variant={'layer': 'both', 'norm': 'l2', 'metric': 'cosine', 'val_acc': 0.5}))
+  # The prototype read-out wins on meta-val (0.34 > 0.33) though MAML's head scores more here.
+  distil = config_lib.build('ss', 'quick,distil')
+  utils.write_json(str(results / 'ablation' / 'distil' / 'results.json'), _run(
+      distil, [0.7, 0.7, 0.7, 0.7], 0.33, readout_val={'purer': 0.33, 'purer_proto': 0.34},
+      per_task={'purer': [0.7, 0.7, 0.7, 0.7], 'purer_proto': [0.5, 0.7, 0.6, 0.6], 'pool': pool},
+      pool_variant={'layer': 'both', 'norm': 'l2', 'metric': 'cosine', 'val_acc': 0.5}))
+  assert ablation.learner_choice({'readout_val': {'purer': 0.33, 'purer_proto': 0.34}}) == \
+      'purer_proto'
+  assert ablation.learner_choice({}) == 'purer'
+  page = ablation.render(ablation.load_runs(str(results)))
+  section = page[page.index('## Against the pool'):page.index('## Levers')]
+  rows = {l.split(' | ')[0].strip('| `'): l for l in section.splitlines() if l.startswith('| `')}
+  assert '| prototype | 60.00 ± ' in rows['ablation/distil']
+  assert '| -0.00 ± ' in rows['ablation/distil'] or '| +0.00 ± ' in rows['ablation/distil']
+  assert '| MAML head | 40.00 ± ' in rows['quick'] and '| -20.00 ± ' in rows['quick']
+  assert ('**No learner beats the pool at 1-shot yet.** The closest is `ablation/distil` '
+          '(prototype)') in section
+  assert '5-shot' not in section

@@ -1,0 +1,84 @@
+"""Teacher recipes side by side: the whole pool trained by each recipe, one right after the other,
+into fresh workdirs; wall time and held-out accuracy of every teacher.
+
+  python benchmarks/teacher_recipe.py --json OUT.json \
+      --recipe quick=ss:quick --recipe fast=ss:fast [--set fast:teachers.epochs=6 ...]
+
+A recipe is NAME=SCENARIO:VARIANTS (`configs/<scenario>.py:<variants>`); `--set NAME:FIELD=VALUE`
+changes one of its fields (a Python literal). The first recipe is the reference: the record gives
+each recipe's wall time (data loading, compiling and training: what `pretrain.run` costs from an
+empty workdir), its ratio to the reference, the mean held-out accuracy and its difference to the
+reference's, and this CPU's matmul rate measured in the same run. The workdirs are deleted.
+"""
+import argparse
+import ast
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.pretrain_throughput import matmul_gflops  # noqa: E402
+from purer_jax import config as config_lib  # noqa: E402
+from purer_jax import pretrain, schema, utils  # noqa: E402
+
+
+def build(spec: str, sets: list):
+  scenario, _, variants = spec.partition(':')
+  c = config_lib.build(scenario, variants)
+  for key, value in sets:
+    *path, last = key.split('.')
+    node = c
+    for p in path:
+      node = node[p]
+    node[last] = ast.literal_eval(value)
+  schema.check(c)
+  return c
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--json', required=True, help='where to write the record')
+  p.add_argument('--recipe', action='append', required=True, help='NAME=SCENARIO:VARIANTS')
+  p.add_argument('--set', action='append', default=[], help='NAME:FIELD=VALUE')
+  args = p.parse_args()
+  recipes = dict(r.split('=', 1) for r in args.recipe)
+  sets = {name: [] for name in recipes}
+  for s in args.set:
+    name, _, kv = s.partition(':')
+    sets[name].append(tuple(kv.split('=', 1)))
+  configs = {name: build(spec, sets[name]) for name, spec in recipes.items()}
+  rate = matmul_gflops()
+  print(f'matmul (2048^2 float32, XLA): {rate:.0f} GFLOP/s', flush=True)
+  rec = {'matmul_gflops': rate, 'provenance': utils.provenance(), 'recipes': {}}
+  for name, c in configs.items():
+    workdir = tempfile.mkdtemp(prefix=f'teachers_{name}_')
+    try:
+      t0 = time.time()
+      teachers = pretrain.run(c, workdir)
+      wall = time.time() - t0
+    finally:
+      shutil.rmtree(workdir)
+    accs = [t['heldout_acc'] for t in teachers]
+    rec['recipes'][name] = {
+        'spec': recipes[name], 'sets': dict(sets[name]), 'teachers': dict(c.teachers),
+        'wall_s': round(wall, 1), 'heldout_acc': accs, 'mean_heldout_acc': float(np.mean(accs)),
+        'load_avg': [round(x, 2) for x in os.getloadavg()]}
+    print(f'{name}: {len(accs)} teachers in {wall:.0f} s, mean held-out {np.mean(accs):.4f}',
+          flush=True)
+  ref = next(iter(rec['recipes'].values()))
+  for r in rec['recipes'].values():
+    r['time_ratio_vs_reference'] = r['wall_s'] / ref['wall_s']
+    r['heldout_diff_vs_reference'] = r['mean_heldout_acc'] - ref['mean_heldout_acc']
+  os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+  with open(args.json, 'w') as f:
+    json.dump(rec, f, indent=1, default=list)
+
+
+if __name__ == '__main__':
+  main()

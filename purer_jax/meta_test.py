@@ -111,7 +111,8 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
 
 
 def _earlier_record(workdir):
-  """The timing and provenance of the workdir's results.json, if a finished run wrote one."""
+  """The timing, provenance and teachers' source of the workdir's results.json, if a finished
+  run wrote one."""
   path = os.path.join(workdir, 'results.json')
   if not os.path.isfile(path):
     return None
@@ -119,7 +120,7 @@ def _earlier_record(workdir):
     res = json.load(f)
   if 'timing' not in res or 'provenance' not in res:
     return None
-  return {k: res[k] for k in ('timing', 'provenance')}
+  return {k: res[k] for k in ('timing', 'provenance', 'teachers_source') if k in res}
 
 
 def train_and_evaluate(config, workdir, started: Optional[float] = None,
@@ -154,6 +155,8 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
                 t.train_seconds is not None for t in teachers) else None)}
   if teachers_reused:
     timing['teachers_reused'] = True
+  source = (zoo.source(workdir) if teachers_reused else
+            {'trained': 'in this run', 'seconds': timing['teachers_train_s']})
   if resumed_at:  # this command's times cover the last segment only: the logged windows all
     timing.update(resumed_at=resumed_at, meta_train_logged_s=round(
         ([0.0] + [s for _, s in _timed_records(metrics_path)])[-1], 1))
@@ -163,8 +166,9 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
   if earlier:  # a re-scoring: the run's own times and code stay, this command's are added
     timing = dict(earlier['timing'], rescore_eval_s=timing['eval_s'])
     prov = dict(earlier['provenance'], rescored=prov)
+    source = earlier.get('teachers_source', source)
   for where, res in _results_files(workdir, config):
-    res.update(timing=timing, provenance=prov)
+    res.update(timing=timing, provenance=prov, teachers_source=source)
     utils.write_json(where, res)
   for name, res in out.items():
     print(name, {m: f"{100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"

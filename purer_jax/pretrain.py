@@ -6,6 +6,7 @@ Resumable: teachers already in the manifest (with their checkpoint) are skipped.
 """
 import functools
 import math
+import os
 import time
 
 import jax
@@ -243,7 +244,8 @@ def run(config, workdir: str) -> list:
                             train_seconds=round(seconds, 1))
       zoo.save_teacher(workdir, teacher, variables,
                        meta={'source': 'pretrain', 'assignment': config.teachers.assignment,
-                             'config': workdir_lib.pool_identity(config)})
+                             'config': workdir_lib.pool_identity(config),
+                             'trained_in': os.path.abspath(workdir)})
       done += 1
       prog.update(done, f'teacher {i} ({arch}, {ds}) held-out acc {_fmt(acc)} in {seconds:.0f}s',
                   force=True)

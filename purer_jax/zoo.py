@@ -99,6 +99,19 @@ def save_teacher(workdir: str, teacher: Teacher, variables: dict, meta: Optional
   utils.write_json(os.path.join(tdir, MANIFEST), manifest)
 
 
+def source(workdir: str) -> dict:
+  """Where the workdir's pool came from, for a run that found it there: the workdir that
+  trained it (teachers copied in from another run name it) and its recorded training time."""
+  manifest = read_manifest(workdir)
+  where = manifest.get('trained_in')
+  seconds = [t.get('train_seconds') for t in manifest['teachers']]
+  out = {'reused': ('this workdir, by an earlier command' if where == os.path.abspath(workdir)
+                    else where or f"a pool from {manifest.get('source', 'elsewhere')}")}
+  if seconds and None not in seconds:
+    out['seconds'] = round(sum(seconds), 1)
+  return out
+
+
 def complete(workdir: str) -> set:
   """Indices of the manifest's teachers whose checkpoint is on disk."""
   return {t['index'] for t in read_manifest(workdir)['teachers']

@@ -7,6 +7,8 @@ start subprocesses or are compile-bound are marked `slow` (pytest.ini): `pytest 
 is the fast path.
 """
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
@@ -15,6 +17,15 @@ if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
 # optimisations off halves it here (set XLA_FLAGS yourself to test another level).
 if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
+
+# One persistent compilation cache for the whole run, set before jax starts: the xdist workers
+# and the commands tests start (`purer_jax.main` in subprocesses) inherit it, so a program one of
+# them compiled is read by the others (XLA's key leaves out the fake device count). The process
+# that made it (pytest itself) deletes it at the end.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='purer_jax_cache_')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['PURER_TEST_CACHE_OWNER'] = str(os.getpid())
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -47,21 +58,15 @@ def write_synthetic(folder: str, per_class: int = SYNTHETIC_PER_CLASS, size: int
   return folder
 
 
-@pytest.fixture(scope='session', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """One persistent compilation cache per session: tests that build the same program anew
-  (a fresh jit per InversionStep, Trainer or teacher) compile it once."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  old = [getattr(jax.config, k) for k in keys]
-  for k, v in zip(keys, (str(tmp_path_factory.mktemp('jax_cache')), 0)):
-    jax.config.update(k, v)
-  cc.reset_cache()
-  yield
-  for k, v in zip(keys, old):
-    jax.config.update(k, v)
-  cc.reset_cache()
+def pytest_unconfigure(config):
+  if os.environ.get('PURER_TEST_CACHE_OWNER') == str(os.getpid()):
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """The slow tests first (stable order otherwise): a long test started last would decide the
+  suite's wall time while the other core idles; xdist's work stealing balances the rest."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
 @pytest.fixture(scope='session')

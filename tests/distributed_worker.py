@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from purer_jax import bank as bank_lib  # noqa: E402
 from purer_jax import config as config_lib, inversion, models, parallel  # noqa: E402
 
-TEACHERS = 6  # not a multiple of 8 devices: the padded copies must not count
+TEACHERS = 6  # not a multiple of 4 devices: the padded copies must not count
 
 
 def problem():

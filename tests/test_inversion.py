@@ -252,14 +252,15 @@ def test_step_does_not_recompile_and_extra_loss_reaches_the_bank(layout, stacked
   np.testing.assert_allclose(moved[1:], base[1:], atol=1e-6)
 
 
-@pytest.mark.slow  # compile-bound
-def test_200_steps_make_teachers_recognise_their_classes(teachers, stacked, cfg):
+@pytest.mark.slow
+def test_30_steps_make_teachers_recognise_their_classes(teachers, stacked, cfg):
+  # The smoke teachers recognise every target by step 25 (200 steps: the same, at 7x the time).
   lay = bank_lib.make_layout(teachers, spc=16)
   step = inversion.make_inversion_step(lay, cfg, strategy='loop')
   images, opt = step.init(jax.random.key(0))
   tt = step.place_teachers(stacked)
   before = _target_acc(teachers, lay, images)
-  for i in range(200):
+  for i in range(30):
     images, opt, metrics = step(images, opt, tt, jax.random.fold_in(jax.random.key(1), i))
   after = _target_acc(teachers, lay, images)
   assert np.isfinite(float(metrics['loss']))

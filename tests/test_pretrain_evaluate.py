@@ -1,6 +1,7 @@
 """The teacher zoo and the evaluation harness (synthetic data; real CIFAR-FS in `slow`)."""
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -138,6 +139,16 @@ def test_label_smoothing_changes_the_loss_only_when_set(meta_train, smoke_config
   np.testing.assert_allclose(losses[0.0], hard, rtol=1e-5)
   np.testing.assert_allclose(losses[0.3], 0.85 * hard - 0.15 * logp[:, ::-1][
       np.arange(8), y[:8]].mean(), rtol=1e-5)
+
+
+def test_a_pool_found_in_a_workdir_names_where_it_was_trained(smoke_zoo, tmp_path):
+  assert zoo.source(smoke_zoo)['reused'] == 'this workdir, by an earlier command'
+  copied = str(tmp_path / 'copy')
+  shutil.copytree(zoo.teachers_dir(smoke_zoo), zoo.teachers_dir(copied))
+  source = zoo.source(copied)
+  assert source['reused'] == os.path.abspath(smoke_zoo)
+  assert source['seconds'] == pytest.approx(
+      sum(t['train_seconds'] for t in zoo.read_manifest(smoke_zoo)['teachers']), abs=0.2)
 
 
 @pytest.mark.slow

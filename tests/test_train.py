@@ -34,10 +34,8 @@ def _workdir(tmp_path, name, zoo_dir):
   return str(w)
 
 
-def _launch(workdir, data_dir, *extra, cache=None):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  if cache:
-    env['JAX_COMPILATION_CACHE_DIR'] = cache
+def _launch(workdir, data_dir, *extra):
+  env = dict(os.environ, PYTHONPATH=ROOT)  # with the suite's compilation cache (conftest.py)
   flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.pop('XLA_FLAGS', ''))
   if flags.strip():  # one device, as a user's run
     env['XLA_FLAGS'] = flags.strip()
@@ -71,8 +69,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
   full = _workdir(tmp_path, 'full', smoke_zoo)
   killed = _workdir(tmp_path, 'killed', smoke_zoo)
   nan = _workdir(tmp_path, 'nan', smoke_zoo)
-  cache = str(tmp_path / 'jax_cache')  # one compilation of the meta-iteration for all runs
-  p_full = _launch(full, data_dir, cache=cache)
+  p_full = _launch(full, data_dir)
   # The NaN guard: ECI's term is -inf from its first use (it 1), after checkpoint 1. A NaN
   # config value is refused before any work; 1e39 passes the check and overflows float32.
   p_nan = _launch(nan, data_dir, '--config.eci.adv_scale=1e39', '--config.train.ckpt_every=1')
@@ -84,8 +81,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
       assert p_full.poll() is None, p_full.communicate()[0][-3000:]
       assert time.time() < deadline
       time.sleep(0.2)
-    procs.append(_launch(killed, data_dir, cache=cache))
-    _check_runs(full, killed, nan, *procs, data_dir, cache)
+    procs.append(_launch(killed, data_dir))
+    _check_runs(full, killed, nan, *procs, data_dir)
   finally:
     for p in procs:
       if p.poll() is None:
@@ -93,7 +90,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
         p.communicate()
 
 
-def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
+def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir):
   deadline = time.time() + 600
   while not _steps(killed):
     assert p_kill.poll() is None, p_kill.communicate()[0][-3000:]
@@ -106,7 +103,7 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
   first = _steps(killed)[-1]
   assert first < 6, first
 
-  code, out = _finish(_launch(killed, data_dir, cache=cache))
+  code, out = _finish(_launch(killed, data_dir))
   assert code == 0, out[-3000:]
   assert 'resumed from' in out and f'/{first} ' in out
   code, out_full = _finish(p_full)
@@ -116,7 +113,8 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir, cache):
   for r in res:  # when and where it ran: recorded, but differs between the runs
     timing = r.pop('timing')
     assert timing['wall_time_s'] > 0
-    assert timing['teachers_reused']  # the zoo was copied in before the command
+    assert timing['teachers_reused']  # the zoo was copied in before the command: named
+    assert os.path.isabs(r['teachers_source']['reused']) and r['teachers_source']['seconds'] > 0
     assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
     assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
     assert [p.pop('minutes') >= 0 for p in r['val_curve']] == [True, True]  # wall times

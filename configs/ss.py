@@ -5,9 +5,9 @@
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:budget --workdir=W  # <= 2 h on a 2-core CPU
 
-Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil | distil,
-comma-separated (`:quick,5shot`). The meta-learner starts from the teachers' average
-(`meta.init='auto'`).
+Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil | distil |
+fast_teachers, comma-separated (`:quick,5shot`). The meta-learner starts from the teachers'
+average (`meta.init='auto'`).
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
   :quick        1-shot PURER 38.54 +- 0.77 (random 22.13, average 25.00, ota 23.04 with one
                 test-time step); the pool read-out 48.56 +- 0.83, so PURER - pool -10.01 +- 0.67
@@ -37,6 +37,12 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 With --config.distil.weight=20: MAML's head 39.62 (meta-val 33.59), the
                 prototype read-out chosen on meta-val (34.11): 40.71 +- 0.81, +2.17 +- 0.65
                 paired over the cell, -7.85 +- 0.62 under the pool, at 0.62 GFLOP per task
+  :budget,distil --config.distil.weight=20   the 2-hour budget with distillation (issue 32's
+                full try): MAML's head 42.27 +- 0.78 (meta-val 35.66), the prototype read-out
+                chosen on meta-val (36.06): 42.62 +- 0.79, still -5.94 +- 0.58 under the pool at
+                0.62 against 7.82 GFLOP per task; 92 min from an empty workdir (2026-12-05)
+  :quick,fast_teachers  the teachers in 83 s against :quick's 354 s, mean held-out 83.26 against
+                83.54, back to back (2026-12-05, matmul 285 GFLOP/s; benchmarks/teacher_recipe.py)
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

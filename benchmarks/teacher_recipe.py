@@ -31,12 +31,7 @@ from purer_jax import pretrain, schema, utils  # noqa: E402
 def build(spec: str, sets: list):
   scenario, _, variants = spec.partition(':')
   c = config_lib.build(scenario, variants)
-  for key, value in sets:
-    *path, last = key.split('.')
-    node = c
-    for p in path:
-      node = node[p]
-    node[last] = ast.literal_eval(value)
+  c.update_from_flattened_dict({key: ast.literal_eval(value) for key, value in sets})
   schema.check(c)
   return c
 

@@ -183,8 +183,7 @@ def render(runs: list, figure: str = None) -> str:
       lines.append('| ' + ' | '.join([
           f"`{r['name']}`", what,
           f"{100 * res['best_val']:.2f}" if 'best_val' in res else '—',
-          f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}',
-          f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f}' if diff else '—',
+          _pm(acc), _pm(diff, signed=True) if diff else '—',
           records.wall_time(res), records.fmt_gflop(r, 'purer')]) + ' |')
       tuned = (res.get('adaptation') or {}).get('purer')
       per = res.get('per_task', {})
@@ -260,14 +259,15 @@ def _against_pool(runs: list) -> list:
                    f"{records.fmt_gflop(r, 'pool')} | {records.wall_time(r['res'])} |")
     (d, ci), r, m = best
     lines += ['', (f"**A learner beats the pool at {shots}-shot**: `{r['name']}`, "
-                   f'learner − pool {100 * d:+.2f} ± {100 * ci:.2f}.') if d - ci > 0 else
+                   f'learner − pool {_pm((d, ci), signed=True)}.') if d - ci > 0 else
               (f'**No learner beats the pool at {shots}-shot yet.** The closest is '
                f"`{r['name']}` ({'prototype' if m == 'purer_proto' else 'MAML head'}), "
-               f'learner − pool {100 * d:+.2f} ± {100 * ci:.2f}.'), '']
+               f'learner − pool {_pm((d, ci), signed=True)}.'), '']
   return lines
 
 
 def _pm(summary, signed: bool = False) -> str:
+  """`_summary`'s (mean, CI half-width) in points: '41.55 ± 0.77', or '+3.01 ± 0.60' signed."""
   return f"{100 * summary[0]:{'+' if signed else ''}.2f} ± {100 * summary[1]:.2f}"
 
 
@@ -279,8 +279,7 @@ def _against(r: dict, label: str, what: str, val, method: str, base: str,
   acc = _summary(per[method])
   diff = _summary([x - y for x, y in zip(per[method], per[base])])
   return (f"| `{r['name']}`{label} | {what} | {'—' if val is None else f'{100 * val:.2f}'} | "
-          f'{100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | '
-          f'{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} (vs {vs}) | — | '
+          f'{_pm(acc)} | {_pm(diff, signed=True)} (vs {vs}) | — | '
           f"{records.fmt_gflop(r, method)} |")
 
 

@@ -88,16 +88,18 @@ def time_jax(iters):
   tasks = eci.sample_tasks(bank[0], jax.random.key(2), num=META_BATCH,
                            **train.task_kw(config, trainer.layout))
 
-  @jax.jit
-  def meta_update(params, opt_state):
-    grads = jax.grad(lambda p: meta.batch_loss(p, tasks, learner=trainer.learner)[0])(params)
+  @functools.partial(jax.jit, static_argnames='learner')
+  def meta_update(params, opt_state, *, learner):
+    grads = jax.grad(lambda p: meta.batch_loss(p, tasks, learner=learner)[0])(params)
     updates, opt_state = trainer.tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
   outer = [state[0]['params'], state[0]['opt_state']]
 
-  def meta_half():
-    outer[0], outer[1] = jax.block_until_ready(meta_update(*outer))
-  return total, compile_s, inv_s, _median_time(meta_half, iters)
+  def meta_half(learner):
+    outer[0], outer[1] = jax.block_until_ready(meta_update(*outer, learner=learner))
+  first_order = trainer.learner._replace(second_order=False)
+  return (total, compile_s, inv_s, _median_time(lambda: meta_half(trainer.learner), iters),
+          _median_time(lambda: meta_half(first_order), iters))
 
 
 def time_strategies(iters):
@@ -171,14 +173,14 @@ def time_torch(iters):
     return (sx, torch.arange(WAYS).repeat_interleave(SHOTS), qx,
             torch.arange(WAYS).repeat_interleave(QUERIES))
 
-  def meta_step():
+  def meta_step(second_order=True):
     call = lambda weights, x: torch.func.functional_call(
         learner, {k: weights[p] for k, p in aliases}, (x,), tie_weights=False)
     total = 0.0
     for _ in range(META_BATCH):
       sx, sy, qx, qy = task()
       inner = F.cross_entropy(call({p: p for p in unique}, sx), sy)
-      grads = torch.autograd.grad(inner, unique, create_graph=True)
+      grads = torch.autograd.grad(inner, unique, create_graph=second_order)
       fast = {p: p - 0.01 * g for p, g in zip(unique, grads)}
       total = total + F.cross_entropy(call(fast, qx), qy)
     outer_opt.zero_grad()
@@ -188,8 +190,8 @@ def time_torch(iters):
   def step():
     inversion_step()
     meta_step()
-  return _median_time(step, iters), _median_time(inversion_step, iters), _median_time(
-      meta_step, iters)
+  return (_median_time(step, iters), _median_time(inversion_step, iters),
+          _median_time(meta_step, iters), _median_time(lambda: meta_step(False), iters))
 
 
 def _side(name, iters, strategies):
@@ -210,30 +212,32 @@ def main():
   p.add_argument('--side', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.side == 'jax':
-    jax_s, compile_s, inv_s, meta_s = time_jax(a.iters)
+    jax_s, compile_s, inv_s, meta_s, meta_fo_s = time_jax(a.iters)
     res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s, 'jax_inversion_s': inv_s,
-           'jax_meta_s': meta_s}
+           'jax_meta_s': meta_s, 'jax_meta_first_order_s': meta_fo_s}
     if a.strategies:
       res['meta_batch_s'] = time_strategies(a.iters)
     print(json.dumps(res))
     return
   if a.side == 'torch':
-    total, inv_s, meta_s = time_torch(a.iters)
+    total, inv_s, meta_s, meta_fo_s = time_torch(a.iters)
     print(json.dumps({'torch_s_per_it': total, 'torch_inversion_s': inv_s,
-                      'torch_meta_s': meta_s}))
+                      'torch_meta_s': meta_s, 'torch_meta_first_order_s': meta_fo_s}))
     return
   if not a.json:
     p.error('--json OUT is required')
   res = _side('jax', a.iters, a.strategies)
   print(f"jax: {res['jax_s_per_it']:.3f} s/it (inversion {res['jax_inversion_s']:.3f}, meta "
-        f"{res['jax_meta_s']:.3f}; compile + first step {res['jax_compile_s']:.1f} s)", flush=True)
+        f"{res['jax_meta_s']:.3f}, first-order {res['jax_meta_first_order_s']:.3f}; compile + "
+        f"first step {res['jax_compile_s']:.1f} s)", flush=True)
   if 'meta_batch_s' in res:
     print('meta-batch value+grad (s):', res['meta_batch_s'], flush=True)
   if not a.skip_torch:
     res.update(_side('torch', a.iters, False))
     res['speedup'] = res['torch_s_per_it'] / res['jax_s_per_it']
     print(f"torch: {res['torch_s_per_it']:.3f} s/it (inversion {res['torch_inversion_s']:.3f}, "
-          f"meta {res['torch_meta_s']:.3f}), speedup {res['speedup']:.2f}x", flush=True)
+          f"meta {res['torch_meta_s']:.3f}, first-order {res['torch_meta_first_order_s']:.3f}), "
+          f"speedup {res['speedup']:.2f}x", flush=True)
   res['iters'] = a.iters
   res['load_avg_1min'] = os.getloadavg()[0]  # other work on the machine slows both sides
   os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

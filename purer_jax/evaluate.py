@@ -58,6 +58,8 @@ def baseline_params(name: str, teachers, model, rng):
   init = models.init(model, rng)['params']
   if name == 'random':
     return init
+  if name == 'teacher':
+    return teacher_params(teachers, model, init)
   if name not in BASELINES:
     raise ValueError(f'unknown baseline {name!r}: {" | ".join(BASELINES)}')
   if not can_average(teachers, model):
@@ -67,6 +69,25 @@ def baseline_params(name: str, teachers, model, rng):
   if name == 'ota':
     variables = ota.align(variables)
   return tree_mean([v['params'] for v in variables], init)
+
+
+def teacher_params(teachers, model, like):
+  """The body of the best held-out teacher of the meta-learner's arch and size (the first of
+  equals) in `like`'s structure, its head zeroed: a teacher's head reads out its own classes,
+  and at zero MAML's first inner step makes the head a read-out of the support's class means."""
+  fit = [t for t in teachers if can_average([t], model)]
+  if not fit or any(t.heldout_acc is None for t in fit):
+    raise ValueError("meta.init='teacher' starts from the teacher with the best held-out "
+                     f'accuracy among those that are {type(model).__name__} at '
+                     f'{model.image_size}px: this pool has none with a recorded accuracy (use '
+                     'average or random)')
+  params = max(fit, key=lambda t: t.heldout_acc).variables['params']  # max: the first of equals
+
+  def take(path, ref):
+    if path[0].key == 'head':
+      return np.zeros(ref.shape, ref.dtype)
+    return _at(params, path)
+  return jax.tree_util.tree_map_with_path(take, like)
 
 
 def tree_mean(trees, like):

@@ -6,6 +6,7 @@ Unit tests run on a synthetic CIFAR-FS (`synthetic_dir`: the real class names an
 start subprocesses or are compile-bound are marked `slow` (pytest.ini): `pytest -m "not slow"`
 is the fast path.
 """
+import fcntl
 import os
 import shutil
 import tempfile
@@ -69,9 +70,26 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
+def once(tmp_path_factory, name: str, make) -> str:
+  """The folder `name`, made by make(path) once per test run: xdist's workers share the folder
+  above their own basetemps, and the first to take the lock makes it while the others wait.
+  Tests read what it holds and never write there."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  path = str(root / name)
+  with open(str(root / f'{name}.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(path + '.done'):
+      shutil.rmtree(path, ignore_errors=True)  # what a failed attempt left
+      make(path)
+      open(path + '.done', 'w').close()
+  return path
+
+
 @pytest.fixture(scope='session')
 def synthetic_dir(tmp_path_factory):
-  return write_synthetic(str(tmp_path_factory.mktemp('synthetic_cifar_fs')))
+  return once(tmp_path_factory, 'synthetic_cifar_fs', write_synthetic)
 
 
 @pytest.fixture(scope='session')
@@ -105,9 +123,7 @@ def smoke_config(synthetic_dir):
 
 def _zoo(tmp_path_factory, name, config):
   from purer_jax import pretrain
-  workdir = str(tmp_path_factory.mktemp(name))
-  pretrain.run(config, workdir)
-  return workdir
+  return once(tmp_path_factory, name, lambda workdir: pretrain.run(config, workdir))
 
 
 @pytest.fixture(scope='session')

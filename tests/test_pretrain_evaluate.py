@@ -230,6 +230,21 @@ def test_average_refuses_mixed_archs(smoke_zoo, smoke_config):
                              jax.random.key(0))
 
 
+def test_teacher_init_is_the_best_held_out_teachers_body_with_a_zero_head(smoke_zoo):
+  teachers = zoo.load(smoke_zoo)
+  model = models.create('conv4', 5, 32)
+  for t, acc in zip(teachers, (0.7, 0.9, 0.9)):
+    t.heldout_acc = acc
+  got = evaluate.baseline_params('teacher', teachers, model, jax.random.key(0))
+  body = dict(teachers[1].variables['params'])  # the first of equals
+  head, _ = got.pop('head'), body.pop('head')
+  assert not np.any(head['kernel']) and not np.any(head['bias'])
+  chex.assert_trees_all_equal(got, body)
+  teachers[1].heldout_acc = None
+  with pytest.raises(ValueError, match="meta.init='teacher'.*use average or random"):
+    evaluate.baseline_params('teacher', teachers, model, jax.random.key(0))
+
+
 def test_tune_adapt_tunes_the_listed_methods_only(smoke_zoo, smoke_config, tmp_path):
   from purer_jax import meta_test
   c = smoke_config.copy_and_resolve_references()

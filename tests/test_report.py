@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from purer_jax import config as config_lib
-from purer_jax import ablation, records, report, utils
+from purer_jax import ablation, records, report, time_to_accuracy, utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -395,3 +395,36 @@ def test_against_the_pool_takes_the_read_out_meta_val_chose(tmp_path):
   assert ('**No learner beats the pool at 1-shot yet.** The closest is `ablation/distil` '
           '(prototype)') in section
   assert '5-shot' not in section
+
+
+def test_time_to_accuracy_starts_at_an_empty_workdir(tmp_path):
+  """Only runs that trained their teachers count; the curve starts after the minutes before
+  meta-training and is stretched to the recorded meta-training time; a run's `time_control`
+  gives the pair's ratio of wall times."""
+  results = tmp_path / 'docs' / 'results'
+  timing = lambda wall: {'wall_time_s': wall, 'meta_train_s': 600.0, 'eval_s': 60.0}
+  curve = [{'it': 500, 'val_acc': 0.30, 'minutes': 4.0}, {'it': 1000, 'val_acc': 0.32,
+                                                          'minutes': 8.0}]
+  trained = {'trained': 'in this run', 'seconds': 100.0}
+  quick = config_lib.build('ss', 'quick')
+  utils.write_json(str(results / 'quick' / 'results.json'), _run(
+      quick, [0.3, 0.4], 0.32, timing=timing(2400.0), val_curve=curve, iterations=1000,
+      teachers_source=trained))
+  utils.write_json(str(results / 'ablation' / 'fast' / 'results.json'), _run(
+      config_lib.build('ss', 'fast'), [0.4, 0.5], 0.32, timing=timing(800.0), val_curve=curve,
+      iterations=1000, teachers_source=trained, time_control='quick'))
+  utils.write_json(str(results / 'ablation' / 'reused' / 'results.json'), _run(
+      quick, [0.4, 0.5], 0.32, timing=timing(800.0), val_curve=curve, iterations=1000,
+      teachers_source={'reused': 'quick', 'seconds': 100.0}))
+  runs = ablation.load_runs(str(results))
+  assert [r['name'] for r in time_to_accuracy.from_empty(runs)] == ['ablation/fast', 'quick']
+  points, end = time_to_accuracy.timeline(runs[0]['res'])
+  # 800 s: 140 s before meta-training, 600 s of it (the logged 8 minutes stretched to 10).
+  assert points == [(140 / 60 + 5.0, 30.0), (140 / 60 + 10.0, 32.0)] and end == 800 / 60
+  report.write(str(results))
+  page = (tmp_path / 'docs' / 'ABLATION.md').read_text()
+  section = page[page.index('## Time to accuracy'):page.index('## Levers')]
+  assert '`ablation/reused`' not in section
+  assert ('`ablation/fast` against `quick`, run back to back from empty workdirs: 45.00 '
+          'against 35.00 on meta-test') in section and '**×0.33**' in section
+  assert (tmp_path / 'docs' / 'figures' / 'time_to_accuracy_from_empty.png').stat().st_size > 1000

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from purer_jax import data, eci, evaluate, meta_test, models, train, utils, viz, zoo
+from tests.conftest import once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -63,26 +64,29 @@ def _metrics(workdir):
   return recs
 
 
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory, smoke_zoo, smoke_config):
+  """The TINY run, uninterrupted, made once per test run: the reference that the killed and
+  resumed run here and the two-process run (test_distributed) must each match."""
+  def make(workdir):
+    shutil.copytree(zoo.teachers_dir(smoke_zoo), zoo.teachers_dir(workdir))
+    code, out = _finish(_launch(workdir, smoke_config.data.data_dir))
+    assert code == 0, out[-3000:]
+  return once(tmp_path_factory, 'tiny_run', make)
+
+
 @pytest.mark.slow
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke_config):
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke_config,
+                                                      tiny_run):
   data_dir = smoke_config.data.data_dir
-  full = _workdir(tmp_path, 'full', smoke_zoo)
   killed = _workdir(tmp_path, 'killed', smoke_zoo)
   nan = _workdir(tmp_path, 'nan', smoke_zoo)
-  p_full = _launch(full, data_dir)
   # The NaN guard: ECI's term is -inf from its first use (it 1), after checkpoint 1. A NaN
   # config value is refused before any work; 1e39 passes the check and overflows float32.
-  p_nan = _launch(nan, data_dir, '--config.eci.adv_scale=1e39', '--config.train.ckpt_every=1')
-  procs = [p_full, p_nan]
+  procs = [_launch(nan, data_dir, '--config.eci.adv_scale=1e39', '--config.train.ckpt_every=1'),
+           _launch(killed, data_dir)]
   try:
-    deadline = time.time() + 600
-    # The full run's first checkpoint comes after its compiled step is in the cache.
-    while not _steps(full):
-      assert p_full.poll() is None, p_full.communicate()[0][-3000:]
-      assert time.time() < deadline
-      time.sleep(0.2)
-    procs.append(_launch(killed, data_dir))
-    _check_runs(full, killed, nan, *procs, data_dir)
+    _check_runs(tiny_run, killed, nan, *procs, data_dir)
   finally:
     for p in procs:
       if p.poll() is None:
@@ -90,7 +94,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
         p.communicate()
 
 
-def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir):
+def _check_runs(full, killed, nan, p_nan, p_kill, data_dir):
   deadline = time.time() + 600
   while not _steps(killed):
     assert p_kill.poll() is None, p_kill.communicate()[0][-3000:]
@@ -106,8 +110,6 @@ def _check_runs(full, killed, nan, p_full, p_nan, p_kill, data_dir):
   code, out = _finish(_launch(killed, data_dir))
   assert code == 0, out[-3000:]
   assert 'resumed from' in out and f'/{first} ' in out
-  code, out_full = _finish(p_full)
-  assert code == 0, out_full[-3000:]
 
   res = [json.load(open(os.path.join(w, 'results.json'))) for w in (full, killed)]
   for r in res:  # when and where it ran: recorded, but differs between the runs

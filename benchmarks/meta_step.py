@@ -9,8 +9,10 @@ second-order MAML tasks (5-way 1-shot, 15 queries) from the detached bank and th
 step; ECI's switch stays off. Teachers are randomly initialised (the cost does not depend on
 their weights). Writes {"jax_s_per_it", "torch_s_per_it", "speedup", ...}: medians over
 `--iters` timed iterations after warm-up, and each side's split: the inversion step alone
-(`*_inversion_s`) and the meta-batch with its outer step alone (`*_meta_s`). `--strategies`
-also times the meta-batch alone mapped by a python loop, lax.map and vmap (the measurement behind purer_jax.meta's default).
+(`*_inversion_s`) and the meta-batch with its outer step alone (`*_meta_s`; first-order MAML's
+in `*_meta_first_order_s`), with this CPU's matmul rate. `--strategies` also times the
+meta-batch alone mapped by a python loop, lax.map and vmap (the measurement behind
+purer_jax.meta's default).
 Each side runs in its own subprocess: torch next to a live XLA:CPU runtime in one process ran
 10-25x slower here (both runtimes' thread pools competing for the 2 cores).
 """
@@ -213,8 +215,10 @@ def main():
   a = p.parse_args()
   if a.side == 'jax':
     jax_s, compile_s, inv_s, meta_s, meta_fo_s = time_jax(a.iters)
+    from benchmarks.pretrain_throughput import matmul_gflops
     res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s, 'jax_inversion_s': inv_s,
-           'jax_meta_s': meta_s, 'jax_meta_first_order_s': meta_fo_s}
+           'jax_meta_s': meta_s, 'jax_meta_first_order_s': meta_fo_s,
+           'matmul_gflops': matmul_gflops()}
     if a.strategies:
       res['meta_batch_s'] = time_strategies(a.iters)
     print(json.dumps(res))
@@ -229,7 +233,8 @@ def main():
   res = _side('jax', a.iters, a.strategies)
   print(f"jax: {res['jax_s_per_it']:.3f} s/it (inversion {res['jax_inversion_s']:.3f}, meta "
         f"{res['jax_meta_s']:.3f}, first-order {res['jax_meta_first_order_s']:.3f}; compile + "
-        f"first step {res['jax_compile_s']:.1f} s)", flush=True)
+        f"first step {res['jax_compile_s']:.1f} s); matmul {res['matmul_gflops']:.0f} GFLOP/s",
+        flush=True)
   if 'meta_batch_s' in res:
     print('meta-batch value+grad (s):', res['meta_batch_s'], flush=True)
   if not a.skip_torch:

@@ -49,3 +49,16 @@ def test_budget_is_ss_cifar_fs_alone():
   for scenario, arg in (('sh', 'budget'), ('ss', 'budget,mini'), ('ss', 'quick,budget')):
     with pytest.raises(ValueError, match='budget'):
       config.build(scenario, arg)
+
+
+def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
+  c = config.build('ss', 'fast')
+  assert (c.teachers.epochs, c.teachers.schedule, c.teachers.together) == (6, 'onecycle', 4)
+  # Pseudo tasks use every bank image of a class; real tasks keep the paper's 15 queries.
+  assert c.inversion.spc == c.meta.shots + c.meta.train_queries and c.meta.queries == 15
+  assert c.distil.weight > 0 and 'purer_proto' in c.eval.methods
+  assert c.eci.adv_start >= c.train.iterations  # ECI off, as in the measured run
+  assert config.build('ss', 'quick,fast').train.iterations == c.train.iterations  # after quick
+  for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini')):
+    with pytest.raises(ValueError, match='`fast` variant'):
+      config.build(scenario, arg)

@@ -4,15 +4,17 @@
   python -m purer_jax.main --config=configs/ss.py:smoke --workdir=W   # minutes on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:budget --workdir=W  # <= 2 h on a 2-core CPU
+  python -m purer_jax.main --config=configs/ss.py:fast --workdir=W    # ~9 min on a 2-core CPU
 
 Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil | distil |
-fast_teachers, comma-separated (`:quick,5shot`). The meta-learner starts from the teachers'
-average (`meta.init='auto'`).
+fast_teachers | fast, comma-separated (`:quick,5shot`). The meta-learner starts from the
+teachers' average (`meta.init='auto'`).
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
   :quick        1-shot PURER 38.54 +- 0.77 (random 22.13, average 25.00, ota 23.04 with one
                 test-time step); the pool read-out 48.56 +- 0.83, so PURER - pool -10.01 +- 0.67
                 at 0.70 against 7.82 GFLOP per task; 39 min from an empty workdir (teachers 7,
-                meta-training 29, meta-test 3) on 2026-12-05 (matmul 292 GFLOP/s)
+                meta-training 29, meta-test 3) on 2026-12-05 (matmul 292 GFLOP/s); the same
+                figures to the digit in 26 min later that day on quiet cores (matmul 296)
   :quick,5shot  5-shot PURER 49.91 +- 0.76 (random 21.70, average 25.64, ota 22.84); the pool
                 read-out 63.88 +- 0.76, PURER - pool -13.97 +- 0.61 at 1.15 against 9.77 GFLOP
                 per task; 37 min plus the 1-shot run's 7 min of teachers (2026-12-05). On the
@@ -43,6 +45,13 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 0.62 against 7.82 GFLOP per task; 92 min from an empty workdir (2026-12-05)
   :quick,fast_teachers  the teachers in 83 s against :quick's 354 s, mean held-out 83.26 against
                 83.54, back to back (2026-12-05, matmul 285 GFLOP/s; benchmarks/teacher_recipe.py)
+  :fast         1-shot time to accuracy (issue 34): the fast teachers, a bank of 8 images per
+                class, distillation at weight 20, 1,000 cosine iterations: the prototype read-out
+                chosen on meta-val (31.73), 37.06 +- 0.76, 1.6 short of the paper's 38.66, in
+                537 s from an empty workdir, x0.35 of a :quick run right before it (1,544 s,
+                38.54); at 1,600 iterations (meta-val every 200: ablation/fast1600_1shot)
+                38.70 +- 0.77 in 796 s (x0.52); 2026-12-05, matmul 296 GFLOP/s (docs/ABLATION.md,
+                "Time to accuracy from an empty workdir")
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

@@ -263,8 +263,9 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
     # iteration costs about half); distillation at weight 20 with the prototype read-out; 1,000
     # iterations under a cosine outer lr (sized to a third of a same-day `:quick`; 1,600 in
     # `ablation/fast1600_1shot`); meta-test on the learner's two read-outs.
-    if c.scenario != 'ss' or c.data.dataset != 'cifar_fs':
-      raise ValueError('the `fast` variant is the SS CIFAR-FS recipe: use configs/ss.py')
+    if c.scenario != 'ss' or c.data.dataset != 'cifar_fs' or c.meta.shots != 1:
+      raise ValueError('the `fast` variant is the SS CIFAR-FS 1-shot recipe: use configs/ss.py '
+                       'without mini or 5shot')
     variants.append('fast_teachers')
     c.distil.weight, c.inversion.spc, c.meta.train_queries = 20.0, 8, 7
     c.train.iterations, c.meta.outer_schedule = 1000, 'cosine'

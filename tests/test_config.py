@@ -59,6 +59,6 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   assert c.distil.weight > 0 and 'purer_proto' in c.eval.methods
   assert c.eci.adv_start >= c.train.iterations  # ECI off, as in the measured run
   assert config.build('ss', 'quick,fast').train.iterations == c.train.iterations  # after quick
-  for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini')):
+  for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini'), ('ss', '5shot,fast')):
     with pytest.raises(ValueError, match='`fast` variant'):
       config.build(scenario, arg)

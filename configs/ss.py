@@ -46,12 +46,12 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
   :quick,fast_teachers  the teachers in 83 s against :quick's 354 s, mean held-out 83.26 against
                 83.54, back to back (2026-12-05, matmul 285 GFLOP/s; benchmarks/teacher_recipe.py)
   :fast         1-shot time to accuracy (issue 34): the fast teachers, a bank of 8 images per
-                class, distillation at weight 20, 1,000 cosine iterations: the prototype read-out
-                chosen on meta-val (31.73), 37.06 +- 0.76, 1.6 short of the paper's 38.66, in
-                537 s from an empty workdir, x0.35 of a :quick run right before it (1,544 s,
-                38.54); at 1,600 iterations (meta-val every 200: ablation/fast1600_1shot)
-                38.70 +- 0.77 in 796 s (x0.52); 2026-12-05, matmul 296 GFLOP/s (docs/ABLATION.md,
-                "Time to accuracy from an empty workdir")
+                class, distillation at weight 50, 1,000 cosine iterations: the prototype read-out
+                chosen on meta-val (32.71), 38.77 +- 0.79 in 504 s from an empty workdir, x0.326
+                of a :quick run the same evening (1,544 s, 38.54) and x0.318 of one right after
+                it (1,585 s); at weight 20 (ablation/fast_w20_1shot) 37.06 +- 0.76 in 537 s, and at 1,600
+                iterations 38.70 +- 0.77 in 796 s; 2026-12-05, matmul 296-319 GFLOP/s
+                (docs/ABLATION.md, "Time to accuracy from an empty workdir")
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

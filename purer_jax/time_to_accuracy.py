@@ -4,8 +4,9 @@ A run counts when its teachers were trained by the run itself (results.json's
 `teachers_source`), so its clock starts at an empty workdir. Its meta-val curve is placed on
 that clock: the minutes before meta-training (teachers, data, compiling), then the logged
 meta-training minutes stretched to the recorded meta-training time (the logs time the steps,
-not the meta-val evaluations between them). A run may name, in `time_control`, the run it was
-timed back to back with; the section gives their ratio.
+not the meta-val evaluations between them). A run may name, in `time_control`, the `:quick` run
+it was timed against the same day (its results.json's timing note says how close in time); the
+section gives their ratio.
 """
 import os
 
@@ -56,7 +57,7 @@ def section(runs: list, learner_choice, figure: str = None) -> list:
   lines.append('')
   for r, m, c, mc in pairs:
     ratio = r['res']['timing']['wall_time_s'] / c['res']['timing']['wall_time_s']
-    lines += [f"`{r['name']}` against `{c['name']}`, run back to back from empty workdirs: "
+    lines += [f"`{r['name']}` against `{c['name']}`, both from empty workdirs the same day: "
               f"{100 * r['res']['methods'][m]['acc']:.2f} against "
               f"{100 * c['res']['methods'][mc]['acc']:.2f} on meta-test, in "
               f"{records.fmt_time(r['res']['timing']['wall_time_s'])} against "

@@ -425,6 +425,6 @@ def test_time_to_accuracy_starts_at_an_empty_workdir(tmp_path):
   page = (tmp_path / 'docs' / 'ABLATION.md').read_text()
   section = page[page.index('## Time to accuracy'):page.index('## Levers')]
   assert '`ablation/reused`' not in section
-  assert ('`ablation/fast` against `quick`, run back to back from empty workdirs: 45.00 '
+  assert ('`ablation/fast` against `quick`, both from empty workdirs the same day: 45.00 '
           'against 35.00 on meta-test') in section and '**×0.33**' in section
   assert (tmp_path / 'docs' / 'figures' / 'time_to_accuracy_from_empty.png').stat().st_size > 1000

@@ -215,7 +215,7 @@ def main():
   a = p.parse_args()
   if a.side == 'jax':
     jax_s, compile_s, inv_s, meta_s, meta_fo_s = time_jax(a.iters)
-    from benchmarks.pretrain_throughput import matmul_gflops
+    from benchmarks.inversion_throughput import matmul_gflops
     res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s, 'jax_inversion_s': inv_s,
            'jax_meta_s': meta_s, 'jax_meta_first_order_s': meta_fo_s,
            'matmul_gflops': matmul_gflops()}

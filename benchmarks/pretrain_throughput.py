@@ -26,18 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402  (after the path: the benchmark runs from a checkout)
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks.inversion_throughput import matmul_gflops  # noqa: E402
 from purer_jax import models, pretrain, utils  # noqa: E402
 
 BATCH, SIZE, WAYS = 128, 32, 5
-
-
-def matmul_gflops(n=2048, reps=10) -> float:
-  """This CPU's float32 matmul rate under XLA (best of `reps`)."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
-  return 2 * n ** 3 / best / 1e9
 
 
 def _timed(fn) -> float:

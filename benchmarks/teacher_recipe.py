@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.pretrain_throughput import matmul_gflops  # noqa: E402
+from benchmarks.inversion_throughput import matmul_gflops  # noqa: E402
 from purer_jax import config as config_lib  # noqa: E402
 from purer_jax import pretrain, schema, utils  # noqa: E402
 

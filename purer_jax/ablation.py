@@ -212,7 +212,7 @@ def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
                      '(vs the same run) | — | — |')
     lines.append('')
   lines += _against_pool(runs)
-  lines += time_to_accuracy.section(runs, learner_choice, empty_figure)
+  lines += time_to_accuracy.section(runs, empty_figure)
   lines += ['## Levers', '', 'The runs above that move each lever of the recipe (a run may move '
             'several: see its changes).', '', '| lever | 1-shot runs | 5-shot runs |',
             '|---|---|---|']
@@ -230,13 +230,6 @@ def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
   return '\n'.join(lines).rstrip('\n') + '\n'
 
 
-def learner_choice(res: dict) -> str:
-  """The run's learner read-out: MAML's head, or its prototype read-out where the run scored
-  both and the prototype won on meta-val."""
-  val = res.get('readout_val') or {}
-  return 'purer_proto' if val.get('purer_proto', -1) > val.get('purer', math.inf) else 'purer'
-
-
 def _against_pool(runs: list) -> list:
   """The section that sets every run's learner against the pool read-out on its teachers."""
   lines = ['## Against the pool read-out', '',
@@ -252,10 +245,10 @@ def _against_pool(runs: list) -> list:
               '| GFLOP per task, learner / pool | wall time |', '|---|---|---|---|---|---|---|']
     best = None
     for r in mine:
-      per, m = r['res']['per_task'], learner_choice(r['res'])
+      per, m = r['res']['per_task'], records.learner_choice(r['res'])
       diff = _summary([x - y for x, y in zip(per[m], per['pool'])])
       best = max(best or (diff, r, m), (diff, r, m), key=lambda t: t[0][0])
-      lines.append(f"| `{r['name']}` | {'prototype' if m == 'purer_proto' else 'MAML head'} | "
+      lines.append(f"| `{r['name']}` | {records.readout_name(m)} | "
                    f"{_pm(_summary(per[m]))} | {_pm(_summary(per['pool']))} | "
                    f"{_pm(diff, signed=True)} | {records.fmt_gflop(r, m)} / "
                    f"{records.fmt_gflop(r, 'pool')} | {records.wall_time(r['res'])} |")
@@ -263,7 +256,7 @@ def _against_pool(runs: list) -> list:
     lines += ['', (f"**A learner beats the pool at {shots}-shot**: `{r['name']}`, "
                    f'learner − pool {_pm((d, ci), signed=True)}.') if d - ci > 0 else
               (f'**No learner beats the pool at {shots}-shot yet.** The closest is '
-               f"`{r['name']}` ({'prototype' if m == 'purer_proto' else 'MAML head'}), "
+               f"`{r['name']}` ({records.readout_name(m)}), "
                f'learner − pool {_pm((d, ci), signed=True)}.'), '']
   return lines
 
@@ -326,6 +319,6 @@ def write(results_dir: str, out_dir: str) -> None:
     plot_time_to_accuracy(runs, os.path.join(out_dir, figure))
   if time_to_accuracy.from_empty(runs):
     empty = 'figures/time_to_accuracy_from_empty.png'
-    time_to_accuracy.plot(runs, os.path.join(out_dir, empty), learner_choice)
+    time_to_accuracy.plot(runs, os.path.join(out_dir, empty))
   with open(os.path.join(out_dir, 'ABLATION.md'), 'w', newline='\n') as f:
     f.write(render(runs, figure, empty))

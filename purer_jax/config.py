@@ -272,8 +272,7 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
     c.distil.weight, c.inversion.spc, c.meta.train_queries = 50.0, 8, 7
     c.inversion.strategy = 'loop'
     c.train.iterations, c.meta.outer_schedule = 1000, 'cosine'
-    c.train.val_every = c.train.ckpt_every = 500
-    c.train.png_every = 500
+    c.train.val_every = c.train.ckpt_every = c.train.png_every = 500
     c.eval.methods = ('purer', 'purer_proto')
   if 'fast_teachers' in variants:
     # Issue 34's teacher recipe: 6 epochs at batch 16 under a one-cycle lr, four teachers per

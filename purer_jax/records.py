@@ -180,6 +180,18 @@ def field(res: dict, key: str, group: str):
   return res.get(key, (res.get(group) or {}).get(key))
 
 
+def learner_choice(res: dict) -> str:
+  """The run's learner read-out: MAML's head, or its prototype read-out where the run scored
+  both and the prototype won on meta-val."""
+  val = res.get('readout_val') or {}
+  return 'purer_proto' if val.get('purer_proto', -1) > val.get('purer', math.inf) else 'purer'
+
+
+def readout_name(method: str) -> str:
+  """How the pages name a learner read-out: `learner_choice`'s result."""
+  return 'prototype' if method == 'purer_proto' else 'MAML head'
+
+
 def wall_time(res) -> str:
   """Total wall time, and its parts where recorded. A resumed run's last command saw only
   its own segment: its total is the sum of the parts, meta-training over every segment."""

@@ -32,9 +32,9 @@ def timeline(res: dict) -> tuple:
           t['wall_time_s'] / 60)
 
 
-def section(runs: list, learner_choice, figure: str = None) -> list:
-  """The page's lines: a table of the runs from an empty workdir, each back-to-back pair's
-  ratio, and the figure."""
+def section(runs: list, figure: str = None) -> list:
+  """The page's lines: a table of the runs from an empty workdir, each one's ratio of wall
+  time to its `time_control`, and the figure."""
   mine = from_empty(runs)
   if not mine:
     return []
@@ -47,13 +47,13 @@ def section(runs: list, learner_choice, figure: str = None) -> list:
   pairs = []
   for r in mine:
     res = r['res']
-    m = learner_choice(res)
+    m = records.learner_choice(res)
     acc = records.fmt_acc(res['methods'][m]) if m in res.get('methods', {}) else '—'
     lines.append(f"| `{r['name']}` | {records.wall_time(res)} | {100 * res['best_val']:.2f} | "
-                 f"{acc} ({'prototype' if m == 'purer_proto' else 'MAML head'}) |")
+                 f'{acc} ({records.readout_name(m)}) |')
     control = by_name.get(res.get('time_control'))
     if control is not None:
-      pairs.append((r, m, control, learner_choice(control['res'])))
+      pairs.append((r, m, control, records.learner_choice(control['res'])))
   lines.append('')
   for r, m, c, mc in pairs:
     ratio = r['res']['timing']['wall_time_s'] / c['res']['timing']['wall_time_s']
@@ -70,7 +70,7 @@ def section(runs: list, learner_choice, figure: str = None) -> list:
   return lines
 
 
-def plot(runs: list, path: str, learner_choice) -> None:
+def plot(runs: list, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -79,7 +79,7 @@ def plot(runs: list, path: str, learner_choice) -> None:
     points, end = timeline(r['res'])
     line, = ax.plot([x for x, _ in points], [y for _, y in points], marker='o', ms=3,
                     label=r['name'])
-    m = learner_choice(r['res'])
+    m = records.learner_choice(r['res'])
     if m in r['res'].get('methods', {}):
       ax.plot([end], [100 * r['res']['methods'][m]['acc']], marker='*', ms=11,
               color=line.get_color())

@@ -383,9 +383,9 @@ def test_against_the_pool_takes_the_read_out_meta_val_chose(tmp_path):
       distil, [0.7, 0.7, 0.7, 0.7], 0.33, readout_val={'purer': 0.33, 'purer_proto': 0.34},
       per_task={'purer': [0.7, 0.7, 0.7, 0.7], 'purer_proto': [0.5, 0.7, 0.6, 0.6], 'pool': pool},
       pool_variant={'layer': 'both', 'norm': 'l2', 'metric': 'cosine', 'val_acc': 0.5}))
-  assert ablation.learner_choice({'readout_val': {'purer': 0.33, 'purer_proto': 0.34}}) == \
+  assert records.learner_choice({'readout_val': {'purer': 0.33, 'purer_proto': 0.34}}) == \
       'purer_proto'
-  assert ablation.learner_choice({}) == 'purer'
+  assert records.learner_choice({}) == 'purer'
   page = ablation.render(ablation.load_runs(str(results)))
   section = page[page.index('## Against the pool'):page.index('## Levers')]
   rows = {l.split(' | ')[0].strip('| `'): l for l in section.splitlines() if l.startswith('| `')}

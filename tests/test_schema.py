@@ -51,6 +51,7 @@ def test_choices_match_the_code():
   assert choices('meta.arch') == choices('teachers.archs') == set(models.ARCHS)
   assert choices('meta.algo') == set(meta.ALGOS)
   assert choices('teachers.keep') == set(pretrain.KEEP)
+  assert choices('teachers.schedule') == set(pretrain.SCHEDULES)
   assert choices('inversion.strategy') == set(inversion.STRATEGIES) | {'auto', 'chunks'}
   assert choices('eval.methods') == set(evaluate.BASELINES) | {'pool', 'purer', 'purer_proto'}
   assert choices('eval.tune_methods') == set(evaluate.BASELINES) | {'purer'}

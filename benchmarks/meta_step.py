@@ -10,7 +10,10 @@ step; ECI's switch stays off. Teachers are randomly initialised (the cost does n
 their weights). Writes {"jax_s_per_it", "torch_s_per_it", "speedup", ...}: medians over
 `--iters` timed iterations after warm-up, and each side's split: the inversion step alone
 (`*_inversion_s`) and the meta-batch with its outer step alone (`*_meta_s`; first-order MAML's
-in `*_meta_first_order_s`), with this CPU's matmul rate. `--strategies` also times the
+in `*_meta_first_order_s`), with this CPU's matmul rate. `*_plain_s` is the convolution floor
+under the MAML half: one ordinary training step of the same Conv4 (forward, backward, Adam) on
+the meta-batch's 320 images at once, no inner loop, so only the framework's convolution kernels
+differ between the two sides. `--strategies` also times the
 meta-batch alone mapped by a python loop, lax.map and vmap (the measurement behind
 purer_jax.meta's default).
 Each side runs in its own subprocess: torch next to a live XLA:CPU runtime in one process ran
@@ -67,6 +70,7 @@ def time_jax(iters):
   import jax
   import optax
   from purer_jax import eci, meta, train
+  from purer_jax.meta import maml
   config = _config()
   trainer = train.Trainer(config, _teachers(config))
   state = [trainer.init_state()]
@@ -100,8 +104,21 @@ def time_jax(iters):
   def meta_half(learner):
     outer[0], outer[1] = jax.block_until_ready(meta_update(*outer, learner=learner))
   first_order = trainer.learner._replace(second_order=False)
+  images = jax.numpy.concatenate([tasks['support_x'].reshape((-1, SIZE, SIZE, 3)),
+                                  tasks['query_x'].reshape((-1, SIZE, SIZE, 3))])
+  labels = jax.numpy.arange(len(images)) % WAYS
+
+  @jax.jit
+  def plain_update(params, opt_state):
+    grads = jax.grad(lambda p: maml.loss_and_acc(p, images, labels, model=trainer.model)[0])(
+        params)
+    updates, opt_state = trainer.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def plain():
+    outer[0], outer[1] = jax.block_until_ready(plain_update(*outer))
   return (total, compile_s, inv_s, _median_time(lambda: meta_half(trainer.learner), iters),
-          _median_time(lambda: meta_half(first_order), iters))
+          _median_time(lambda: meta_half(first_order), iters), _median_time(plain, iters))
 
 
 def time_strategies(iters):
@@ -192,8 +209,18 @@ def time_torch(iters):
   def step():
     inversion_step()
     meta_step()
+
+  tasks = [task() for _ in range(META_BATCH)]
+  x = torch.cat([t[0] for t in tasks] + [t[2] for t in tasks])
+
+  def plain_step():  # the floor: the meta-batch's 320 images in one batch, no inner loop
+    loss = F.cross_entropy(learner(x), torch.arange(len(x)) % WAYS)
+    outer_opt.zero_grad()
+    loss.backward()
+    outer_opt.step()
   return (_median_time(step, iters), _median_time(inversion_step, iters),
-          _median_time(meta_step, iters), _median_time(lambda: meta_step(False), iters))
+          _median_time(meta_step, iters), _median_time(lambda: meta_step(False), iters),
+          _median_time(plain_step, iters))
 
 
 def _side(name, iters, strategies):
@@ -214,25 +241,27 @@ def main():
   p.add_argument('--side', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.side == 'jax':
-    jax_s, compile_s, inv_s, meta_s, meta_fo_s = time_jax(a.iters)
+    jax_s, compile_s, inv_s, meta_s, meta_fo_s, plain_s = time_jax(a.iters)
     from benchmarks.inversion_throughput import matmul_gflops
     res = {'jax_s_per_it': jax_s, 'jax_compile_s': compile_s, 'jax_inversion_s': inv_s,
-           'jax_meta_s': meta_s, 'jax_meta_first_order_s': meta_fo_s,
+           'jax_meta_s': meta_s, 'jax_meta_first_order_s': meta_fo_s, 'jax_plain_s': plain_s,
            'matmul_gflops': matmul_gflops()}
     if a.strategies:
       res['meta_batch_s'] = time_strategies(a.iters)
     print(json.dumps(res))
     return
   if a.side == 'torch':
-    total, inv_s, meta_s, meta_fo_s = time_torch(a.iters)
+    total, inv_s, meta_s, meta_fo_s, plain_s = time_torch(a.iters)
     print(json.dumps({'torch_s_per_it': total, 'torch_inversion_s': inv_s,
-                      'torch_meta_s': meta_s, 'torch_meta_first_order_s': meta_fo_s}))
+                      'torch_meta_s': meta_s, 'torch_meta_first_order_s': meta_fo_s,
+                      'torch_plain_s': plain_s}))
     return
   if not a.json:
     p.error('--json OUT is required')
   res = _side('jax', a.iters, a.strategies)
   print(f"jax: {res['jax_s_per_it']:.3f} s/it (inversion {res['jax_inversion_s']:.3f}, meta "
-        f"{res['jax_meta_s']:.3f}, first-order {res['jax_meta_first_order_s']:.3f}; compile + "
+        f"{res['jax_meta_s']:.3f}, first-order {res['jax_meta_first_order_s']:.3f}, plain step "
+        f"{res['jax_plain_s']:.3f}; compile + "
         f"first step {res['jax_compile_s']:.1f} s); matmul {res['matmul_gflops']:.0f} GFLOP/s",
         flush=True)
   if 'meta_batch_s' in res:
@@ -241,7 +270,8 @@ def main():
     res.update(_side('torch', a.iters, False))
     res['speedup'] = res['torch_s_per_it'] / res['jax_s_per_it']
     print(f"torch: {res['torch_s_per_it']:.3f} s/it (inversion {res['torch_inversion_s']:.3f}, "
-          f"meta {res['torch_meta_s']:.3f}, first-order {res['torch_meta_first_order_s']:.3f}), "
+          f"meta {res['torch_meta_s']:.3f}, first-order {res['torch_meta_first_order_s']:.3f}, "
+          f"plain step {res['torch_plain_s']:.3f}), "
           f"speedup {res['speedup']:.2f}x", flush=True)
   res['iters'] = a.iters
   res['load_avg_1min'] = os.getloadavg()[0]  # other work on the machine slows both sides

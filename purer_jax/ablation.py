@@ -36,9 +36,9 @@ def _lever_config(res: dict) -> dict:
          if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in NOT_LEVER)}
   if 'init' in res:  # the init used: `auto` resolved for the run's pool
     out['meta.init'] = res['init']
-  if out.get('eci.adv_start', 0) >= out.get('train.iterations', 0):
-    # ECI never switched on: its settings did not change what meta-training learnt.
-    out = {k: v for k, v in out.items() if not k.startswith('eci.')}
+  if out.get('eci.start', 1.0) >= 1.0 or not out.get('train.iterations'):
+    # ECI never switched on: its other settings did not change what meta-training learnt.
+    out = dict({k: v for k, v in out.items() if not k.startswith('eci.')}, **{'eci.start': 1.0})
   return out
 
 
@@ -132,8 +132,7 @@ def _named_or_same_teachers(r: dict, candidates: list):
 def _default_scores(res: dict):
   """Per-task PURER accuracies at config.meta's test-time adaptation (training levers are
   compared there; tuned adaptation is its own row)."""
-  per = res.get('per_task', {})
-  return per.get('purer_untuned', per.get('purer'))
+  return records.per_task_columns(res)['one_step'].get('purer')
 
 
 def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
@@ -187,21 +186,23 @@ def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
           _pm(acc), _pm(diff, signed=True) if diff else '—',
           records.wall_time(res), records.fmt_gflop(r, 'purer')]) + ' |')
       tuned = (res.get('adaptation') or {}).get('purer')
-      per = res.get('per_task', {})
-      if tuned and 'purer_untuned' in per:
+      per, cols = res.get('per_task', {}), records.per_task_columns(res)
+      if tuned and 'purer' in cols['tuned']:
         lines.append(_against(r, ' + tuned adaptation', f"test-time {tuned['steps']} steps at lr "
                               f"{records.fmt_value(tuned['lr'])}, chosen on meta-val",
-                              tuned['val_acc'], 'purer', 'purer_untuned'))
+                              tuned['val_acc'], cols['tuned']['purer'], scores,
+                              _tuned_gflop(r)))
       if 'purer_proto' in per and 'purer' in per:
         lines.append(_against(r, ' + prototype read-out', "the learner's features, nearest "
                               "support mean instead of MAML's head",
-                              (res.get('readout_val') or {}).get('purer_proto'), 'purer_proto',
-                              'purer'))
+                              (res.get('readout_val') or {}).get('purer_proto'), per['purer_proto'],
+                              scores, records.fmt_gflop(r, 'purer_proto')))
       if 'pool' in per and 'purer' in per:
         v = res['pool_variant']
         lines.append(_against(r, ': pool read-out', f"the teachers' own {v['layer']}, "
                               f"{v['norm']}, {v['metric']} (no training), chosen on meta-val",
-                              v['val_acc'], 'pool', 'purer', "the same run's PURER"))
+                              v['val_acc'], per['pool'], scores, records.fmt_gflop(r, 'pool'),
+                              "the same run's PURER"))
       icf = records.with_icfil({'methods': res['methods'], 'paired': res.get('paired')}, res,
                                r['dir'])
       if icf.get('icfil'):
@@ -266,16 +267,23 @@ def _pm(summary, signed: bool = False) -> str:
   return f"{100 * summary[0]:{'+' if signed else ''}.2f} ± {100 * summary[1]:.2f}"
 
 
-def _against(r: dict, label: str, what: str, val, method: str, base: str,
+def _against(r: dict, label: str, what: str, val, scores: list, base: list, gflop: str,
              vs: str = 'the same run') -> str:
-  """A row for another scoring of run r: `method`'s meta-val `val` and meta-test, paired
-  against `base` on the same tasks, and its meta-test cost."""
-  per = r['res']['per_task']
-  acc = _summary(per[method])
-  diff = _summary([x - y for x, y in zip(per[method], per[base])])
+  """A row for another scoring of run r: its meta-val `val` and per-task meta-test `scores`,
+  paired against `base` on the same tasks, and its meta-test cost."""
+  diff = _summary([x - y for x, y in zip(scores, base)])
   return (f"| `{r['name']}`{label} | {what} | {'—' if val is None else f'{100 * val:.2f}'} | "
-          f'{_pm(acc)} | {_pm(diff, signed=True)} (vs {vs}) | — | '
-          f"{records.fmt_gflop(r, method)} |")
+          f'{_pm(_summary(scores))} | {_pm(diff, signed=True)} (vs {vs}) | — | {gflop} |')
+
+
+def _tuned_gflop(r: dict) -> str:
+  """PURER's meta-test GFLOP at its tuned adaptation (an earlier record's `cost_gflop` has it
+  under `purer`, where its scores were the tuned ones)."""
+  res = r['res']
+  if 'tuned' in res:
+    cost = res['tuned'].get('cost_gflop', {}).get('purer')
+    return '—' if cost is None else f'{cost:.2f}'
+  return records.fmt_gflop(r, 'purer')
 
 
 def _summary(xs) -> tuple:

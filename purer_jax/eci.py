@@ -116,6 +116,12 @@ class Switch:
   signal: jax.Array  # the tracked pseudo-query accuracy, smoothed (-inf: none yet)
 
 
+def start_iteration(start: float, iterations: int) -> int:
+  """The meta-iteration at which the curriculum starts: `start` (config.eci.start) of the run;
+  `iterations` (never) at start 1."""
+  return min(int(round(start * iterations)), int(iterations))
+
+
 def switch_init(adv_start: int) -> Switch:
   return Switch(on=jnp.asarray(adv_start == 0), best=jnp.asarray(-jnp.inf, jnp.float32),
                 stale=jnp.asarray(0, jnp.int32), signal=jnp.asarray(-jnp.inf, jnp.float32))

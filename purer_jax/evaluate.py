@@ -130,16 +130,20 @@ def _at(tree, path):
   return np.asarray(tree)
 
 
+def summaries(accs_by_method: dict) -> dict:
+  """{'methods': {m: {acc, ci95}}, 'per_task': {m: [...]}} of per-task accuracies; per task,
+  so that runs scored on the same tasks can be paired later (docs/ABLATION.md)."""
+  return {'methods': {m: dict(zip(('acc', 'ci95'), summarize(a)))
+                      for m, a in accs_by_method.items()},
+          'per_task': {m: [round(float(x), 4) for x in a] for m, a in accs_by_method.items()}}
+
+
 def write_results(workdir: str, config, accs_by_method: dict, dataset=None, extra=None) -> dict:
   """W/results.json (schema of the foundation issue, acc in [0, 1]) and W/results.md."""
   res = {
       'scenario': config.scenario, 'dataset': dataset or config.data.dataset,
       'ways': config.meta.ways, 'shots': config.meta.shots,
-      'tasks': int(len(next(iter(accs_by_method.values())))),
-      'methods': {m: dict(zip(('acc', 'ci95'), summarize(a))) for m, a in accs_by_method.items()},
-      # Per task, so that runs scored on the same tasks can be paired later (docs/ABLATION.md).
-      'per_task': {m: [round(float(x), 4) for x in a] for m, a in accs_by_method.items()},
-  }
+      'tasks': int(len(next(iter(accs_by_method.values())))), **summaries(accs_by_method)}
   res.update(extra or {})
   utils.write_json(os.path.join(workdir, 'results.json'), res)
   lines = [f"# {res['scenario'].upper()} {res['dataset']}: {res['ways']}-way {res['shots']}-shot, "

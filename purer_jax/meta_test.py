@@ -46,9 +46,11 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   """Meta-test of config.eval.methods on each dataset; W/results.json for the pool's dataset
   (and W/<dataset>/results.json for MH's second one). Returns {dataset: results}.
 
-  With config.eval.tune_adapt each method of config.eval.tune_methods is scored with its own
-  test-time adaptation chosen on meta-val (`evaluate.tune_adaptation`); `purer_untuned` then
-  keeps config.meta's, paired.
+  Every method is scored at config.meta's test-time adaptation (the paper's one step): the
+  record's `methods`, `per_task` and `paired`. With config.eval.tune_adapt each method of
+  config.eval.tune_methods is scored again at its own adaptation chosen on meta-val
+  (`evaluate.tune_adaptation`): the `tuned` column, with the same keys, where a method without
+  test-time adaptation to tune (pool, prototype read-out) keeps its one score.
   """
   model = evaluate.meta_model(config)
   params, configs, tuned = {}, {}, {}
@@ -69,14 +71,13 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
   if 'pool' in config.eval.methods:
     print('pool: choosing its read-out on meta-val')
     pool_choice = evaluate.pool_choice(teachers, config, val_splits)
+  tuned_configs = {}
   if config.eval.tune_adapt:
     for method in [m for m in params if m in config.eval.tune_methods]:
       print(f'{method}: tuning test-time adaptation on meta-val')
       tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
-      configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
-                                                 tuned[method]['lr'])
-    if 'purer' in tuned:
-      params['purer_untuned'], configs['purer_untuned'] = purer_params, config
+      tuned_configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
+                                                       tuned[method]['lr'])
   costs = evaluate.method_costs(config, configs, teachers, pool_choice)
   if 'purer_proto' in params and 'purer' in params:  # which read-out: meta-val says
     extra = dict(extra or {}, readout_val={m: evaluate.validate(params[m], configs[m], val_splits)
@@ -89,8 +90,7 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     if pool_choice is not None:
       accs['pool'] = evaluate.pool_accuracies(teachers, pool_choice, config, split,
                                               desc=f'pool {name}')
-    paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
-              for m, a in accs.items() if m != 'purer' and 'purer' in accs}
+    paired = _paired_with_purer(accs)
     if config.icfil.enabled and 'purer' in accs:  # same tasks as purer: a paired comparison
       accs['purer+icfil'] = icfil.evaluate_params(purer_params, configs['purer'], split,
                                                   desc=f'purer+icfil {name}')
@@ -100,6 +100,11 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     os.makedirs(where, exist_ok=True)
     info = {'paired': paired, 'cost_gflop': costs, **(extra or {})}
     if tuned:
+      again = {m: evaluate.evaluate_params(params[m], c, split, desc=f'{m} {name}, tuned')
+               for m, c in tuned_configs.items()}
+      column = {m: again.get(m, a) for m, a in accs.items() if m != 'purer+icfil'}
+      info['tuned'] = dict(evaluate.summaries(column), paired=_paired_with_purer(column),
+                           cost_gflop=evaluate.method_costs(config, tuned_configs, teachers))
       info['adaptation'] = tuned
     if pool_choice is not None:
       info['pool_variant'] = pool_choice
@@ -108,6 +113,12 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     res = dict(out[config.data.dataset], by_dataset={k: v['methods'] for k, v in out.items()})
     utils.write_json(os.path.join(workdir, 'results.json'), res)
   return out
+
+
+def _paired_with_purer(accs: dict) -> dict:
+  """{'purer-<m>': PURER - m, paired per task} for every other method of `accs`."""
+  return {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
+          for m, a in accs.items() if m != 'purer' and 'purer' in accs}
 
 
 def _earlier_record(workdir):

@@ -68,13 +68,15 @@ def _per_dataset(res: dict, cell_dir: str) -> dict:
   out = {}
   for ds, methods in sorted(res.get('by_dataset', {res['dataset']: res['methods']}).items()):
     if ds == res['dataset']:
-      where, paired = cell_dir, res.get('paired')
+      where, own = cell_dir, res
     else:
-      where, paired = os.path.join(cell_dir, ds), None
+      where, own = os.path.join(cell_dir, ds), {}
       if os.path.isfile(os.path.join(where, 'results.json')):
         with open(os.path.join(where, 'results.json')) as f:
-          paired = json.load(f).get('paired')
-    out[ds] = with_icfil({'methods': methods, 'paired': paired}, res, where)
+          own = json.load(f)
+    tuned = own.get('tuned') or {}
+    out[ds] = dict(with_icfil({'methods': methods, 'paired': own.get('paired')}, res, where),
+                   tuned={'methods': tuned.get('methods', {}), 'paired': tuned.get('paired')})
   return out
 
 
@@ -103,11 +105,14 @@ def with_icfil(d: dict, res: dict, where: str) -> dict:
                     if k != 'enabled'}}
 
 
-def combined(cell: dict) -> dict:
-  """{'methods', 'paired'} over the cell's datasets: their mean, with the CI of a mean of
-  independent estimates (sqrt(sum ci^2) / n); a method or difference missing for one
-  dataset is missing."""
+def combined(cell: dict, column: str = 'one_step') -> dict:
+  """{'methods', 'paired'} of a test-time column (`one_step`: config.meta's adaptation, the
+  paper's; `tuned`: each method's chosen on meta-val, empty where the run did not tune) over
+  the cell's datasets: their mean, with the CI of a mean of independent estimates
+  (sqrt(sum ci^2) / n); a method or difference missing for one dataset is missing."""
   per = list(cell['datasets'].values())
+  if column == 'tuned':
+    per = [p['tuned'] for p in per]
   if len(per) == 1:
     return {'methods': per[0]['methods'], 'paired': per[0]['paired'] or {}}
   def mean(dicts, a, c):
@@ -121,6 +126,20 @@ def combined(cell: dict) -> dict:
             for k in (per[0]['paired'] or {})}
   return {'methods': {k: v for k, v in methods.items() if v},
           'paired': {k: v for k, v in paired.items() if v}}
+
+
+def per_task_columns(res: dict) -> dict:
+  """{'one_step': {method: per-task accuracies}, 'tuned': {...}} of a record; a record of
+  the earlier layout (tuned scores under the methods' names, PURER's one step as
+  `purer_untuned`) read the same way."""
+  per = res.get('per_task', {})
+  if 'tuned' in res:
+    return {'one_step': per, 'tuned': res['tuned']['per_task']}
+  tuned = set(res.get('adaptation') or {}) if 'purer_untuned' in per else set()
+  one = {m: v for m, v in per.items() if m not in tuned and m != 'purer_untuned'}
+  if tuned:
+    one['purer'] = per['purer_untuned']
+  return {'one_step': one, 'tuned': {m: per[m] for m in tuned}}
 
 
 def fmt_acc(v) -> str:
@@ -159,12 +178,17 @@ def fmt_time(seconds) -> str:
 
 
 def flatten(tree, prefix=''):
+  """{'a.b': value} of a nested config; a record's `eci.adv_start` (an iteration, before ECI's
+  start became a fraction of the run) read as today's `eci.start`."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, dict):
       out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[prefix + k] = list(v) if isinstance(v, tuple) else v
+  if not prefix and 'eci.adv_start' in out:
+    its = out.get('train.iterations', 0)
+    out['eci.start'] = min(out.pop('eci.adv_start') / its, 1.0) if its else 1.0
   return out
 
 

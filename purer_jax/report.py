@@ -34,8 +34,6 @@ PAPER = {
 
 # The paper's protocol (docs/DESIGN.md §3-§8) for the config fields that change what is measured.
 # Callables take the run's flattened config and shots.
-# The paper's protocol (docs/DESIGN.md §3-§8) for the config fields that change what is measured.
-# Callables take the run's flattened config and shots.
 PROTOCOL = {
     'teachers.num': 13,
     'teachers.assignment': 'disjoint',
@@ -68,7 +66,7 @@ PROTOCOL = {
     'meta.outer_schedule': 'constant',
     'meta.queries': 15,
     'meta.train_queries': 0,                   # pseudo tasks' queries as real ones'
-    'eci.adv_start': 4000,
+    'eci.start': 4000 / 60000,                 # iteration 4,000 of 60,000
     'eci.patience': 6,
     'eci.adv_scale': 10.0,
     'eci.ema': 0.0,
@@ -79,6 +77,7 @@ PROTOCOL = {
     'eval.tune_adapt': False,                  # test-time adaptation as at meta-training
 }
 PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all teachers',
+               'eci.start': '1/15, iteration 4,000 of 60,000',
                'meta.test_inner_lr': 'the inner lr',
                'meta.train_queries': 'as meta.queries',
                'inversion.native_size': "the bank's pixels, False",
@@ -194,9 +193,13 @@ def render(cells: dict, out_dir: str) -> str:
       'adaptation and query prediction), from XLA\'s cost analysis of the compiled program. '
       'The pool read-out (no training) embeds the task with every teacher and classifies each '
       'query by its nearest support mean; its variant is chosen on meta-val.', '',
-      '| scenario | dataset | method | 1-shot (ours) | 1-shot (paper) | 1-shot GFLOP | '
-      '5-shot (ours) | 5-shot (paper) | 5-shot GFLOP |',
-      '|---|---|---|---|---|---|---|---|---|']
+      'Each method is scored twice on the same tasks: with the paper\'s one test-time step '
+      '("one step", config.meta\'s adaptation) and with test-time steps and lr chosen on '
+      'meta-val for that method ("tuned"; — where the run did not tune). A method without '
+      'test-time steps (the pool read-out) scores the same in both.', '',
+      '| scenario | dataset | method | 1-shot, one step | 1-shot, tuned | 1-shot (paper) | '
+      '1-shot GFLOP | 5-shot, one step | 5-shot, tuned | 5-shot (paper) | 5-shot GFLOP |',
+      '|---|---|---|---|---|---|---|---|---|---|---|']
   for scenario, dataset in records.SCENARIOS:
     mark = _mark(dataset)
     for i, m in enumerate(_rows(scenario, dataset, cells)):
@@ -206,13 +209,13 @@ def render(cells: dict, out_dir: str) -> str:
       for k, shots in enumerate(records.SHOTS):
         cell = cells.get((scenario, dataset, shots))
         if m == 'dro':
-          ours = 'quoted, not measured here'
+          ours = ['quoted, not measured here', '—']
         elif cell is None:
-          ours = 'not run yet'
+          ours = ['not run yet', '—']
         else:
-          v = records.combined(cell)['methods'].get(m)
-          ours = records.fmt_acc(v) if v else '—'
-        row += [ours, PAPER[scenario, dataset].get(m, ('—', '—'))[k],
+          ours = [records.fmt_acc(v) if v else '—' for v in (
+              records.combined(cell, col)['methods'].get(m) for col in ('one_step', 'tuned'))]
+        row += [*ours, PAPER[scenario, dataset].get(m, ('—', '—'))[k],
                 records.fmt_gflop(cell, m)]
       lines.append('| ' + ' | '.join(row) + ' |')
   lines += [

@@ -118,8 +118,8 @@ FIELDS = {
     'inversion.steps': _F(int, 'Inversion steps of purer_jax.synthesize', 'synthesize', '>= 1'),
     'inversion.shard': _F(bool, "Shards the inversion's teachers over every device and process",
                           'train'),
-    'eci.adv_start': _F(int, "Meta-iteration ECI's adversarial term starts (>= iterations: never)",
-                        'train', '>= 0'),
+    'eci.start': _F(float, "Where ECI's adversarial term starts, as a fraction of "
+                    'train.iterations (1: never)', 'train', 'in [0, 1]'),
     'eci.patience': _F(int, 'Meta-iterations without a better pseudo-query accuracy to fire ECI',
                        'train', '>= 1'),
     'eci.adv_scale': _F(float, "Weight of ECI's adversarial term", 'train', '>= 0'),

@@ -131,10 +131,11 @@ class Trainer:
     self.distiller = distil.from_config(config, teachers)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
+    self.adv_start = eci.start_iteration(config.eci.start, config.train.iterations)
     self.step = jax.jit(functools.partial(
         train_step, learner=self.learner, inv=self.inv, tx=self.tx,
         meta_batch=config.meta.meta_batch, task_kw=task_kw(config, self.layout),
-        adv_scale=float(config.eci.adv_scale), adv_start=int(config.eci.adv_start),
+        adv_scale=float(config.eci.adv_scale), adv_start=self.adv_start,
         patience=int(config.eci.patience), ema=float(config.eci.ema), view=self.view,
         distiller=self.distiller, **eci.augmentation(config.train)), donate_argnums=(0,))
 
@@ -149,7 +150,7 @@ class Trainer:
     images, bank_opt = self.inv.init(self.bank_rng)
     state = {'it': jnp.asarray(0, jnp.int32), 'params': params,
              'opt_state': self.tx.init(params), 'images': images, 'bank_opt': bank_opt,
-             'switch': eci.switch_init(self.config.eci.adv_start)}
+             'switch': eci.switch_init(self.adv_start)}
     if self.distiller:  # a key no iteration draws (they fold in it >= 0)
       state['distil'] = distil.init_state(self.distiller, self.model, self.tx,
                                           jax.random.fold_in(self.rng, 2 ** 32 - 1))

@@ -1,7 +1,7 @@
 """Config variants: the cells' settings and the combinations that must be refused."""
 import pytest
 
-from purer_jax import config
+from purer_jax import config, eci
 
 
 def test_unknown_variant_is_named():
@@ -43,9 +43,10 @@ def test_budget_is_ss_cifar_fs_alone():
   assert (c.meta.shots, c.meta.outer_schedule, c.train.iterations) == (5, 'cosine', 5000)
   assert config.build('ss', 'budget').train.iterations == 6000
   # ECI: on at 1-shot, off at 5-shot (chosen on meta-val), whatever the variants' order.
-  assert c.eci.adv_start == config.build('ss', '5shot,budget').eci.adv_start == 5000
-  assert (config.build('ss', 'budget').eci.adv_start,
-          config.build('ss', 'budget,1shot').eci.adv_start) == (250, 250)
+  assert c.eci.start == config.build('ss', '5shot,budget').eci.start == 1.0
+  for arg in ('budget', 'budget,1shot'):
+    b = config.build('ss', arg)
+    assert eci.start_iteration(b.eci.start, b.train.iterations) == 250
   for scenario, arg in (('sh', 'budget'), ('ss', 'budget,mini'), ('ss', 'quick,budget')):
     with pytest.raises(ValueError, match='budget'):
       config.build(scenario, arg)
@@ -57,8 +58,16 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   # Pseudo tasks use every bank image of a class; real tasks keep the paper's 15 queries.
   assert c.inversion.spc == c.meta.shots + c.meta.train_queries and c.meta.queries == 15
   assert c.distil.weight > 0 and 'purer_proto' in c.eval.methods
-  assert c.eci.adv_start >= c.train.iterations  # ECI off, as in the measured run
+  assert c.eci.start == 1.0  # ECI off, as in the measured run
   assert config.build('ss', 'quick,fast').train.iterations == c.train.iterations  # after quick
   for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini'), ('ss', '5shot,fast')):
     with pytest.raises(ValueError, match='`fast` variant'):
       config.build(scenario, arg)
+
+
+def test_cell_scores_every_method_in_both_columns_and_keeps_the_recipes_read_outs():
+  c = config.build('ss', 'fast,cell')
+  assert c.eval.methods == ('random', 'average', 'ota', 'pool', 'purer', 'purer_proto')
+  assert c.eval.tune_adapt and c.icfil.enabled
+  assert config.build('ss', 'cell,fast').eval.methods == c.eval.methods  # whatever the order
+  assert config.build('sh', 'quick,cell').eval.methods == config.base().eval.methods

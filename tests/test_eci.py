@@ -173,3 +173,11 @@ def test_tasks_of_a_random_pool_hold_distinct_real_classes():
   # A disjoint pool needs no table: tasks are drawn as before.
   assert eci.real_classes(types.SimpleNamespace(class_id=tuple(range(12)),
                                                 dataset=('cifar_fs',) * 12)) is None
+
+
+def test_start_is_a_fraction_of_the_run():
+  # The paper's iteration 4,000 of 60,000 is the same point of a 1,500-iteration run.
+  assert eci.start_iteration(4000 / 60000, 60000) == 4000
+  assert eci.start_iteration(4000 / 60000, 1500) == 100
+  assert eci.start_iteration(1.0, 1000) == 1000  # never: the last iteration is 999
+  assert eci.start_iteration(0.0, 1000) == 0

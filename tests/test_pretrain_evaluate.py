@@ -245,20 +245,36 @@ def test_teacher_init_is_the_best_held_out_teachers_body_with_a_zero_head(smoke_
     evaluate.baseline_params('teacher', teachers, model, jax.random.key(0))
 
 
-def test_tune_adapt_tunes_the_listed_methods_only(smoke_zoo, smoke_config, tmp_path):
+def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_zoo, smoke_config,
+                                                                         tmp_path):
   from purer_jax import meta_test
   c = smoke_config.copy_and_resolve_references()
   c.eval.tasks, c.train.val_tasks, c.eval.methods = 10, 10, ('random', 'purer')
   c.eval.tune_adapt, c.eval.tune_methods = True, ('purer',)
-  c.eval.adapt_steps, c.eval.adapt_lrs = (1, 2), (0.01,)
+  c.eval.adapt_steps, c.eval.adapt_lrs = (3, 1), (0.05,)
   teachers = zoo.load(smoke_zoo)
   params = evaluate.baseline_params('average', teachers, evaluate.meta_model(c), jax.random.key(0))
   res = meta_test.final_evaluation(c, str(tmp_path), teachers, params)['cifar_fs']
   assert set(res['adaptation']) == {'purer'}
-  assert [(t['steps'], t['lr']) for t in res['adaptation']['purer']['trials']] == [
-      (1, 0.01), (2, 0.01)]
-  assert set(res['methods']) == {'random', 'purer', 'purer_untuned'}
-  assert 'purer-purer_untuned' in res['paired']
+  trials = res['adaptation']['purer']['trials']
+  assert [(t['steps'], t['lr']) for t in trials] == [(3, 0.05), (1, 0.05)]
+  # The one-step column is config.meta's adaptation for every method, the tuned one each
+  # tuned method at its meta-val choice; an untuned method scores the same in both.
+  split = data.load('cifar_fs', 'meta_test', c.data.data_dir)
+  one = evaluate.evaluate_params(params, c, split, num_tasks=10)
+  best = res['adaptation']['purer']
+  tuned = evaluate.evaluate_params(params, evaluate.with_adaptation(c, best['steps'], best['lr']),
+                                   split, num_tasks=10)
+  np.testing.assert_allclose(res['per_task']['purer'], np.round(one, 4))
+  np.testing.assert_allclose(res['tuned']['per_task']['purer'], np.round(tuned, 4))
+  assert res['tuned']['per_task']['random'] == res['per_task']['random']
+  assert set(res['methods']) == set(res['tuned']['methods']) == {'random', 'purer'}
+  for col in (res, res['tuned']):
+    assert set(col['paired']) == {'purer-random'}
+    diff = np.mean(col['per_task']['purer']) - np.mean(col['per_task']['random'])
+    assert abs(col['paired']['purer-random']['mean_diff'] - diff) < 1e-4
+  # Three steps at lr 0.05 cost more than one: each column records its own cost.
+  assert res['tuned']['cost_gflop']['purer'] != res['cost_gflop']['purer'] or best['steps'] == 1
 
 
 def test_prototype_read_out_of_the_learner_is_scored_and_chosen_on_meta_val(smoke_zoo,

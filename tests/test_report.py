@@ -36,6 +36,9 @@ def _results_dir(tmp_path):
                  'purer+icfil': {'mean_diff': 0.0006, 'ci95': 0.0011}},
       'cost_gflop': {'random': 0.696, 'average': 0.696, 'ota': 0.696, 'purer': 0.696,
                      'pool': 7.816},
+      # The tuned column: two tuned methods and the pool, scored the same in both.
+      'tuned': {'methods': _methods(random=0.3366, purer=0.3400, pool=0.40),
+                'paired': {'purer-random': {'mean_diff': 0.0034, 'ci95': 0.006}}},
       'best_val': 0.3412, 'best_it': 1750, 'iterations': 2000, 'init': 'average',
       'config': json.loads(config.to_json_best_effort()),
       'timing': {'meta_train_s': 1500.0, 'eval_s': 290.0, 'teachers_train_s': 600.0,
@@ -46,11 +49,13 @@ def _results_dir(tmp_path):
   mh = {'scenario': 'mh', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 5, 'tasks': 100,
         'methods': _methods(random=0.21, purer=0.31),
         'paired': {'purer-random': {'mean_diff': 0.10, 'ci95': 0.008}},
+        'tuned': {'methods': _methods(random=0.25, purer=0.33)},
         'by_dataset': {'cifar_fs': _methods(random=0.21, purer=0.31),
                        'mini_imagenet': _methods(random=0.23, purer=0.29)}}
   utils.write_json(str(results / 'mh_5shot' / 'results.json'), mh)
   utils.write_json(str(results / 'mh_5shot' / 'mini_imagenet' / 'results.json'), dict(
       mh, dataset='mini_imagenet', methods=mh['by_dataset']['mini_imagenet'],
+      tuned={'methods': _methods(random=0.27, purer=0.30)},
       paired={'purer-random': {'mean_diff': 0.06, 'ci95': 0.006}}))
   (results / 'notes').mkdir()  # a folder without results.json is not a cell
   return results
@@ -63,21 +68,24 @@ def test_page_numbers_and_missing_cells(tmp_path):
   lines = page.splitlines()
   row = lambda *prefix: next(l for l in lines if l.startswith('| ' + ' | '.join(prefix)))
   assert row('SS', 'CIFAR-FS', 'Random') == (
-      '| SS | CIFAR-FS | Random | 22.13 ± 0.68 | 21.65 ± 0.45 | 0.70 | not run yet | '
-      '21.59 ± 0.45 | — |')
-  assert '| OTA | 25.12 ± 0.68 | 28.12 ± 0.62 / 29.10 ± 0.65 | 0.70 | not run yet |' in page
-  assert '| Pool read-out | 40.00 ± 0.68 | — | 7.82 | not run yet | — | — |' in page
-  assert '| PURER+ICFIL | 33.01 ± 0.68 | — | — | not run yet | — | — |' in page
-  assert ('| DRO‡ | quoted, not measured here | 23.92 ± 0.49 | — | quoted, not measured here '
-          '| 24.34 ± 0.49 | — |') in page
+      '| SS | CIFAR-FS | Random | 22.13 ± 0.68 | 33.66 ± 0.68 | 21.65 ± 0.45 | 0.70 | '
+      'not run yet | — | 21.59 ± 0.45 | — |')
+  # Each column on its own: a method the run did not tune has no tuned score.
+  assert '| OTA | 25.12 ± 0.68 | — | 28.12 ± 0.62 / 29.10 ± 0.65 | 0.70 | not run yet |' in page
+  assert '| Pool read-out | 40.00 ± 0.68 | 40.00 ± 0.68 | — | 7.82 | not run yet | — |' in page
+  assert '| PURER | 32.95 ± 0.68 | 34.00 ± 0.68 | 38.66 ± 0.78 |' in page
+  assert '| PURER+ICFIL | 33.01 ± 0.68 | — | — | — | not run yet | — | — | — |' in page
+  assert ('| DRO‡ | quoted, not measured here | — | 23.92 ± 0.49 | — | quoted, not measured '
+          'here | — | 24.34 ± 0.49 | — |') in page
   # SS MiniImageNet: nothing ran; the paper's figures and the 100-vs-600 note are there.
   assert row('SS', 'MiniImageNet†', 'Random') == (
-      '| SS | MiniImageNet† | Random | not run yet | 22.45 ± 0.41 | — | not run yet | '
+      '| SS | MiniImageNet† | Random | not run yet | — | 22.45 ± 0.41 | — | not run yet | — | '
       '23.48 ± 0.45 | — |')
   assert '100 images per class where the paper\'s has 600' in page
   # MH: the mean of both meta-test sets, CI of a mean of independent estimates.
   assert row('MH', 'mixed†', 'Random') == (
-      '| MH | mixed† | Random | not run yet | 21.11 | — | 22.00 ± 0.48 | 21.34 | — |')
+      '| MH | mixed† | Random | not run yet | — | 21.11 | — | 22.00 ± 0.48 | 26.00 ± 0.48 | '
+      '21.34 | — |')
   assert '| SH MiniImageNet 5-shot | not run yet |' + ' |' * 8 in page
   assert ('| SS CIFAR-FS 1-shot | `ss_cifar` | 600 | +10.82 ± 0.71 | -7.05 ± 0.66 (Pool read-out) '
           '| +0.06 ± 0.11 | 1,750 of 2,000 | 40 min (teachers 10 min, meta-training 25 min, '
@@ -126,7 +134,7 @@ def test_icfil_score_kept_beside_a_cell(tmp_path):
                        purer=0.29, **{'purer+icfil': 0.30}), paired={'purer+icfil': {
                            'mean_diff': 0.01, 'ci95': 0.003}}))
   page = open(report.write(str(results))).read()
-  assert '|  |  | PURER+ICFIL | not run yet | — | — | 31.50 ± 0.48 | — | — |' in page
+  assert '|  |  | PURER+ICFIL | not run yet | — | — | — | 31.50 ± 0.48 | — | — | — |' in page
   assert '| +8.00 ± 0.50 (Random) | +1.50 ± 0.25 |' in page
   utils.write_json(str(results / 'mh_5shot' / 'icfil_5shot' / 'results.json'),
                    dict(icf, methods=_methods(purer=0.35, **{'purer+icfil': 0.36})))
@@ -289,7 +297,7 @@ def test_eci_settings_that_never_switch_on_are_no_change():
   # At 1-shot :budget switches ECI on, so its fields are changes from :quick.
   on = {'config': config_lib.build('ss', 'budget').to_dict(), 'init': 'average'}
   quick_1shot = {'config': config_lib.build('ss', 'quick').to_dict(), 'init': 'average'}
-  assert '`eci.adv_start` 4,000 → 250' in ablation.changes(on, quick_1shot)
+  assert '`eci.start` 1 → 0.0416667' in ablation.changes(on, quick_1shot)
 
 
 def test_each_run_is_paired_with_the_control_on_its_teachers(tmp_path):

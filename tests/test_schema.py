@@ -63,7 +63,7 @@ def test_choices_match_the_code():
 @pytest.mark.parametrize('name,value', [
     ('meta.shots', 0), ('meta.ways', 30), ('train.iterations', -5), ('inversion.spc', -1),
     ('teachers.num', 0), ('meta.inner_lr', float('nan')), ('meta.outer_lr', float('inf')),
-    ('eci.ema', 1.0), ('teachers.heldout_frac', -0.1), ('data.source', 'ftp'),
+    ('eci.ema', 1.0), ('eci.start', 1.5), ('teachers.heldout_frac', -0.1), ('data.source', 'ftp'),
     ('teachers.milestones', (10, 'a')), ('teachers.archs', ()), ('eval.adapt_lrs', (0.1, -1.0)),
     ('eval.methods', ('random', 'maml')), ('eval.pool_layers', ()),
     ('eval.pool_norms', ('l2', 'l1')), ('teachers.ways', 65)])
@@ -101,7 +101,7 @@ def test_contradicting_fields_are_refused(values, name, words):
 
 def test_legal_corner_values_pass():
   # ECI that never switches on, no meta-training, all images per teacher, no augmentation.
-  assert not schema.problems(_with({'eci.adv_start': 61, 'train.iterations': 0,
+  assert not schema.problems(_with({'eci.start': 1.0, 'train.iterations': 0,
                                     'teachers.max_per_class': 0, 'train.augment': ''}))
   assert not schema.problems(_with({'teachers.heldout_frac': 0.0, 'teachers.keep': 'last',
                                     'inversion.shard': True, 'teachers.per_iter': 0}))

@@ -48,7 +48,7 @@ def config(data_dir):
   c.meta.meta_batch, c.meta.queries, c.inversion.spc = 1, 2, 4
   c.train.iterations, c.train.ckpt_every, c.train.val_every = 4, 2, 2
   c.train.val_tasks, c.train.png_every, c.train.log_every = 2, 100, 1
-  c.eci.adv_start = 1
+  c.eci.start = 0.25  # iteration 1 of 4
   return c
 
 

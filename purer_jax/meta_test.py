@@ -13,6 +13,7 @@ import jax
 
 from purer_jax import data as data_lib
 from purer_jax import evaluate, icfil, parallel, train, utils, zoo
+from purer_jax import workdir as workdir_lib
 
 
 def _timed_records(metrics_path: str):
@@ -145,11 +146,14 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
   prov = utils.provenance()  # the code as loaded: HEAD may move while the run goes on
   resumed_at = train.checkpoint_manager(workdir).latest_step() or 0
   earlier = _earlier_record(workdir) if resumed_at >= config.train.iterations else None
+  if parallel.is_primary():
+    workdir_lib.begin_segment(workdir, resumed_at)
   t0 = time.time()
   best = train.train(config, workdir, teachers)
   meta_s = time.time() - t0
   if not parallel.is_primary():  # meta-test runs on the host: process 0 scores and writes
     return {}
+  segments = workdir_lib.end_segment(workdir, int(config.train.iterations))
   print(f'meta-training: {meta_s:.0f}s, best meta-val {float(best["val"]):.4f} at '
         f'iteration {int(best["it"])}')
   extra = {'best_val': float(best['val']), 'best_it': int(best['it']),
@@ -171,6 +175,9 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
   if resumed_at:  # this command's times cover the last segment only: the logged windows all
     timing.update(resumed_at=resumed_at, meta_train_logged_s=round(
         ([0.0] + [s for _, s in _timed_records(metrics_path)])[-1], 1))
+  if len(segments) > 1:
+    timing['segments'] = [{k: s[k] for k in ('from_it', 'to_it', 'wall_s', 'interrupted', 'host')
+                           if k in s} for s in segments]
   if started is not None:
     timing['wall_time_s'] = round(time.time() - started, 1)
   prov = dict(prov, load_avg_end=[round(x, 2) for x in os.getloadavg()])

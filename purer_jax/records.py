@@ -211,6 +211,42 @@ def learner_choice(res: dict) -> str:
   return 'purer_proto' if val.get('purer_proto', -1) > val.get('purer', math.inf) else 'purer'
 
 
+def eci_on(res: dict) -> bool:
+  """Whether ECI switched on in the recorded run (its start before the last iteration)."""
+  flat = flatten(res.get('config') or {})
+  return flat.get('eci.start', 1.0) < 1.0 and (
+      round(flat['eci.start'] * flat.get('train.iterations', 0)) < flat.get('train.iterations', 0))
+
+
+def eci_comparison(cell: dict) -> str:
+  """A sentence setting the cell's run against its ECI twin (results.json's `eci_twin`: the
+  same recipe and teachers with ECI the other way, under the same results folder): each one's
+  meta-val and their paired meta-test difference, on each run's read-out chosen on meta-val."""
+  res = cell['res']
+  state = 'on' if eci_on(res) else 'off'
+  if not res.get('eci_twin'):
+    return f'ECI: {state} (no run with it {"off" if state == "on" else "on"} on these teachers).'
+  path = os.path.join(os.path.dirname(cell['dir']), res['eci_twin'], 'results.json')
+  if not os.path.isfile(path):
+    raise ValueError(f"{cell['path']} names eci_twin {res['eci_twin']!r}, but {path} is missing")
+  with open(path) as f:
+    twin = json.load(f)
+  if eci_on(twin) == eci_on(res) or twin.get('teachers_heldout') != res.get('teachers_heldout'):
+    raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")
+  val = lambda r: (r.get('readout_val') or {}).get(learner_choice(r), r.get('best_val'))
+  on, off = (res, twin) if state == 'on' else (twin, res)
+  diff = [a - b for a, b in zip(on['per_task'][learner_choice(on)],
+                                off['per_task'][learner_choice(off)])]
+  mean = sum(diff) / len(diff)
+  ci = 1.96 * math.sqrt(sum((d - mean) ** 2 for d in diff) / len(diff)) / math.sqrt(len(diff))
+  verdict = ('chosen on meta-val' if val(res) >= val(twin) else
+             'declared before the run, though meta-val prefers the other way')
+  return (f"ECI: {state} in this run, {verdict} ({100 * val(res):.2f} against "
+          f"{100 * val(twin):.2f} with it {'off' if state == 'on' else 'on'}, `{res['eci_twin']}`, "
+          f"the same teachers); meta-test ECI on − off {fmt_diff({'mean_diff': mean, 'ci95': ci})} "
+          "on the same tasks, each run's read-out chosen on meta-val.")
+
+
 def readout_name(method: str) -> str:
   """How the pages name a learner read-out: `learner_choice`'s result."""
   return 'prototype' if method == 'purer_proto' else 'MAML head'

@@ -7,6 +7,8 @@ them is refused before any work (`check`). Every checkpoint gets a digest of its
 orbax reads a flipped byte in compressed data as silently wrong values (`digest`, `verify`).
 W/config.json is the last command's config; the ones it replaced are in W/config_history/.
 A command holds W/.lock while it runs, so two commands never write one workdir (`lock`).
+W/segments.json lists each command's stretch of meta-training (`begin_segment`), so a resumed
+run's record gives the wall time of every segment, an interrupted one's too.
 """
 import atexit
 import fcntl
@@ -142,6 +144,36 @@ def record_config(config, workdir: str) -> str:
   if old != new:
     utils.write_json(path, new)
   return path
+
+
+SEGMENTS_FILE = 'segments.json'
+
+
+def begin_segment(workdir: str, from_it: int) -> list:
+  """Opens this command's meta-training segment in W/segments.json. A segment left open was
+  interrupted: it ends at metrics.jsonl's last write and at the checkpoint this one resumes."""
+  path = os.path.join(workdir, SEGMENTS_FILE)
+  segments = _read_json(path) or []
+  if segments and 'ended' not in segments[-1]:
+    last = segments[-1]
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    ended = os.path.getmtime(metrics) if os.path.isfile(metrics) else last['started']
+    last.update(ended=ended, wall_s=round(ended - last['started'], 1), to_it=int(from_it),
+                interrupted=True)
+  segments.append({'started': time.time(), 'from_it': int(from_it), 'host': socket.gethostname()})
+  utils.write_json(path, segments)
+  return segments
+
+
+def end_segment(workdir: str, to_it: int) -> list:
+  """Closes the segment `begin_segment` opened; returns every segment of the run."""
+  path = os.path.join(workdir, SEGMENTS_FILE)
+  segments = _read_json(path)
+  now = time.time()
+  segments[-1].update(ended=now, wall_s=round(now - segments[-1]['started'], 1),
+                      to_it=int(to_it))
+  utils.write_json(path, segments)
+  return segments
 
 
 def _read_json(path: str):

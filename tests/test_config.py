@@ -71,3 +71,10 @@ def test_cell_scores_every_method_in_both_columns_and_keeps_the_recipes_read_out
   assert c.eval.tune_adapt and c.icfil.enabled
   assert config.build('ss', 'cell,fast').eval.methods == c.eval.methods  # whatever the order
   assert config.build('sh', 'quick,cell').eval.methods == config.base().eval.methods
+
+
+def test_eci_switches_on_within_any_run_whatever_the_variants_order():
+  for arg in ('fast,eci', 'eci,fast', 'quick,eci', 'eci,quick,5shot,mini'):
+    c = config.build('ss', arg)
+    start = eci.start_iteration(c.eci.start, c.train.iterations)
+    assert 0 < start < c.train.iterations and (c.eci.adv_scale, c.eci.ema) == (1.4, 0.9), arg

@@ -112,6 +112,11 @@ def _check_runs(full, killed, nan, p_nan, p_kill, data_dir):
   assert 'resumed from' in out and f'/{first} ' in out
 
   res = [json.load(open(os.path.join(w, 'results.json'))) for w in (full, killed)]
+  # The resumed run's record has both segments' wall times, the killed one marked.
+  segments = res[1]['timing']['segments']
+  assert [(s['from_it'], s['to_it'], s.get('interrupted')) for s in segments] == [
+      (0, first, True), (first, 6, None)] and all(s['wall_s'] > 0 for s in segments)
+  assert 'segments' not in res[0]['timing']  # one segment: the run's own times say it all
   for r in res:  # when and where it ran: recorded, but differs between the runs
     timing = r.pop('timing')
     assert timing['wall_time_s'] > 0

@@ -6,7 +6,6 @@ a `:quick` control run of its shots (`pair_with_controls`) and listed with the s
 changes (`changes`) and its paired meta-test difference to the control.
 """
 import json
-import math
 import os
 
 from purer_jax import records, time_to_accuracy
@@ -160,7 +159,7 @@ def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
     controls = [c for c, none in pairs if none is None]
     for r, control in pairs:
       res, scores = r['res'], _default_scores(r['res'])
-      acc = _summary(scores)
+      acc = records.summary(scores)
       # A control after another on its teachers re-runs it.
       twin = (_named_or_same_teachers(r, controls[:controls.index(r)]) if control is None
               else None)
@@ -169,7 +168,7 @@ def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
       elif control is None:  # the recipe again on the same teachers: the run-to-run noise
         what = (f"control (`:quick`), run again on the teachers of `{twin['name']}` (other code "
                 'or seed: the paired difference is run-to-run noise)')
-        diff = _summary([x - y for x, y in zip(scores, _default_scores(twin['res']))])
+        diff = records.summary([x - y for x, y in zip(scores, _default_scores(twin['res']))])
       else:
         what = '; '.join(changes(res, control['res'])) or 'the control recipe, run again'
         if res.get('teachers_heldout') != control['res'].get('teachers_heldout'):
@@ -179,7 +178,7 @@ def render(runs: list, figure: str = None, empty_figure: str = None) -> str:
           what += f" (control `{control['name']}`, {whose})"
         elif several:
           what += f" (control `{control['name']}`, the same teachers)"
-        diff = _summary([x - y for x, y in zip(scores, _default_scores(control['res']))])
+        diff = records.summary([x - y for x, y in zip(scores, _default_scores(control['res']))])
       lines.append('| ' + ' | '.join([
           f"`{r['name']}`", what,
           f"{100 * res['best_val']:.2f}" if 'best_val' in res else '—',
@@ -247,10 +246,10 @@ def _against_pool(runs: list) -> list:
     best = None
     for r in mine:
       per, m = r['res']['per_task'], records.learner_choice(r['res'])
-      diff = _summary([x - y for x, y in zip(per[m], per['pool'])])
+      diff = records.summary([x - y for x, y in zip(per[m], per['pool'])])
       best = max(best or (diff, r, m), (diff, r, m), key=lambda t: t[0][0])
       lines.append(f"| `{r['name']}` | {records.readout_name(m)} | "
-                   f"{_pm(_summary(per[m]))} | {_pm(_summary(per['pool']))} | "
+                   f"{_pm(records.summary(per[m]))} | {_pm(records.summary(per['pool']))} | "
                    f"{_pm(diff, signed=True)} | {records.fmt_gflop(r, m)} / "
                    f"{records.fmt_gflop(r, 'pool')} | {records.wall_time(r['res'])} |")
     (d, ci), r, m = best
@@ -263,7 +262,7 @@ def _against_pool(runs: list) -> list:
 
 
 def _pm(summary, signed: bool = False) -> str:
-  """`_summary`'s (mean, CI half-width) in points: '41.55 ± 0.77', or '+3.01 ± 0.60' signed."""
+  """`records.summary`'s (mean, CI half-width) in points: '41.55 ± 0.77', or '+3.01 ± 0.60' signed."""
   return f"{100 * summary[0]:{'+' if signed else ''}.2f} ± {100 * summary[1]:.2f}"
 
 
@@ -271,9 +270,9 @@ def _against(r: dict, label: str, what: str, val, scores: list, base: list, gflo
              vs: str = 'the same run') -> str:
   """A row for another scoring of run r: its meta-val `val` and per-task meta-test `scores`,
   paired against `base` on the same tasks, and its meta-test cost."""
-  diff = _summary([x - y for x, y in zip(scores, base)])
+  diff = records.summary([x - y for x, y in zip(scores, base)])
   return (f"| `{r['name']}`{label} | {what} | {'—' if val is None else f'{100 * val:.2f}'} | "
-          f'{_pm(_summary(scores))} | {_pm(diff, signed=True)} (vs {vs}) | — | {gflop} |')
+          f'{_pm(records.summary(scores))} | {_pm(diff, signed=True)} (vs {vs}) | — | {gflop} |')
 
 
 def _tuned_gflop(r: dict) -> str:
@@ -284,13 +283,6 @@ def _tuned_gflop(r: dict) -> str:
     cost = res['tuned'].get('cost_gflop', {}).get('purer')
     return '—' if cost is None else f'{cost:.2f}'
   return records.fmt_gflop(r, 'purer')
-
-
-def _summary(xs) -> tuple:
-  n = len(xs)
-  mean = sum(xs) / n
-  sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / n)
-  return mean, 1.96 * sd / math.sqrt(n)
 
 
 def plot_time_to_accuracy(runs: list, path: str) -> None:

@@ -91,19 +91,20 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     if pool_choice is not None:
       accs['pool'] = evaluate.pool_accuracies(teachers, pool_choice, config, split,
                                               desc=f'pool {name}')
-    paired = _paired_with_purer(accs)
     if config.icfil.enabled and 'purer' in accs:  # same tasks as purer: a paired comparison
       accs['purer+icfil'] = icfil.evaluate_params(purer_params, configs['purer'], split,
                                                   desc=f'purer+icfil {name}')
-      paired['purer+icfil'] = dict(zip(('mean_diff', 'ci95'),
-                                       evaluate.paired(accs['purer+icfil'], accs['purer'])))
     where = workdir if i == 0 else os.path.join(workdir, name)
     os.makedirs(where, exist_ok=True)
-    info = {'paired': paired, 'cost_gflop': costs, **(extra or {})}
+    info = {'paired': _paired_with_purer(accs), 'cost_gflop': costs, **(extra or {})}
     if tuned:
       again = {m: evaluate.evaluate_params(params[m], c, split, desc=f'{m} {name}, tuned')
                for m, c in tuned_configs.items()}
-      column = {m: again.get(m, a) for m, a in accs.items() if m != 'purer+icfil'}
+      if 'purer+icfil' in accs and 'purer' in tuned_configs:  # calibrating the tuned adaptation
+        again['purer+icfil'] = icfil.evaluate_params(purer_params, tuned_configs['purer'], split,
+                                                     desc=f'purer+icfil {name}, tuned')
+      column = {m: again.get(m, a) for m, a in accs.items()
+                if m != 'purer+icfil' or m in again}
       info['tuned'] = dict(evaluate.summaries(column), paired=_paired_with_purer(column),
                            cost_gflop=evaluate.method_costs(config, tuned_configs, teachers))
       info['adaptation'] = tuned
@@ -117,9 +118,16 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
 
 
 def _paired_with_purer(accs: dict) -> dict:
-  """{'purer-<m>': PURER - m, paired per task} for every other method of `accs`."""
-  return {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), evaluate.paired(accs['purer'], a)))
-          for m, a in accs.items() if m != 'purer' and 'purer' in accs}
+  """{'purer-<m>': PURER - m} for every other method of `accs`, and {'purer+icfil': ICFIL's
+  gain over PURER}, each paired per task."""
+  if 'purer' not in accs:
+    return {}
+  diff = lambda a, b: dict(zip(('mean_diff', 'ci95'), evaluate.paired(a, b)))
+  out = {f'purer-{m}': diff(accs['purer'], a) for m, a in accs.items()
+         if m not in ('purer', 'purer+icfil')}
+  if 'purer+icfil' in accs:
+    out['purer+icfil'] = diff(accs['purer+icfil'], accs['purer'])
+  return out
 
 
 def _earlier_record(workdir):

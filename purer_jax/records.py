@@ -226,25 +226,63 @@ def eci_comparison(cell: dict) -> str:
   state = 'on' if eci_on(res) else 'off'
   if not res.get('eci_twin'):
     return f'ECI: {state} (no run with it {"off" if state == "on" else "on"} on these teachers).'
-  path = os.path.join(os.path.dirname(cell['dir']), res['eci_twin'], 'results.json')
-  if not os.path.isfile(path):
-    raise ValueError(f"{cell['path']} names eci_twin {res['eci_twin']!r}, but {path} is missing")
-  with open(path) as f:
-    twin = json.load(f)
+  twin, path = _twin(cell, 'eci_twin')
   if eci_on(twin) == eci_on(res) or twin.get('teachers_heldout') != res.get('teachers_heldout'):
     raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")
   val = lambda r: (r.get('readout_val') or {}).get(learner_choice(r), r.get('best_val'))
   on, off = (res, twin) if state == 'on' else (twin, res)
-  diff = [a - b for a, b in zip(on['per_task'][learner_choice(on)],
-                                off['per_task'][learner_choice(off)])]
-  mean = sum(diff) / len(diff)
-  ci = 1.96 * math.sqrt(sum((d - mean) ** 2 for d in diff) / len(diff)) / math.sqrt(len(diff))
+  diff = dict(zip(('mean_diff', 'ci95'), _paired(on['per_task'][learner_choice(on)],
+                                                 off['per_task'][learner_choice(off)])))
   verdict = ('chosen on meta-val' if val(res) >= val(twin) else
              'declared before the run, though meta-val prefers the other way')
   return (f"ECI: {state} in this run, {verdict} ({100 * val(res):.2f} against "
           f"{100 * val(twin):.2f} with it {'off' if state == 'on' else 'on'}, `{res['eci_twin']}`, "
-          f"the same teachers); meta-test ECI on − off {fmt_diff({'mean_diff': mean, 'ci95': ci})} "
+          f"the same teachers); meta-test ECI on − off {fmt_diff(diff)} "
           "on the same tasks, each run's read-out chosen on meta-val.")
+
+
+def seed_spread(cell: dict):
+  """A sentence setting the cell's learner (its read-out chosen on meta-val) against the run of
+  results.json's `seed_twin`: the same config with another seed (new teachers, new inversion)
+  under the same results folder, paired on the same tasks, beside the cell's task CI; None
+  without one."""
+  res = cell['res']
+  if not res.get('seed_twin'):
+    return None
+  twin, path = _twin(cell, 'seed_twin')
+  flat, other = flatten(res.get('config') or {}), flatten(twin.get('config') or {})
+  if flat.get('seed') == other.get('seed') or any(
+      not same(flat.get(k), other.get(k)) for k in set(flat) | set(other)
+      if k not in ('seed', 'workdir') and not k.startswith('data.')):
+    raise ValueError(f"{path} is not {cell['path']}'s config with another seed")
+  mine, theirs = (r['per_task'][learner_choice(r)] for r in (res, twin))
+  return (f"Seed spread: seed {other.get('seed')} (new teachers and inversion, "
+          f"`{res['seed_twin']}`) scores {100 * summary(theirs)[0]:.2f} against this run's "
+          f"{fmt_acc(dict(zip(('acc', 'ci95'), summary(mine))))}: "
+          f"{fmt_diff(dict(zip(('mean_diff', 'ci95'), _paired(theirs, mine))))} paired on the "
+          'same tasks.')
+
+
+def _twin(cell: dict, field: str):
+  """(record, path) of the run a cell's results.json names in `field`, under the same folder."""
+  path = os.path.join(os.path.dirname(cell['dir']), cell['res'][field], 'results.json')
+  if not os.path.isfile(path):
+    raise ValueError(f"{cell['path']} names {field} {cell['res'][field]!r}, but {path} is "
+                     'missing')
+  with open(path) as f:
+    return json.load(f), path
+
+
+def summary(xs) -> tuple:
+  """(mean, 95% CI half-width) of per-task values."""
+  n = len(xs)
+  mean = sum(xs) / n
+  return mean, 1.96 * math.sqrt(sum((x - mean) ** 2 for x in xs) / n) / math.sqrt(n)
+
+
+def _paired(a: list, b: list) -> tuple:
+  """Mean per-task difference a − b and its 95% CI half-width."""
+  return summary([x - y for x, y in zip(a, b)])
 
 
 def readout_name(method: str) -> str:

@@ -273,7 +273,8 @@ def _cell_section(slot, cell, out_dir) -> list:
       [f"best meta-val accuracy: {100 * res['best_val']:.2f}%"] if 'best_val' in res else [])
   if facts:
     lines += ['; '.join(facts) + '.', '']
-  lines += [records.eci_comparison(cell), '']
+  for line in (records.eci_comparison(cell), records.seed_spread(cell)):
+    lines += [line, ''] if line else []
   if len(cell['datasets']) > 1:
     order = list(records.METHODS)
     methods = sorted({m for d in cell['datasets'].values() for m in d['methods']},

@@ -252,6 +252,7 @@ def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_
   c.eval.tasks, c.train.val_tasks, c.eval.methods = 10, 10, ('random', 'purer')
   c.eval.tune_adapt, c.eval.tune_methods = True, ('purer',)
   c.eval.adapt_steps, c.eval.adapt_lrs = (3, 1), (0.05,)
+  c.icfil.enabled, c.icfil.inv_steps, c.icfil.cal_steps = True, 2, 1
   teachers = zoo.load(smoke_zoo)
   params = evaluate.baseline_params('average', teachers, evaluate.meta_model(c), jax.random.key(0))
   res = meta_test.final_evaluation(c, str(tmp_path), teachers, params)['cifar_fs']
@@ -268,9 +269,12 @@ def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_
   np.testing.assert_allclose(res['per_task']['purer'], np.round(one, 4))
   np.testing.assert_allclose(res['tuned']['per_task']['purer'], np.round(tuned, 4))
   assert res['tuned']['per_task']['random'] == res['per_task']['random']
-  assert set(res['methods']) == set(res['tuned']['methods']) == {'random', 'purer'}
-  for col in (res, res['tuned']):
-    assert set(col['paired']) == {'purer-random'}
+  assert set(res['methods']) == set(res['tuned']['methods']) == {'random', 'purer',
+                                                                   'purer+icfil'}
+  for col in (res, res['tuned']):  # ICFIL calibrates each column's own adaptation
+    assert set(col['paired']) == {'purer-random', 'purer+icfil'}
+    gain = np.mean(col['per_task']['purer+icfil']) - np.mean(col['per_task']['purer'])
+    assert abs(col['paired']['purer+icfil']['mean_diff'] - gain) < 1e-4
     diff = np.mean(col['per_task']['purer']) - np.mean(col['per_task']['random'])
     assert abs(col['paired']['purer-random']['mean_diff'] - diff) < 1e-4
   # Three steps at lr 0.05 cost more than one: each column records its own cost.

@@ -463,3 +463,27 @@ def test_cell_names_its_eci_twin_and_pairs_them(tmp_path):
     records.eci_comparison(cell)
   assert records.eci_comparison(dict(cell, res=dict(cell['res'], eci_twin=None))) == (
       'ECI: off (no run with it on on these teachers).')
+
+
+def test_cell_shows_its_seed_twin_beside_its_task_ci(tmp_path):
+  """`seed_twin` names the same config with another seed; any other difference is refused."""
+  c0, c1 = (config_lib.build('ss', 'fast').to_dict() for _ in range(2))
+  c1['seed'] = 1
+  rec = lambda config, per: dict(scenario='ss', dataset='cifar_fs', ways=5, shots=1, tasks=4,
+                                 config=config, methods=_methods(purer=sum(per) / 4),
+                                 per_task={'purer': per})
+  results = tmp_path / 'results'
+  utils.write_json(str(results / 'cell' / 'results.json'),
+                   dict(rec(c0, [0.4, 0.5, 0.3, 0.6]), seed_twin='ablation/seed1'))
+  utils.write_json(str(results / 'ablation' / 'seed1' / 'results.json'),
+                   rec(c1, [0.3, 0.5, 0.3, 0.4]))
+  cell = records.load_cells(str(results))['ss', 'cifar_fs', 1]
+  line = records.seed_spread(cell)
+  assert line.startswith('Seed spread: seed 1 (new teachers and inversion, `ablation/seed1`) '
+                         "scores 37.50 against this run's 45.00 ± ")
+  assert ': -7.50 ± ' in line and line.endswith(' paired on the same tasks.')
+  c1['meta']['shots'] = 5
+  utils.write_json(str(results / 'ablation' / 'seed1' / 'results.json'),
+                   rec(c1, [0.3, 0.5, 0.3, 0.4]))
+  with pytest.raises(ValueError, match='another seed'):
+    records.seed_spread(cell)

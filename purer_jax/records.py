@@ -211,6 +211,20 @@ def learner_choice(res: dict) -> str:
   return 'purer_proto' if val.get('purer_proto', -1) > val.get('purer', math.inf) else 'purer'
 
 
+def learner_view(cell: dict) -> dict:
+  """`combined(cell)` with PURER's score and paired differences those of the learner read-out
+  chosen on meta-val (`learner_choice`): where the prototype read-out won, its own, paired per
+  task with every baseline."""
+  c, res = combined(cell), cell['res']
+  if learner_choice(res) == 'purer' or len(cell['datasets']) > 1:
+    return c
+  per = res['per_task']
+  paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), _paired(per['purer_proto'], per[m])))
+            for m in per if not m.startswith('purer')}
+  return {'methods': dict(c['methods'], purer=c['methods']['purer_proto']),
+          'paired': dict(c['paired'], **paired)}
+
+
 def eci_on(res: dict) -> bool:
   """Whether ECI switched on in the recorded run (its start before the last iteration)."""
   flat = flatten(res.get('config') or {})
@@ -251,9 +265,12 @@ def seed_spread(cell: dict):
     return None
   twin, path = _twin(cell, 'seed_twin')
   flat, other = flatten(res.get('config') or {}), flatten(twin.get('config') or {})
-  if flat.get('seed') == other.get('seed') or any(
+  # What else is scored does not change the learner: the twin may skip the baselines.
+  ignored = NOT_PROTOCOL + ('eval.tune_adapt',)
+  if flat.get('seed') == other.get('seed') or twin.get('tasks') != res.get('tasks') or not same(
+      flat.get('eval.seed'), other.get('eval.seed')) or any(
       not same(flat.get(k), other.get(k)) for k in set(flat) | set(other)
-      if k not in ('seed', 'workdir') and not k.startswith('data.')):
+      if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in ignored)):
     raise ValueError(f"{path} is not {cell['path']}'s config with another seed")
   mine, theirs = (r['per_task'][learner_choice(r)] for r in (res, twin))
   return (f"Seed spread: seed {other.get('seed')} (new teachers and inversion, "

@@ -317,7 +317,8 @@ def headline(cells: dict, page: str) -> str:
   """The table's headline (markdown): per cell PURER beside the paper's figure, the pool
   read-out with its paired difference and both meta-test costs, and PURER's paired difference
   to the best other baseline; `page` is the full page's link."""
-  lines = ['| scenario | dataset | shots | PURER (paper) | pool read-out | PURER − pool | '
+  lines = ['| scenario | dataset | shots | PURER, read-out chosen on meta-val (paper) | '
+           'pool read-out | PURER − pool | '
            'GFLOP per task, PURER / pool | PURER − best other baseline |',
            '|---|---|---|---|---|---|---|---|']
   vs_pool = []
@@ -325,7 +326,7 @@ def headline(cells: dict, page: str) -> str:
     for k, shots in enumerate(records.SHOTS):
       cell, paper = cells.get((scenario, dataset, shots)), PAPER[scenario, dataset]['purer'][k]
       row = [records.NAMES[scenario], records.NAMES[dataset] + _mark(dataset), str(shots)]
-      c = cell and records.combined(cell)
+      c = cell and records.learner_view(cell)
       if not c or 'purer' not in c['methods']:
         lines.append('| ' + ' | '.join(row + ['not run yet'] + [''] * 4) + ' |')
         continue
@@ -333,10 +334,12 @@ def headline(cells: dict, page: str) -> str:
       if diff:
         vs_pool.append(diff)
       others = {**c, 'methods': {m: v for m, v in c['methods'].items() if m != 'pool'}}
-      row += [f"**{records.fmt_acc(c['methods']['purer'])}** ({paper})",
+      proto = records.learner_choice(cell['res']) == 'purer_proto'
+      row += [f"**{records.fmt_acc(c['methods']['purer'])}**{', prototype' * proto} ({paper})",
               records.fmt_acc(pool) if pool else 'not scored',
               records.fmt_diff(diff) if diff else '—',
-              f"{records.fmt_gflop(cell, 'purer')} / {records.fmt_gflop(cell, 'pool')}",
+              f"{records.fmt_gflop(cell, 'purer_proto' if proto else 'purer')} / "
+              f"{records.fmt_gflop(cell, 'pool')}",
               _vs_best(others)]
       lines.append('| ' + ' | '.join(row) + ' |')
   tasks = '/'.join(str(n) for n in sorted({c['res'].get('tasks', 0) for c in cells.values()}))

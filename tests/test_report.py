@@ -467,8 +467,8 @@ def test_cell_names_its_eci_twin_and_pairs_them(tmp_path):
 
 def test_cell_shows_its_seed_twin_beside_its_task_ci(tmp_path):
   """`seed_twin` names the same config with another seed; any other difference is refused."""
-  c0, c1 = (config_lib.build('ss', 'fast').to_dict() for _ in range(2))
-  c1['seed'] = 1
+  c0, c1 = config_lib.build('ss', 'fast,cell').to_dict(), config_lib.build('ss', 'fast').to_dict()
+  c1['seed'] = 1  # the twin may score the learner alone
   rec = lambda config, per: dict(scenario='ss', dataset='cifar_fs', ways=5, shots=1, tasks=4,
                                  config=config, methods=_methods(purer=sum(per) / 4),
                                  per_task={'purer': per})
@@ -482,8 +482,27 @@ def test_cell_shows_its_seed_twin_beside_its_task_ci(tmp_path):
   assert line.startswith('Seed spread: seed 1 (new teachers and inversion, `ablation/seed1`) '
                          "scores 37.50 against this run's 45.00 ± ")
   assert ': -7.50 ± ' in line and line.endswith(' paired on the same tasks.')
-  c1['meta']['shots'] = 5
-  utils.write_json(str(results / 'ablation' / 'seed1' / 'results.json'),
-                   rec(c1, [0.3, 0.5, 0.3, 0.4]))
-  with pytest.raises(ValueError, match='another seed'):
-    records.seed_spread(cell)
+  for field, value in (('eval', dict(c1['eval'], seed=7)), ('meta', dict(c1['meta'], shots=5))):
+    utils.write_json(str(results / 'ablation' / 'seed1' / 'results.json'),
+                     rec(dict(c1, **{field: value}), [0.3, 0.5, 0.3, 0.4]))
+    with pytest.raises(ValueError, match='another seed'):  # other tasks, another recipe
+      records.seed_spread(cell)
+
+
+def test_headline_shows_the_read_out_meta_val_chose(tmp_path):
+  """Where the prototype read-out won on meta-val, the headline's PURER is it, paired with the
+  pool and the baselines on its own per-task scores, at its own cost."""
+  results = tmp_path / 'results'
+  per = {'random': [0.2, 0.2, 0.3, 0.3], 'pool': [0.5, 0.4, 0.5, 0.6],
+         'purer': [0.3, 0.3, 0.3, 0.3], 'purer_proto': [0.4, 0.4, 0.4, 0.4]}
+  utils.write_json(str(results / 'cell' / 'results.json'), dict(
+      scenario='ss', dataset='cifar_fs', ways=5, shots=1, tasks=4, per_task=per,
+      methods={m: dict(zip(('acc', 'ci95'), records.summary(v))) for m, v in per.items()},
+      paired={'purer-pool': {'mean_diff': -0.2, 'ci95': 0.05}},
+      readout_val={'purer': 0.30, 'purer_proto': 0.31},
+      cost_gflop={'purer': 0.7, 'purer_proto': 0.62, 'pool': 7.8}))
+  row = next(l for l in report.headline(records.load_cells(str(results)), 'p').splitlines()
+             if l.startswith('| SS | CIFAR-FS | 1'))
+  assert row.startswith('| SS | CIFAR-FS | 1 | **40.00 ± 0.00**, prototype (38.66 ± 0.78) | '
+                        '50.00 ± 6.93 | -10.00 ± 6.93 | 0.62 / 7.80 | +15.00 ± ')
+  assert row.endswith(' (Random) |')

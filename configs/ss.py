@@ -5,13 +5,15 @@
   python -m purer_jax.main --config=configs/ss.py:quick --workdir=W   # about 1 h on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:budget --workdir=W  # <= 2 h on a 2-core CPU
   python -m purer_jax.main --config=configs/ss.py:fast --workdir=W    # ~9 min on a 2-core CPU
+  python -m purer_jax.main --config=configs/ss.py:fast,eci,cell --workdir=W  # the 1-shot cell
 
 Variants: smoke | quick | budget | plus | 1shot | 5shot | mini | protonet | anil | distil |
-fast_teachers | fast, comma-separated (`:quick,5shot`). The meta-learner starts from the
+fast_teachers | fast | eci | cell, comma-separated (`:quick,5shot`). The meta-learner starts from the
 teachers' average (`meta.init='auto'`).
 Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.md):
-  :quick        1-shot PURER 38.54 +- 0.77 (random 22.13, average 25.00, ota 23.04 with one
-                test-time step); the pool read-out 48.56 +- 0.83, so PURER - pool -10.01 +- 0.67
+  :quick        1-shot PURER 38.54 +- 0.77, the cell until 2026-12-06 (random 22.13, average
+                25.00, ota 23.04 with one test-time step); the pool read-out 48.56 +- 0.83, so
+                PURER - pool -10.01 +- 0.67
                 at 0.70 against 7.82 GFLOP per task; 39 min from an empty workdir (teachers 7,
                 meta-training 29, meta-test 3) on 2026-12-05 (matmul 292 GFLOP/s); the same
                 figures to the digit in 26 min later that day on quiet cores (matmul 296)
@@ -52,6 +54,14 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 it (1,585 s); at weight 20 (ablation/fast_w20_1shot) 37.06 +- 0.76 in 537 s, and at 1,600
                 iterations 38.70 +- 0.77 in 796 s; 2026-12-05, matmul 296-319 GFLOP/s
                 (docs/ABLATION.md, "Time to accuracy from an empty workdir")
+  :fast,eci,cell  the SS CIFAR-FS 1-shot cell (docs/RESULTS.md): `fast` with ECI from iteration 67
+                (adv_scale 1.4, smoothed signal; chosen on meta-val, 33.53 against 32.71 without
+                it, ablation/fast_1shot on the same teachers), scored by the table's protocol: the
+                prototype read-out chosen on meta-val, 38.93 +- 0.79 (MAML's head 36.33 at one
+                test-time step, 37.22 tuned; PURER+ICFIL 36.95); random 22.13 / 33.67 tuned,
+                average 24.96 / 34.29, ota 23.81 / 37.13; the pool read-out 48.43 +- 0.83. 28 min
+                from an empty workdir (teachers 1.4, meta-training 7, meta-test 19: tuning four
+                methods and ICFIL), 2026-12-05, matmul 332 GFLOP/s
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

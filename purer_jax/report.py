@@ -86,16 +86,6 @@ MINI_NOTE = ('Our MiniImageNet copy has 100 images per class where the paper\'s 
              'its teachers see a sixth of the data')
 
 
-
-def best_baseline(c: dict):
-  """(name, paired PURER - it) of the most accurate baseline, or None."""
-  base = {m: v['acc'] for m, v in c['methods'].items() if not m.startswith('purer')}
-  if not base or 'purer' not in c['methods']:
-    return None
-  best = max(sorted(base), key=base.get)
-  return best, c['paired'].get(f'purer-{best}')
-
-
 def deviations(res: dict) -> list:
   """The run's departures from the paper's protocol, from its recorded config: PROTOCOL's
   fields against the paper, every other field (but records.NOT_PROTOCOL's) against this
@@ -135,11 +125,12 @@ def _commit(res) -> str:
 
 
 def _vs_best(c: dict) -> str:
-  """PURER's paired difference to the cell's best baseline, with its name; '—' if none."""
-  best = best_baseline(c)
-  if not (best and best[1]):
-    return '—'
-  return f'{records.fmt_diff(best[1])} ({records.METHODS.get(best[0], best[0])})'
+  """PURER's paired difference to the cell's most accurate baseline, with its name; '—' if
+  there is none."""
+  base = {m: v['acc'] for m, v in c['methods'].items() if not m.startswith('purer')}
+  best = max(sorted(base), key=base.get) if base and 'purer' in c['methods'] else None
+  diff = best and c['paired'].get(f'purer-{best}')
+  return f'{records.fmt_diff(diff)} ({records.METHODS.get(best, best)})' if diff else '—'
 
 
 def _mark(dataset: str) -> str:
@@ -196,7 +187,9 @@ def render(cells: dict, out_dir: str) -> str:
       'Each method is scored twice on the same tasks: with the paper\'s one test-time step '
       '("one step", config.meta\'s adaptation) and with test-time steps and lr chosen on '
       'meta-val for that method ("tuned"; — where the run did not tune). A method without '
-      'test-time steps (the pool read-out) scores the same in both.', '',
+      'test-time steps (the pool read-out) scores the same in both. In bold: the cell\'s PURER '
+      'figure, the learner read-out (MAML\'s head or the prototype read-out of its features) '
+      'that meta-val chose.', '',
       '| scenario | dataset | method | 1-shot, one step | 1-shot, tuned | 1-shot (paper) | '
       '1-shot GFLOP | 5-shot, one step | 5-shot, tuned | 5-shot (paper) | 5-shot GFLOP |',
       '|---|---|---|---|---|---|---|---|---|---|---|']
@@ -215,6 +208,8 @@ def render(cells: dict, out_dir: str) -> str:
         else:
           ours = [records.fmt_acc(v) if v else '—' for v in (
               records.combined(cell, col)['methods'].get(m) for col in ('one_step', 'tuned'))]
+          if m == records.learner_choice(cell['res']):  # the cell's PURER figure
+            ours[0] = f'**{ours[0]}**'
         row += [*ours, PAPER[scenario, dataset].get(m, ('—', '—'))[k],
                 records.fmt_gflop(cell, m)]
       lines.append('| ' + ' | '.join(row) + ' |')

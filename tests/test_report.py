@@ -73,7 +73,7 @@ def test_page_numbers_and_missing_cells(tmp_path):
   # Each column on its own: a method the run did not tune has no tuned score.
   assert '| OTA | 25.12 ± 0.68 | — | 28.12 ± 0.62 / 29.10 ± 0.65 | 0.70 | not run yet |' in page
   assert '| Pool read-out | 40.00 ± 0.68 | 40.00 ± 0.68 | — | 7.82 | not run yet | — |' in page
-  assert '| PURER | 32.95 ± 0.68 | 34.00 ± 0.68 | 38.66 ± 0.78 |' in page
+  assert '| PURER | **32.95 ± 0.68** | 34.00 ± 0.68 | 38.66 ± 0.78 |' in page  # the cell's
   assert '| PURER+ICFIL | 33.01 ± 0.68 | — | — | — | not run yet | — | — | — |' in page
   assert ('| DRO‡ | quoted, not measured here | — | 23.92 ± 0.49 | — | quoted, not measured '
           'here | — | 24.34 ± 0.49 | — |') in page

@@ -60,7 +60,10 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   assert c.distil.weight > 0 and 'purer_proto' in c.eval.methods
   assert c.eci.start == 1.0  # ECI off, as in the measured run
   assert config.build('ss', 'quick,fast').train.iterations == c.train.iterations  # after quick
-  for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini'), ('ss', '5shot,fast')):
+  for arg in ('5shot,fast', 'fast,5shot'):  # 5-shot: a bank of 5 + 7 per class, 1,500 iterations
+    five = config.build('ss', arg)
+    assert (five.inversion.spc, five.train.iterations, five.eci.start) == (12, 1500, 1.0)
+  for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini')):
     with pytest.raises(ValueError, match='`fast` variant'):
       config.build(scenario, arg)
 

@@ -322,6 +322,13 @@ def wall_time(res) -> str:
   if resumed:
     return (fmt_time(sum(v or 0 for _, v, counted in parts if counted)) +
             f" ({text}; summed: resumed at iteration {timing['resumed_at']})")
+  segments = timing.get('segments') or []
+  if len(segments) > 1:
+    text += '; meta-training in {} segments: {}'.format(len(segments), ', '.join(
+        fmt_time(s['wall_s']) + (' (interrupted)' if s.get('interrupted') else '')
+        for s in segments))
+  if 'teachers_source' not in res:
+    text += ('; ' if text else '') + "the teachers' source is not recorded"
   total = field(res, 'wall_time_s', 'timing')
   if total is None:
     return text or '—'

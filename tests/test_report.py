@@ -44,6 +44,7 @@ def _results_dir(tmp_path):
       'timing': {'meta_train_s': 1500.0, 'eval_s': 290.0, 'teachers_train_s': 600.0,
                  'wall_time_s': 2400.0},
       'provenance': {'commit': '0123456789abcdef0123456789abcdef01234567', 'dirty': False},
+      'teachers_source': {'trained': 'in this run', 'seconds': 600.0},
       'teachers_heldout': [0.6, 0.7, 0.8]})
   (results / 'ss_cifar' / 'pseudo_conv4.png').write_bytes(b'\x89PNG')
   mh = {'scenario': 'mh', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 5, 'tasks': 100,
@@ -92,7 +93,7 @@ def test_page_numbers_and_missing_cells(tmp_path):
           'meta-test 5 min) | 70.0% (min 60.0, max 80.0; 3 teachers) '
           '| `0123456789` |') in page
   assert ('| MH mixed 5-shot | `mh_5shot` | 100 | +8.00 ± 0.50 | +8.00 ± 0.50 (Random) | — | — '
-          '| — | — | — |') in page
+          "| the teachers' source is not recorded | — | — |") in page
   assert '| MiniImageNet | 23.00 ± 0.68 | 29.00 ± 0.68 | +6.00 ± 0.60 |' in page
   # Deviations come from the recorded config; MH recorded none.
   assert '- `train.iterations` = 2,000 (paper: 60,000)' in page
@@ -259,15 +260,24 @@ def test_ablation_pairs_each_run_with_the_quick_control(tmp_path):
 
 def test_a_resumed_run_counts_every_segment():
   whole = {'timing': {'wall_time_s': 3000.0, 'teachers_train_s': 600.0, 'meta_train_s': 2100.0,
-                      'eval_s': 300.0}}
+                      'eval_s': 300.0}, 'teachers_source': {'trained': 'in this run'}}
   assert records.wall_time(whole) == '50 min (teachers 10 min, meta-training 35 min, meta-test 5 min)'
+  # A record that does not say where its teachers came from says so.
+  assert records.wall_time({'timing': whole['timing']}).endswith(
+      "meta-test 5 min; the teachers' source is not recorded)")
+  # Each segment of a meta-training that was interrupted and resumed.
+  segmented = dict(whole, timing=dict(whole['timing'], segments=[
+      {'from_it': 0, 'to_it': 40, 'wall_s': 600.0, 'interrupted': True},
+      {'from_it': 40, 'to_it': 100, 'wall_s': 1500.0}]))
+  assert records.wall_time(segmented).endswith(
+      'meta-test 5 min; meta-training in 2 segments: 10 min (interrupted), 25 min)')
   # The last command ran 1 h of a 2 h meta-training: the total sums the logged windows.
   resumed = {'timing': dict(whole['timing'], wall_time_s=3900.0, meta_train_s=3600.0,
                             resumed_at=80, meta_train_logged_s=7200.0)}
   assert records.wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
                                         'meta-test 5 min; summed: resumed at iteration 80)')
   # Teachers from an earlier command: named, not counted.
-  reused = {'timing': dict(whole['timing'], wall_time_s=2400.0, teachers_reused=True)}
+  reused = dict(whole, timing=dict(whole['timing'], wall_time_s=2400.0, teachers_reused=True))
   assert records.wall_time(reused) == ('40 min (teachers reused, 10 min when trained earlier, '
                                        'not counted, meta-training 35 min, meta-test 5 min)')
   reused['timing'].update(resumed_at=80, meta_train_logged_s=7200.0)

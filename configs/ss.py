@@ -62,6 +62,9 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 average 24.96 / 34.29, ota 23.81 / 37.13; the pool read-out 48.43 +- 0.83. 28 min
                 from an empty workdir (teachers 1.4, meta-training 7, meta-test 19: tuning four
                 methods and ICFIL), 2026-12-05, matmul 332 GFLOP/s
+  :fast,5shot   the same at 5-shot (a bank of 5 + 7 per class, 1,500 iterations), ECI off: the
+                prototype read-out chosen on meta-val (45.17; MAML's head 40.49), 54.21 +- 0.79
+                (paper 51.95; MAML's head 49.19) in 17 min from an empty workdir, 2026-12-06
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

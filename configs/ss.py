@@ -64,7 +64,11 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 methods and ICFIL), 2026-12-05, matmul 332 GFLOP/s
   :fast,5shot   the same at 5-shot (a bank of 5 + 7 per class, 1,500 iterations), ECI off: the
                 prototype read-out chosen on meta-val (45.17; MAML's head 40.49), 54.21 +- 0.79
-                (paper 51.95; MAML's head 49.19) in 17 min from an empty workdir, 2026-12-06
+                (paper 51.95; MAML's head 49.19) in 17 min from an empty workdir, 2026-12-06.
+                ECI (`eci`) lost on meta-val here (44.36). The 5-shot cell is this run scored
+                with `cell` (re-run on the finished workdir, 38 min of meta-test): random 21.70 /
+                46.48 tuned, average 25.74 / 48.10, ota 23.49 / 51.63, MAML's head 49.19 / 50.78,
+                PURER+ICFIL 51.65 / 52.36, the pool read-out 63.47 +- 0.77
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

@@ -35,7 +35,7 @@ def _lever_config(res: dict) -> dict:
          if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in NOT_LEVER)}
   if 'init' in res:  # the init used: `auto` resolved for the run's pool
     out['meta.init'] = res['init']
-  if out.get('eci.start', 1.0) >= 1.0 or not out.get('train.iterations'):
+  if not records.eci_on(res):
     # ECI never switched on: its other settings did not change what meta-training learnt.
     out = dict({k: v for k, v in out.items() if not k.startswith('eci.')}, **{'eci.start': 1.0})
   return out
@@ -262,7 +262,8 @@ def _against_pool(runs: list) -> list:
 
 
 def _pm(summary, signed: bool = False) -> str:
-  """`records.summary`'s (mean, CI half-width) in points: '41.55 ± 0.77', or '+3.01 ± 0.60' signed."""
+  """`records.summary`'s (mean, CI half-width) in points: '41.55 ± 0.77', or '+3.01 ± 0.60'
+  signed."""
   return f"{100 * summary[0]:{'+' if signed else ''}.2f} ± {100 * summary[1]:.2f}"
 
 

@@ -5,8 +5,8 @@ variants: `smoke`, `quick`, `budget` (SS: the best recipe found for 120 minutes 
 (a PURER-Plus pool of 100 teachers), `1shot`, `5shot`, `mini` (MiniImageNet), the PURER-Plus
 meta-learners `protonet` and `anil`, `distil` (the pool's representation distilled into the
 learner), `fast_teachers` (a teacher recipe in a quarter of `quick`'s time), `fast` (SS
-CIFAR-FS 1-shot's time to accuracy), `eci` (ECI from 1/15 of the run at the original code's
-balance) and `cell` (the results table's meta-test protocol), for example `configs/ss.py:smoke,5shot` or
+CIFAR-FS's time to accuracy), `eci` (ECI from 1/15 of the run at the original code's balance)
+and `cell` (the results table's meta-test protocol), for example `configs/ss.py:smoke,5shot` or
 `configs/ss.py:quick,mini`.
 """
 import ml_collections

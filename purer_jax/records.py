@@ -219,7 +219,7 @@ def learner_view(cell: dict) -> dict:
   if learner_choice(res) == 'purer' or len(cell['datasets']) > 1:
     return c
   per = res['per_task']
-  paired = {f'purer-{m}': dict(zip(('mean_diff', 'ci95'), _paired(per['purer_proto'], per[m])))
+  paired = {f'purer-{m}': _paired(per['purer_proto'], per[m])
             for m in per if not m.startswith('purer')}
   return {'methods': dict(c['methods'], purer=c['methods']['purer_proto']),
           'paired': dict(c['paired'], **paired)}
@@ -245,8 +245,7 @@ def eci_comparison(cell: dict) -> str:
     raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")
   val = lambda r: (r.get('readout_val') or {}).get(learner_choice(r), r.get('best_val'))
   on, off = (res, twin) if state == 'on' else (twin, res)
-  diff = dict(zip(('mean_diff', 'ci95'), _paired(on['per_task'][learner_choice(on)],
-                                                 off['per_task'][learner_choice(off)])))
+  diff = _paired(on['per_task'][learner_choice(on)], off['per_task'][learner_choice(off)])
   verdict = ('chosen on meta-val' if val(res) >= val(twin) else
              'declared before the run, though meta-val prefers the other way')
   return (f"ECI: {state} in this run, {verdict} ({100 * val(res):.2f} against "
@@ -276,7 +275,7 @@ def seed_spread(cell: dict):
   return (f"Seed spread: seed {other.get('seed')} (new teachers and inversion, "
           f"`{res['seed_twin']}`) scores {100 * summary(theirs)[0]:.2f} against this run's "
           f"{fmt_acc(dict(zip(('acc', 'ci95'), summary(mine))))}: "
-          f"{fmt_diff(dict(zip(('mean_diff', 'ci95'), _paired(theirs, mine))))} paired on the "
+          f"{fmt_diff(_paired(theirs, mine))} paired on the "
           'same tasks.')
 
 
@@ -297,9 +296,9 @@ def summary(xs) -> tuple:
   return mean, 1.96 * math.sqrt(sum((x - mean) ** 2 for x in xs) / n) / math.sqrt(n)
 
 
-def _paired(a: list, b: list) -> tuple:
-  """Mean per-task difference a − b and its 95% CI half-width."""
-  return summary([x - y for x, y in zip(a, b)])
+def _paired(a: list, b: list) -> dict:
+  """{'mean_diff', 'ci95'}: the mean per-task difference a − b and its 95% CI half-width."""
+  return dict(zip(('mean_diff', 'ci95'), summary([x - y for x, y in zip(a, b)])))
 
 
 def readout_name(method: str) -> str:
@@ -320,8 +319,7 @@ def wall_time(res) -> str:
       ('meta-training {}', meta, True), ('meta-test {}', 'eval_s', True))]
   text = ', '.join(label.format(fmt_time(v)) for label, v, _ in parts if v is not None)
   if resumed:
-    return (fmt_time(sum(v or 0 for _, v, counted in parts if counted)) +
-            f" ({text}; summed: resumed at iteration {timing['resumed_at']})")
+    text += f"; summed: resumed at iteration {timing['resumed_at']}"
   segments = timing.get('segments') or []
   if len(segments) > 1:
     text += '; meta-training in {} segments: {}'.format(len(segments), ', '.join(
@@ -329,6 +327,8 @@ def wall_time(res) -> str:
         for s in segments))
   if 'teachers_source' not in res:
     text += ('; ' if text else '') + "the teachers' source is not recorded"
+  if resumed:
+    return fmt_time(sum(v or 0 for _, v, counted in parts if counted)) + f' ({text})'
   total = field(res, 'wall_time_s', 'timing')
   if total is None:
     return text or '—'

@@ -272,10 +272,17 @@ def test_a_resumed_run_counts_every_segment():
   assert records.wall_time(segmented).endswith(
       'meta-test 5 min; meta-training in 2 segments: 10 min (interrupted), 25 min)')
   # The last command ran 1 h of a 2 h meta-training: the total sums the logged windows.
-  resumed = {'timing': dict(whole['timing'], wall_time_s=3900.0, meta_train_s=3600.0,
-                            resumed_at=80, meta_train_logged_s=7200.0)}
+  resumed = dict(whole, timing=dict(whole['timing'], wall_time_s=3900.0, meta_train_s=3600.0,
+                                    resumed_at=80, meta_train_logged_s=7200.0))
   assert records.wall_time(resumed) == ('2 h 15 min (teachers 10 min, meta-training 2 h 00 min, '
                                         'meta-test 5 min; summed: resumed at iteration 80)')
+  # A resumed run lists its segments too, and says when its teachers' source is missing.
+  resumed['timing']['segments'] = segmented['timing']['segments']
+  del resumed['teachers_source']
+  assert records.wall_time(resumed) == (
+      '2 h 15 min (teachers 10 min, meta-training 2 h 00 min, meta-test 5 min; summed: resumed '
+      'at iteration 80; meta-training in 2 segments: 10 min (interrupted), 25 min; the '
+      "teachers' source is not recorded)")
   # Teachers from an earlier command: named, not counted.
   reused = dict(whole, timing=dict(whole['timing'], wall_time_s=2400.0, teachers_reused=True))
   assert records.wall_time(reused) == ('40 min (teachers reused, 10 min when trained earlier, '

@@ -272,10 +272,17 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
     # every 500 (sized to a third of a same-day `:quick`); the inversion's `loop` strategy, which
     # `auto` picks for Conv4 after compiling and timing the others; meta-test on the learner's
     # two read-outs. At 5-shot (declared before it ran): the same with 1,500 iterations.
-    if c.scenario != 'ss' or c.data.dataset != 'cifar_fs':
-      raise ValueError('the `fast` variant is the SS CIFAR-FS recipe: use configs/ss.py '
-                       'without mini')
-    variants.append('fast_teachers')
+    # SH CIFAR-FS (declared before it ran): the same meta-training with one teacher per arch
+    # refined per iteration, on `quick`'s SH teachers, since the fast teacher recipe was
+    # measured on Conv4s only and SH's ResNets cannot share a program (archs alternate).
+    if c.scenario == 'mh' or c.data.dataset != 'cifar_fs':
+      raise ValueError('the `fast` variant is the CIFAR-FS recipe of SS and SH: use '
+                       'configs/ss.py or configs/sh.py without mini')
+    if c.scenario == 'ss':
+      variants.append('fast_teachers')
+    else:
+      c.teachers.max_per_class, c.teachers.batch_size = 300, 32
+      c.teachers.epochs, c.teachers.milestones, c.teachers.per_iter = 4, (3,), 3
     c.distil.weight, c.meta.train_queries = 50.0, 7
     c.inversion.spc = c.meta.shots + c.meta.train_queries
     c.inversion.strategy, c.eci.start = 'loop', 1.0

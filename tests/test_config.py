@@ -63,9 +63,19 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   for arg in ('5shot,fast', 'fast,5shot'):  # 5-shot: a bank of 5 + 7 per class, 1,500 iterations
     five = config.build('ss', arg)
     assert (five.inversion.spc, five.train.iterations, five.eci.start) == (12, 1500, 1.0)
-  for scenario, arg in (('sh', 'fast'), ('ss', 'fast,mini')):
+  for scenario, arg in (('mh', 'fast'), ('sh', 'fast,mini'), ('ss', 'fast,mini')):
     with pytest.raises(ValueError, match='`fast` variant'):
       config.build(scenario, arg)
+
+
+def test_fast_in_sh_keeps_quicks_teachers_and_refines_one_teacher_per_arch():
+  sh, quick = config.build('sh', 'fast'), config.build('sh', 'quick')
+  for f in ('max_per_class', 'batch_size', 'epochs', 'milestones', 'schedule', 'per_iter'):
+    assert sh.teachers[f] == quick.teachers[f], f
+  ss = config.build('ss', 'fast')
+  for f in ('inversion.spc', 'distil.weight', 'train.iterations', 'meta.outer_schedule'):
+    a, b = f.split('.')
+    assert sh[a][b] == ss[a][b], f
 
 
 def test_cell_scores_every_method_in_both_columns_and_keeps_the_recipes_read_outs():

@@ -302,10 +302,10 @@ def task_rng(seed: int, index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), int(index)])
 
 
-def sample_episode(data: SplitData, ways: int, shots: int, queries: int,
-                   rng: np.random.Generator, class_indices: Optional[Sequence] = None,
-                   image_size: Optional[int] = None) -> dict:
-  """One N-way K-shot episode: normalised float32 images, labels 0..ways-1 in draw order."""
+def sample_rows(data: SplitData, ways: int, shots: int, queries: int, rng: np.random.Generator,
+                class_indices: Optional[Sequence] = None) -> tuple:
+  """One N-way K-shot episode's draw: its classes, and the split's rows of its support and of
+  its query images (class by class, disjoint)."""
   class_indices = data.class_indices() if class_indices is None else class_indices
   if ways > data.num_classes:
     raise ValueError(f'{ways}-way episodes need {ways} classes; the split has {data.num_classes}')
@@ -316,16 +316,28 @@ def sample_episode(data: SplitData, ways: int, shots: int, queries: int,
     if len(rows) < shots + queries:
       raise ValueError(f'class {data.class_names[c]!r} has {len(rows)} images, fewer than '
                        f'shots + queries = {shots + queries}')
-    pick = rng.choice(rows, shots + queries, replace=False)  # disjoint support and query
+    pick = rng.choice(rows, shots + queries, replace=False)
     sx.append(pick[:shots])
     qx.append(pick[shots:])
-  norm = lambda rows: normalize(data.images[np.concatenate(rows)], data.dataset)
-  support_x, query_x = norm(sx), norm(qx)
-  if image_size:
-    support_x, query_x = resize(support_x, image_size), resize(query_x, image_size)
+  return classes, np.concatenate(sx), np.concatenate(qx)
+
+
+def images_at(data: SplitData, rows, image_size: Optional[int] = None) -> np.ndarray:
+  """The split's images at `rows`, normalised float32 (resized to image_size if given)."""
+  x = normalize(data.images[rows], data.dataset)
+  return resize(x, image_size) if image_size else x
+
+
+def sample_episode(data: SplitData, ways: int, shots: int, queries: int,
+                   rng: np.random.Generator, class_indices: Optional[Sequence] = None,
+                   image_size: Optional[int] = None) -> dict:
+  """One N-way K-shot episode: normalised float32 images, labels 0..ways-1 in draw order."""
+  classes, support, query = sample_rows(data, ways, shots, queries, rng, class_indices)
   return {
-      'support_x': support_x, 'support_y': np.repeat(np.arange(ways, dtype=np.int32), shots),
-      'query_x': query_x, 'query_y': np.repeat(np.arange(ways, dtype=np.int32), queries),
+      'support_x': images_at(data, support, image_size),
+      'support_y': np.repeat(np.arange(ways, dtype=np.int32), shots),
+      'query_x': images_at(data, query, image_size),
+      'query_y': np.repeat(np.arange(ways, dtype=np.int32), queries),
       'classes': classes.astype(np.int32),
   }
 
@@ -339,6 +351,15 @@ def episodes(data: SplitData, ways: int, shots: int, queries: int = 15, seed: in
   while num is None or i < start + num:
     yield sample_episode(data, ways, shots, queries, task_rng(seed, i), ci, image_size)
     i += 1
+
+
+def episode_rows(data: SplitData, ways: int, shots: int, queries: int = 15, seed: int = 0,
+                 num: int = 1) -> np.ndarray:
+  """(num, ways * (shots + queries)) split rows of `episodes`' episodes 0..num-1, support then
+  query: the same draws, for a reader that embeds each image of the split once."""
+  ci = data.class_indices()
+  return np.stack([np.concatenate(sample_rows(data, ways, shots, queries, task_rng(seed, i),
+                                              ci)[1:]) for i in range(num)])
 
 
 def task_spec(ways: int, shots: int, queries: int, image_size: int) -> dict:

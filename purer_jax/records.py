@@ -279,6 +279,40 @@ def seed_spread(cell: dict):
           'same tasks.')
 
 
+def shortfall(cell: dict, paper: str):
+  """A sentence for a cell whose learner (the read-out chosen on meta-val) is below `paper`
+  (the paper's figure, e.g. '39.15 ± 0.70'): the gap, and the iterations and hours of
+  meta-training that would close it if meta-val kept rising as it did, a line in log(iteration)
+  fitted to the run's meta-val curve with a meta-test point taken as a meta-val point; None at
+  or above the paper."""
+  res = cell['res']
+  mine = 100 * learner_view(cell)['methods']['purer']['acc']
+  gap = float(paper.split()[0]) - mine
+  if gap <= 0:
+    return None
+  head = f'Below the paper by {gap:.2f} points.'
+  curve = [(p['it'], 100 * p['val_acc']) for p in res.get('val_curve') or [] if p['it'] > 0]
+  if len(curve) < 2:
+    return head + ' Its meta-val curve has fewer than two points: no extrapolation.'
+  x = [math.log(it) for it, _ in curve]
+  y = [v for _, v in curve]
+  mx, my = sum(x) / len(x), sum(y) / len(y)
+  slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+  where = f'a line fitted to its {len(curve)} meta-val points'
+  if slope <= 0:
+    return head + (f' Meta-val did not rise with iterations ({where}): more of them would '
+                   'not close it.')
+  last = curve[-1][0]
+  needed = last * math.exp(gap / slope)
+  ran = res.get('iterations') or last
+  per_it = (field(res, 'meta_train_logged_s', 'timing') or field(res, 'meta_train_s', 'timing')
+            or 0) / ran
+  hours = f': about {needed * per_it / 3600:,.1f} h of meta-training here' if per_it else ''
+  return (head + f' Meta-val rose {slope * math.log(2):.2f} points per doubling of iterations '
+          f'({where}); at that rate the gap closes at about {needed:,.0f} iterations against '
+          f'the run\'s {ran:,}{hours}.')
+
+
 def _twin(cell: dict, field: str):
   """(record, path) of the run a cell's results.json names in `field`, under the same folder."""
   path = os.path.join(os.path.dirname(cell['dir']), cell['res'][field], 'results.json')

@@ -268,7 +268,8 @@ def _cell_section(slot, cell, out_dir) -> list:
       [f"best meta-val accuracy: {100 * res['best_val']:.2f}%"] if 'best_val' in res else [])
   if facts:
     lines += ['; '.join(facts) + '.', '']
-  for line in (records.eci_comparison(cell), records.seed_spread(cell)):
+  for line in (records.eci_comparison(cell), records.seed_spread(cell), records.shortfall(
+      cell, PAPER[slot[:2]]['purer'][(1, 5).index(slot[2])])):
     lines += [line, ''] if line else []
   if len(cell['datasets']) > 1:
     order = list(records.METHODS)

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 import purer_jax
+from tests.conftest import command_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +27,7 @@ def test_importing_the_library_defines_no_flags():
                                            ('--params', '--tasks', '--test', '--dataset'))])
 def test_commands_define_their_flags(module, extra):
   out = subprocess.run([sys.executable, '-m', f'purer_jax.{module}', '--helpfull'], cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+                       env=command_env(), capture_output=True, text=True)
   assert out.returncode in (0, 1), out.stderr[-2000:]
   for flag in ('--config', '--workdir') + extra:
     assert flag in out.stdout, (flag, out.stdout[-2000:])

@@ -5,7 +5,6 @@ short meta-training run gives one process's metrics and a checkpoint that restor
 in one process."""
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from purer_jax import parallel, train, utils
 from tests import distributed_worker
+from tests.conftest import command_env
 from tests.test_train import TINY, _metrics, _workdir, tiny_run  # noqa: F401 (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,20 +27,14 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices: int, **extra) -> dict:
-  env = dict(os.environ, PYTHONPATH=ROOT, **extra)
-  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.pop('XLA_FLAGS', ''))
-  env['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
-  return env
-
-
 def _processes(cmd, n=2, timeout=900):
-  """Runs `cmd` as processes 0..n-1 of one jax.distributed run; returns their outputs."""
+  """Runs `cmd` as processes 0..n-1 of one jax.distributed run, 2 CPU devices each; returns
+  their outputs."""
   port = _port()
   procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=_env(2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-                                                PURER_NUM_PROCESSES=str(n),
-                                                PURER_PROCESS_ID=str(i)))
+                            text=True, env=command_env(
+                                2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                                PURER_NUM_PROCESSES=str(n), PURER_PROCESS_ID=str(i)))
            for i in range(n)]
   try:
     outs = [p.communicate(timeout=timeout)[0] for p in procs]

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from purer_jax import workdir as workdir_lib
+from tests.conftest import command_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Takes W's lock as a command does, says so, then holds it until killed.
@@ -20,12 +21,8 @@ HOLD = ('import sys, time\n'
         'time.sleep(600)\n')
 
 
-def _env():
-  return dict(os.environ, PYTHONPATH=ROOT)
-
-
 def _holder(workdir) -> subprocess.Popen:
-  p = subprocess.Popen([sys.executable, '-c', HOLD, workdir], cwd=ROOT, env=_env(),
+  p = subprocess.Popen([sys.executable, '-c', HOLD, workdir], cwd=ROOT, env=command_env(),
                        stdout=subprocess.PIPE, text=True)
   assert p.stdout.readline() == 'locked\n'
   return p
@@ -43,7 +40,7 @@ def _files(workdir) -> dict:
 
 def _main(workdir, *flags):
   return subprocess.run([sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
-                         f'--workdir={workdir}', *flags], cwd=ROOT, env=_env(),
+                         f'--workdir={workdir}', *flags], cwd=ROOT, env=command_env(),
                         capture_output=True, text=True, timeout=300)
 
 

@@ -8,3 +8,22 @@ def test_a_recorded_eci_iteration_reads_as_a_fraction_of_its_run():
   # Starting at or after the last iteration is never.
   assert records.flatten({'eci': {'adv_start': 4000},
                           'train': {'iterations': 2000}})['eci.start'] == 1.0
+
+
+def _cell(acc, curve, seconds=3600.0, iterations=1000):
+  res = {'methods': {'purer': {'acc': acc, 'ci95': 0.01}}, 'paired': {}, 'per_task': {},
+         'iterations': iterations, 'timing': {'meta_train_s': seconds},
+         'val_curve': [{'it': it, 'val_acc': v} for it, v in curve]}
+  return {'res': res, 'datasets': {'cifar_fs': {'methods': res['methods'], 'paired': {}}}}
+
+
+def test_shortfall_extrapolates_the_meta_val_curve_to_the_paper():
+  assert records.shortfall(_cell(0.40, [(500, 0.30), (1000, 0.31)]), '39.15 ± 0.70') is None
+  # 2 points below the paper; meta-val gains 1 point per doubling: 4x the run's 1,000
+  # iterations, at its 3.6 s per iteration.
+  line = records.shortfall(_cell(0.3715, [(500, 0.30), (1000, 0.31)]), '39.15 ± 0.70')
+  assert line.startswith('Below the paper by 2.00 points.')
+  assert 'about 4,000 iterations against the run\'s 1,000: about 4.0 h' in line, line
+  flat = records.shortfall(_cell(0.30, [(500, 0.30), (1000, 0.29)]), '39.15')
+  assert 'did not rise' in flat
+  assert 'fewer than two points' in records.shortfall(_cell(0.30, [(500, 0.3)]), '39.15')

@@ -12,6 +12,7 @@ import ml_collections
 import pytest
 
 from purer_jax import config, evaluate, inversion, meta, models, pool, pretrain, schema
+from tests.conftest import command_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,9 +129,8 @@ def test_config_md_is_generated_from_the_schema(tmp_path, monkeypatch):
 
 
 def _main(workdir, *flags):
-  env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
-                         f'--workdir={workdir}', *flags], cwd=ROOT, env=env,
+                         f'--workdir={workdir}', *flags], cwd=ROOT, env=command_env(),
                         capture_output=True, text=True, timeout=300)
 
 

@@ -3,7 +3,6 @@ after its first checkpoint and resumed ends exactly like an uninterrupted run; t
 stops at the right iteration and keeps the last good checkpoint."""
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from purer_jax import data, eci, evaluate, meta_test, models, train, utils, viz, zoo
-from tests.conftest import once
+from tests.conftest import command_env, once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
@@ -36,13 +35,9 @@ def _workdir(tmp_path, name, zoo_dir):
 
 
 def _launch(workdir, data_dir, *extra):
-  env = dict(os.environ, PYTHONPATH=ROOT)  # with the suite's compilation cache (conftest.py)
-  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.pop('XLA_FLAGS', ''))
-  if flags.strip():  # one device, as a user's run
-    env['XLA_FLAGS'] = flags.strip()
   cmd = [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=ROOT, env=command_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 

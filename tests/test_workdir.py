@@ -18,6 +18,7 @@ from orbax.checkpoint._src.path import atomicity
 from purer_jax import cli, data, pretrain, train, utils, zoo
 from purer_jax import config as config_lib
 from purer_jax import workdir as workdir_lib
+from tests.conftest import command_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -343,9 +344,8 @@ def test_user_errors_are_one_line_without_traceback(capsys):
 
 
 def _command(module, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, '-m', f'purer_jax.{module}', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=300)
+                        env=command_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

@@ -117,8 +117,8 @@ def accuracies(teachers, split, *, ways, shots, queries, num_tasks, seed, varian
   parts = []
   for start in range(0, len(used), chunk):
     part = used[start:start + chunk]  # the last one padded: one program for every chunk
-    out = embed_fn(variables, data_lib.images_at(
-        split, np.pad(part, (0, chunk - len(part)), mode='edge'), image_size))
+    out = jax.block_until_ready(embed_fn(variables, data_lib.images_at(  # honest progress
+        split, np.pad(part, (0, chunk - len(part)), mode='edge'), image_size)))
     parts.append(jax.tree.map(lambda a, n=len(part): a[:n], out))
     if progress:
       progress.update(round(num_tasks * min(start + chunk, len(used)) / len(used)))

@@ -292,6 +292,11 @@ def shortfall(cell: dict, paper: str):
     return None
   head = f'Below the paper by {gap:.2f} points.'
   curve = [(p['it'], 100 * p['val_acc']) for p in res.get('val_curve') or [] if p['it'] > 0]
+  if learner_choice(res) == 'purer_proto':  # the training curve tracks MAML's head only
+    return head + (' No extrapolation: the chosen prototype read-out is scored once, at the '
+                   "end; MAML's head's meta-val went " + ' → '.join(
+                       f'{v:.2f}' for _, v in curve) + ' over iterations ' + ', '.join(
+                       f'{it:,}' for it, _ in curve) + '.')
   if len(curve) < 2:
     return head + ' Its meta-val curve has fewer than two points: no extrapolation.'
   x = [math.log(it) for it, _ in curve]
@@ -359,6 +364,8 @@ def wall_time(res) -> str:
     text += '; meta-training in {} segments: {}'.format(len(segments), ', '.join(
         fmt_time(s['wall_s']) + (' (interrupted)' if s.get('interrupted') else '')
         for s in segments))
+  if timing.get('rescore_eval_s') is not None:  # a later command scored the table's protocol
+    text += f"; then {fmt_time(timing['rescore_eval_s'])} re-scoring it by the table's protocol"
   if 'teachers_source' not in res:
     text += ('; ' if text else '') + "the teachers' source is not recorded"
   if resumed:

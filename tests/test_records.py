@@ -27,3 +27,19 @@ def test_shortfall_extrapolates_the_meta_val_curve_to_the_paper():
   flat = records.shortfall(_cell(0.30, [(500, 0.30), (1000, 0.29)]), '39.15')
   assert 'did not rise' in flat
   assert 'fewer than two points' in records.shortfall(_cell(0.30, [(500, 0.3)]), '39.15')
+
+
+def test_wall_time_names_a_later_rescoring():
+  res = {'timing': {'wall_time_s': 600.0, 'eval_s': 60.0, 'rescore_eval_s': 1200.0},
+         'teachers_source': {'trained': 'in this run', 'seconds': 100.0}}
+  assert records.wall_time(res) == ('10 min (meta-test 1 min; then 20 min re-scoring it by the '
+                                    "table's protocol)")
+
+
+def test_shortfall_does_not_extrapolate_a_read_out_it_did_not_track():
+  cell = _cell(0.30, [(500, 0.25), (1000, 0.26)])
+  cell['res']['readout_val'] = {'purer': 0.26, 'purer_proto': 0.30}
+  cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3]}
+  cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
+  line = records.shortfall(cell, '39.15')
+  assert 'No extrapolation' in line and "25.00 → 26.00 over iterations 500, 1,000" in line, line

@@ -3,8 +3,10 @@
   python -m purer_jax.main --config=configs/sh.py:smoke --workdir=W
 
   python -m purer_jax.main --config=configs/sh.py:quick --workdir=W      # <= 90 min here
+  python -m purer_jax.main --config=configs/sh.py:fast,eci,cell --workdir=W  # the 1-shot cell
 
-Variants: smoke | quick | 1shot | 5shot | mini | protonet | anil (comma-separated).
+Variants: smoke | quick | fast | eci | cell | 1shot | 5shot | mini | protonet | anil,
+comma-separated.
   python -m purer_jax.main --config=configs/sh.py:quick,mini --workdir=W # <= 90 min here
   python -m purer_jax.main --config=configs/sh.py:quick,mini,5shot --workdir=W  # idem
 Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.md):
@@ -26,6 +28,17 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            paper 35.19); the 1-shot run's teachers (29 min, not counted again), 300 iterations
            in 48 min (~9 s/iteration), meta-test 5 min: 82 min with the teachers. Meta-val 31.0
            / 32.3 at 250 / 300, still rising.
+  :fast,eci,cell  the SH CIFAR-FS 1-shot cell (docs/RESULTS.md): SS's `fast` meta-training (a bank
+           of 1 + 7 per class, distillation at weight 50 with the prototype read-out, 1,000
+           cosine iterations) on :quick's SH teachers, one teacher per arch refined per
+           iteration, ECI from iteration 67 at the `eci` balance. The prototype read-out chosen on
+           meta-val (30.49; MAML's head 25.76): 35.34 +- 0.78, 3.81 under the paper's 39.15 and
+           2.34 over the :quick cell; MAML's head 27.56 one step / 35.09 tuned; random 22.13 /
+           33.67 tuned (meta-val 30.33, level with the learner); PURER+ICFIL 28.68 / 35.21; the
+           pool read-out 44.18 +- 0.86. 109 min: teachers 18, meta-training 53 (3.15 s per
+           iteration: the distillation's targets cost 13 teachers' forward passes, 4 of them
+           ResNet-18s), the table's protocol 38 (2026-12-06, matmul 311-316 GFLOP/s). No ECI
+           twin yet.
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

@@ -293,10 +293,10 @@ def shortfall(cell: dict, paper: str):
   head = f'Below the paper by {gap:.2f} points.'
   curve = [(p['it'], 100 * p['val_acc']) for p in res.get('val_curve') or [] if p['it'] > 0]
   if learner_choice(res) == 'purer_proto':  # the training curve tracks MAML's head only
-    return head + (' No extrapolation: the chosen prototype read-out is scored once, at the '
-                   "end; MAML's head's meta-val went " + ' → '.join(
-                       f'{v:.2f}' for _, v in curve) + ' over iterations ' + ', '.join(
-                       f'{it:,}' for it, _ in curve) + '.')
+    head += ' No extrapolation: the chosen prototype read-out is scored once, at the end'
+    return head + ("; MAML's head's meta-val went " + ' → '.join(f'{v:.2f}' for _, v in curve)
+                   + ' over iterations ' + ', '.join(f'{it:,}' for it, _ in curve) + '.'
+                   if curve else '.')
   if len(curve) < 2:
     return head + ' Its meta-val curve has fewer than two points: no extrapolation.'
   x = [math.log(it) for it, _ in curve]
@@ -310,8 +310,7 @@ def shortfall(cell: dict, paper: str):
   last = curve[-1][0]
   needed = last * math.exp(gap / slope)
   ran = res.get('iterations') or last
-  per_it = (field(res, 'meta_train_logged_s', 'timing') or field(res, 'meta_train_s', 'timing')
-            or 0) / ran
+  per_it = (meta_train_seconds(res.get('timing') or {}) or 0) / ran
   hours = f': about {needed * per_it / 3600:,.1f} h of meta-training here' if per_it else ''
   return (head + f' Meta-val rose {slope * math.log(2):.2f} points per doubling of iterations '
           f'({where}); at that rate the gap closes at about {needed:,.0f} iterations against '
@@ -345,17 +344,26 @@ def readout_name(method: str) -> str:
   return 'prototype' if method == 'purer_proto' else 'MAML head'
 
 
+def _resumed(timing: dict) -> bool:
+  return bool(timing.get('resumed_at') and timing.get('meta_train_logged_s') is not None)
+
+
+def meta_train_seconds(timing: dict):
+  """The run's meta-training seconds: a resumed run's last command saw only its own segment,
+  so its logged windows, summed over every segment, count instead."""
+  return timing.get('meta_train_logged_s' if _resumed(timing) else 'meta_train_s')
+
+
 def wall_time(res) -> str:
   """Total wall time, and its parts where recorded. A resumed run's last command saw only
   its own segment: its total is the sum of the parts, meta-training over every segment."""
   timing = res.get('timing') or {}
-  resumed = timing.get('resumed_at') and timing.get('meta_train_logged_s') is not None
-  meta = 'meta_train_logged_s' if resumed else 'meta_train_s'
+  resumed = _resumed(timing)
   reused = timing.get('teachers_reused')  # trained by an earlier command: named, not counted
-  parts = [(label, timing.get(key), counted) for label, key, counted in (
-      ('teachers reused, {} when trained earlier, not counted' if reused else 'teachers {}',
-       'teachers_train_s', not reused),
-      ('meta-training {}', meta, True), ('meta-test {}', 'eval_s', True))]
+  parts = [('teachers reused, {} when trained earlier, not counted' if reused else 'teachers {}',
+            timing.get('teachers_train_s'), not reused),
+           ('meta-training {}', meta_train_seconds(timing), True),
+           ('meta-test {}', timing.get('eval_s'), True)]
   text = ', '.join(label.format(fmt_time(v)) for label, v, _ in parts if v is not None)
   if resumed:
     text += f"; summed: resumed at iteration {timing['resumed_at']}"

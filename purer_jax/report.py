@@ -269,7 +269,7 @@ def _cell_section(slot, cell, out_dir) -> list:
   if facts:
     lines += ['; '.join(facts) + '.', '']
   for line in (records.eci_comparison(cell), records.seed_spread(cell), records.shortfall(
-      cell, PAPER[slot[:2]]['purer'][(1, 5).index(slot[2])])):
+      cell, PAPER[slot[:2]]['purer'][records.SHOTS.index(slot[2])])):
     lines += [line, ''] if line else []
   if len(cell['datasets']) > 1:
     order = list(records.METHODS)

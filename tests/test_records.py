@@ -43,3 +43,11 @@ def test_shortfall_does_not_extrapolate_a_read_out_it_did_not_track():
   cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
   line = records.shortfall(cell, '39.15')
   assert 'No extrapolation' in line and "25.00 → 26.00 over iterations 500, 1,000" in line, line
+
+
+def test_shortfall_without_a_curve_still_reads_as_a_sentence():
+  cell = _cell(0.30, [])
+  cell['res']['readout_val'] = {'purer': 0.26, 'purer_proto': 0.30}
+  cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3]}
+  cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
+  assert records.shortfall(cell, '39.15').endswith('scored once, at the end.')

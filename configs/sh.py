@@ -3,7 +3,8 @@
   python -m purer_jax.main --config=configs/sh.py:smoke --workdir=W
 
   python -m purer_jax.main --config=configs/sh.py:quick --workdir=W      # <= 90 min here
-  python -m purer_jax.main --config=configs/sh.py:fast,eci,cell --workdir=W  # the 1-shot cell
+  python -m purer_jax.main --config=configs/sh.py:fast --workdir=W       # the 1-shot cell's run
+  python -m purer_jax.main --config=configs/sh.py:fast,cell --workdir=W  # ... scored as the cell
 
 Variants: smoke | quick | fast | eci | cell | 1shot | 5shot | mini | protonet | anil,
 comma-separated.
@@ -28,17 +29,18 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            paper 35.19); the 1-shot run's teachers (29 min, not counted again), 300 iterations
            in 48 min (~9 s/iteration), meta-test 5 min: 82 min with the teachers. Meta-val 31.0
            / 32.3 at 250 / 300, still rising.
-  :fast,eci,cell  the SH CIFAR-FS 1-shot cell (docs/RESULTS.md): SS's `fast` meta-training (a bank
-           of 1 + 7 per class, distillation at weight 50 with the prototype read-out, 1,000
-           cosine iterations) on :quick's SH teachers, one teacher per arch refined per
-           iteration, ECI from iteration 67 at the `eci` balance. The prototype read-out chosen on
-           meta-val (30.49; MAML's head 25.76): 35.34 +- 0.78, 3.81 under the paper's 39.15 and
-           2.34 over the :quick cell; MAML's head 27.56 one step / 35.09 tuned; random 22.13 /
-           33.67 tuned (meta-val 30.33, level with the learner); PURER+ICFIL 28.68 / 35.21; the
-           pool read-out 44.18 +- 0.86. 109 min: teachers 18, meta-training 53 (3.15 s per
-           iteration: the distillation's targets cost 13 teachers' forward passes, 4 of them
-           ResNet-18s), the table's protocol 38 (2026-12-06, matmul 311-316 GFLOP/s). No ECI
-           twin yet.
+  :fast,cell  the SH CIFAR-FS 1-shot cell (docs/RESULTS.md): SS's `fast` meta-training (a bank of
+           1 + 7 per class, distillation at weight 50 with the prototype read-out, 1,000 cosine
+           iterations) on :quick's SH teachers, one teacher per arch refined per iteration. The
+           prototype read-out chosen on meta-val (31.71; MAML's head 28.00): 36.54 +- 0.78, 2.61
+           under the paper's 39.15 and 3.54 over the :quick cell; MAML's head 32.06 one step /
+           33.75 tuned; random 22.13 / 33.67 tuned; PURER+ICFIL 32.78 / 34.11; the pool read-out
+           44.18 +- 0.86. 113 min: teachers 17, meta-training 56, the table's protocol 39
+           (2026-12-06, matmul 298-308 GFLOP/s, niced test runs sharing the cores).
+  :fast,eci  its ECI twin (ECI from iteration 67 at the `eci` balance, the same teachers), declared
+           as the cell before either ran and replaced when meta-val preferred ECI off: the
+           prototype read-out 35.34 +- 0.78 (meta-val 30.49), ECI on - off -1.19 +- 0.42 paired
+           on the same tasks (docs/results/ablation/fast_eci_sh_1shot).
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

@@ -275,7 +275,7 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
     # SH CIFAR-FS (declared before it ran): the same meta-training with one teacher per arch
     # refined per iteration, on `quick`'s SH teachers, since the fast teacher recipe was
     # measured on Conv4s only and SH's ResNets cannot share a program (archs alternate).
-    # Measured at 1-shot with `eci`: the prototype read-out 35.34 (paper 39.15; configs/sh.py).
+    # Measured at 1-shot: the prototype read-out 36.54, with `eci` 35.34 (paper 39.15; sh.py).
     if c.scenario == 'mh' or c.data.dataset != 'cifar_fs':
       raise ValueError('the `fast` variant is the CIFAR-FS recipe of SS and SH: use '
                        'configs/ss.py or configs/sh.py without mini')

@@ -138,8 +138,9 @@ def test_gradient_check(teachers, cfg):
   with jax.enable_x64(True):
     v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t.variables)
     for s in ('loop', 'vmap'):
-      f = lambda a, s=s: deep_inversion.deep_inversion_loss(a, v64, tgt, model=t.model,
-                                                            weights=w, strategy=s)[0]
+      # Jitted: check_grads calls it many times, and eager it compiles op by op.
+      f = jax.jit(lambda a, s=s: deep_inversion.deep_inversion_loss(a, v64, tgt, model=t.model,
+                                                                    weights=w, strategy=s)[0])
       jax.test_util.check_grads(f, (jnp.asarray(x, jnp.float64),), order=1, modes=['rev'],
                                 eps=1e-7, atol=1e-6, rtol=1e-5)
 

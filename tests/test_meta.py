@@ -60,8 +60,8 @@ def test_strategies_agree(meta_train):
     chex.assert_trees_all_close(out[s], out['loop'], rtol=2e-4, atol=1e-5)
   # The sum of the per-task losses, each equal to task_loss on its own.
   total, (losses, accs) = out['loop']
-  one = maml.task_loss(params, jax.tree.map(lambda a: a[1], tasks), model=model, inner_lr=0.1,
-                       steps=1)
+  one = jax.jit(lambda p, t: maml.task_loss(p, t, model=model, inner_lr=0.1, steps=1))(
+      params, jax.tree.map(lambda a: a[1], tasks))
   np.testing.assert_allclose(losses[1], one[0], rtol=1e-5)
   np.testing.assert_allclose(total, losses.sum(), rtol=1e-6)
   with pytest.raises(ValueError, match='strategy'):
@@ -72,13 +72,12 @@ def test_protonet_is_negative_squared_distance_to_prototypes(meta_train):
   model = models.Conv4(num_classes=3, image_size=16, width=4)
   params = models.init(model, jax.random.key(0))['params']
   task = jax.tree.map(lambda a: a[0], _tiny_tasks(meta_train, 1, shots=2))
-  f = np.asarray(model.apply({'params': params},
-                             np.concatenate([task['support_x'], task['query_x']]),
-                             train=True, features=True), np.float64)
+  f = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, train=True, features=True))(
+      params, np.concatenate([task['support_x'], task['query_x']])), np.float64)
   fs, fq = f[:6], f[6:]
   protos = np.stack([fs[task['support_y'] == c].mean(0) for c in range(3)])
   want = -((fq[:, None] - protos[None]) ** 2).sum(-1)
-  got = protonet.logits(params, task, model=model)
+  got = jax.jit(lambda p, t: protonet.logits(p, t, model=model))(params, task)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
   loss, acc = meta.Learner('protonet', model).task_loss(params, task)
   assert np.isfinite(loss) and 0 <= acc <= 1
@@ -124,9 +123,10 @@ def test_from_config_and_evaluate(meta_train, smoke_config):
   assert test.steps == smoke_config.meta.test_inner_steps
   meta.task_accuracy.clear_cache()
   accs = meta.evaluate_tasks(params, tasks, learner=test)
-  want = [maml.task_loss(params, jax.tree.map(lambda a, i=i: a[i], tasks), model=model,
-                         inner_lr=test.inner_lr, steps=test.steps, second_order=False)[1]
-          for i in range(3)]
+  # One task at a time, each through one compiled program (eager, it compiles op by op).
+  one = jax.jit(lambda p, t: maml.task_loss(p, t, model=model, inner_lr=test.inner_lr,
+                                            steps=test.steps, second_order=False)[1])
+  want = [one(params, jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(3)]
   np.testing.assert_allclose(accs, want)
   assert meta.task_accuracy._cache_size() == 1  # one program for every task
   # PURER-Plus learners from their config variants, each scored with its own adaptation.
@@ -134,8 +134,8 @@ def test_from_config_and_evaluate(meta_train, smoke_config):
   a_train, a_test = (meta.from_config(a_cfg.meta, model, test=t) for t in (False, True))
   assert (a_train.algo, a_train.steps, a_test.steps) == ('anil', 5, 10)
   proto = meta.from_config(config.build('ss', 'protonet').meta, model, test=True)
-  want = [protonet.task_loss(params, jax.tree.map(lambda a, i=i: a[i], tasks), model=model)[1]
-          for i in range(3)]
+  one = jax.jit(lambda p, t: protonet.task_loss(p, t, model=model)[1])
+  want = [one(params, jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(3)]
   np.testing.assert_allclose(meta.evaluate_tasks(params, tasks, learner=proto), want)
   bad = smoke_config.copy_and_resolve_references()
   bad.meta.algo = 'reptile'

@@ -32,13 +32,23 @@ def _split(size=16, classes=6, per_class=8, seed=0):
       class_names=tuple(f'c{i}' for i in range(classes)))
 
 
+_FEATURES = {}
+
+
+def _features(model):
+  """model's features, one compiled program per model (eager, every call compiles op by op)."""
+  if id(model) not in _FEATURES:
+    _FEATURES[id(model)] = jax.jit(lambda v, x: model.apply(v, x, features=True))
+  return _FEATURES[id(model)]
+
+
 def _by_hand(teachers, task, variant, ways):
   """The read-out written out in numpy: per-teacher blocks, unit norm, nearest class mean."""
   x = np.concatenate([task['support_x'], task['query_x']])
   ns, sy = len(task['support_y']), task['support_y']
   blocks = []
   for t in teachers:
-    f = np.asarray(t.model.apply(t.variables, x, features=True), np.float64)
+    f = np.asarray(_features(t.model)(t.variables, x), np.float64)
     logits = f @ np.asarray(t.variables['params']['head']['kernel'], np.float64) + np.asarray(
         t.variables['params']['head']['bias'], np.float64)
     blocks += {'features': [f], 'logits': [logits], 'both': [f, logits]}[variant.layer]

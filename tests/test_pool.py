@@ -1,5 +1,6 @@
 """The pool read-out (purer_jax/pool.py) and the meta-test cost (utils.compiled_gflop)."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,14 +33,10 @@ def _split(size=16, classes=6, per_class=8, seed=0):
       class_names=tuple(f'c{i}' for i in range(classes)))
 
 
-_FEATURES = {}
-
-
+@functools.lru_cache(maxsize=None)  # flax modules hash by their fields: one program per model
 def _features(model):
-  """model's features, one compiled program per model (eager, every call compiles op by op)."""
-  if id(model) not in _FEATURES:
-    _FEATURES[id(model)] = jax.jit(lambda v, x: model.apply(v, x, features=True))
-  return _FEATURES[id(model)]
+  """model's features, compiled (eager, every call compiles op by op)."""
+  return jax.jit(lambda v, x: model.apply(v, x, features=True))
 
 
 def _by_hand(teachers, task, variant, ways):

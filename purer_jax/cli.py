@@ -20,12 +20,13 @@ import re
 import sys
 from typing import Callable, Optional
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# No JAX, Flax or Orbax at import: `run` checks the config before they load, so a refused
+# value exits in a fraction of a second (the functions below import them where they need them).
 from purer_jax import data as data_lib
-from purer_jax import parallel, schema, utils, workdir as workdir_lib, zoo
+from purer_jax import schema, utils, workdir as workdir_lib
 
 # Errors whose message is the whole story; anything else keeps its traceback.
 USER_ERRORS = (utils.UserError, OSError, FloatingPointError, json.JSONDecodeError)
@@ -46,8 +47,9 @@ def define_flags():
 
 def config_and_workdir(splits=()):
   """The locked config and the work directory, checked before any work: every config value
-  (`purer_jax.schema.check`), then this process becomes the workdir's one writer
+  was checked by `run` (`purer_jax.schema.check`); this process becomes the workdir's one writer
   (`purer_jax.workdir.lock`), then `prepare`."""
+  import jax
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   f = flags.FLAGS
   config = f.config
@@ -56,7 +58,6 @@ def config_and_workdir(splits=()):
   workdir = f.workdir or config.workdir
   if not workdir:
     raise app.UsageError('--workdir is required')
-  schema.check(config)
   workdir_lib.lock(workdir, jax.process_index())
   prepare(config, workdir, splits=splits, allow_change=f.allow_config_change)
   return config, workdir
@@ -66,6 +67,7 @@ def prepare(config, workdir: str, *, splits=(), allow_change: bool = False):
   """The workdir's teachers and checkpoints fit the config (`purer_jax.workdir.check`) and
   every data split the entry point will read (`splits`, of each dataset of the run) is there.
   Then W/config.json is written (the one it replaces goes to W/config_history/)."""
+  from purer_jax import parallel, zoo
   workdir_lib.check(config, workdir, zoo_config=zoo.read_manifest(workdir).get('config'),
                     allow_change=allow_change)
   if config.teachers.source != 'pretrain':  # imported teachers need no meta-train images
@@ -113,7 +115,8 @@ def _parse_flags(argv):
 
 def run(main: Callable, define_extra: Optional[Callable] = None):
   """Defines the flags (the shared ones and `define_extra()`'s), then absl's `app.run(main)`
-  inside `user_errors()`, in the multi-process run the environment names, if any
+  inside `user_errors()`: the config is checked (`purer_jax.schema.check`) before JAX loads,
+  then the multi-process run the environment names, if any, starts
   (`purer_jax.parallel.initialize`)."""
   define_flags()
   if define_extra is not None:
@@ -121,6 +124,9 @@ def run(main: Callable, define_extra: Optional[Callable] = None):
 
   def guarded(argv):
     with user_errors():
+      if flags.FLAGS.config is not None:
+        schema.check(flags.FLAGS.config)
+      from purer_jax import parallel
       parallel.initialize()
       return main(argv)
   app.run(guarded, flags_parser=_parse_flags)

@@ -11,14 +11,15 @@ run skips the minute-long compilation of the meta-iteration.
 import os
 import time
 
-import jax
-
 from purer_jax import cli
 from purer_jax import data as data_lib
-from purer_jax import meta_test, pretrain, utils, zoo
+
+# JAX and the library load inside the functions below, after `cli.run` has checked the config:
+# a bad value is refused in a fraction of a second instead of after a 3-second import.
 
 
 def get_teachers(config, workdir):
+  from purer_jax import pretrain, zoo
   t = config.teachers
   if t.source == 'pretrain':
     return pretrain.run(config, workdir)
@@ -39,6 +40,8 @@ def get_teachers(config, workdir):
 def main(argv):
   del argv
   started = time.time()
+  import jax
+  from purer_jax import meta_test, pretrain, utils, zoo
   config, workdir = cli.config_and_workdir(splits=data_lib.SPLITS)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
@@ -46,6 +49,9 @@ def main(argv):
   # A pool trained (or imported) by an earlier command: its time is not in this wall time.
   reused = set(range(config.teachers.num)) <= zoo.complete(workdir)
   if jax.process_count() > 1:  # one process writes the zoo; the others would race it
+    if not config.inversion.shard:  # else each process keeps its own bank: orbax refuses it
+      raise utils.UserError('a multi-process run shards the bank over its processes: add '
+                            '--config.inversion.shard=True')
     if (pretrain.missing(config, workdir)[1] if config.teachers.source == 'pretrain' else
         not zoo.read_manifest(workdir)['teachers']):
       raise utils.UserError(

@@ -132,12 +132,14 @@ class Trainer:
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
     self.adv_start = eci.start_iteration(config.eci.start, config.train.iterations)
-    self.step = jax.jit(functools.partial(
-        train_step, learner=self.learner, inv=self.inv, tx=self.tx,
+    step = jax.jit(functools.partial(
+        train_step, learner=self.learner, inv=self.inv, tx=self.tx, view=self.view,
         meta_batch=config.meta.meta_batch, task_kw=task_kw(config, self.layout),
-        adv_scale=float(config.eci.adv_scale), adv_start=self.adv_start,
-        patience=int(config.eci.patience), ema=float(config.eci.ema), view=self.view,
-        distiller=self.distiller, **eci.augmentation(config.train)), donate_argnums=(0,))
+        adv_start=self.adv_start, patience=int(config.eci.patience), ema=float(config.eci.ema),
+        distiller=self.distiller, **eci.augmentation(config.train)), donate_argnums=0)
+    # ECI's scale is an argument, not a constant: one compiled program serves every scale.
+    adv_scale = np.float32(config.eci.adv_scale)  # numpy: replicated over processes too
+    self.step = lambda state, teachers, rng: step(state, teachers, rng, adv_scale=adv_scale)
 
   def init_params(self):
     name = resolve_init(self.config.meta.init, self.teachers, self.model)

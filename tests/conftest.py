@@ -10,6 +10,8 @@ import fcntl
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '')
@@ -82,10 +84,21 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
+# Modules whose slow tests take longest (subprocess runs and their shared reference), in the
+# order they start: a worker's last two tests cannot be stolen by the idle one, so they should
+# be short, and the two tests that share test_train's tiny run then run on one worker.
+_FIRST = ('test_distributed.py', 'test_train.py', 'test_icfil.py', 'test_workdir.py')
+
+
 def pytest_collection_modifyitems(config, items):
-  """The slow tests first (stable order otherwise): a long test started last would decide the
-  suite's wall time while the other core idles; xdist's work stealing balances the rest."""
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+  """The slow tests first, the longest modules' first (`_FIRST`; stable order otherwise): a long
+  test started last would decide the suite's wall time while the other core idles; xdist's work
+  stealing balances the rest."""
+  def key(item):
+    name = os.path.basename(str(item.fspath))
+    rank = _FIRST.index(name) if name in _FIRST else len(_FIRST)
+    return item.get_closest_marker('slow') is None, rank
+  items.sort(key=key)
 
 
 def once(tmp_path_factory, name: str, make) -> str:
@@ -140,8 +153,18 @@ def smoke_config(synthetic_dir):
 
 
 def _zoo(tmp_path_factory, name, config):
-  from purer_jax import pretrain
-  return once(tmp_path_factory, name, lambda workdir: pretrain.run(config, workdir))
+  """`config`'s teachers, trained once per test run by the pretrain command: at XLA's default
+  level (`command_env`) it costs two thirds of an in-process training at the suite's level 0."""
+  assert config.to_dict() == _smoke(config.data.data_dir).to_dict()  # what the command builds
+
+  def make(workdir):
+    out = subprocess.run(
+        [sys.executable, '-m', 'purer_jax.pretrain', '--config=configs/ss.py:smoke',
+         f'--config.teachers.num={config.teachers.num}',
+         f'--config.data.data_dir={config.data.data_dir}', f'--workdir={workdir}'],
+        cwd=ROOT, env=command_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+  return once(tmp_path_factory, name, make)
 
 
 @pytest.fixture(scope='session')

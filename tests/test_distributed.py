@@ -27,9 +27,9 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _processes(cmd, n=2, timeout=900):
+def _processes(cmd, n=2, timeout=900, status=0):
   """Runs `cmd` as processes 0..n-1 of one jax.distributed run, 2 CPU devices each; returns
-  their outputs."""
+  their outputs, once each has exited with `status`."""
   port = _port()
   procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=command_env(
@@ -43,7 +43,7 @@ def _processes(cmd, n=2, timeout=900):
       if p.poll() is None:
         p.kill()
   for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
+    assert p.returncode == status, out[-3000:]
   return outs
 
 
@@ -101,3 +101,14 @@ def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smok
   best2, best1 = train.load_best(two), train.load_best(one)
   for a, b in zip(jax.tree.leaves(best2), jax.tree.leaves(best1)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_multi_process_run_of_an_unsharded_bank_is_refused_before_any_work(tmp_path, smoke_zoo,
+                                                                           smoke_config):
+  """Each process would keep its own bank, which no checkpoint can hold: refused at once."""
+  w = _workdir(tmp_path, 'w', smoke_zoo)
+  for out in _processes(_main(w, smoke_config.data.data_dir), status=1):
+    assert ('UserError: a multi-process run shards the bank over its processes: add '
+            '--config.inversion.shard=True' in out and 'Traceback' not in out), out[-3000:]
+  assert not os.path.exists(os.path.join(w, 'checkpoints'))

@@ -249,7 +249,7 @@ def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_
                                                                          tmp_path):
   from purer_jax import meta_test
   c = smoke_config.copy_and_resolve_references()
-  c.eval.tasks, c.train.val_tasks, c.eval.methods = 10, 10, ('random', 'purer')
+  c.eval.tasks, c.train.val_tasks, c.eval.methods = 4, 4, ('random', 'purer')
   c.eval.tune_adapt, c.eval.tune_methods = True, ('purer',)
   c.eval.adapt_steps, c.eval.adapt_lrs = (3, 1), (0.05,)
   c.icfil.enabled, c.icfil.inv_steps, c.icfil.cal_steps = True, 2, 1
@@ -262,10 +262,10 @@ def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_
   # The one-step column is config.meta's adaptation for every method, the tuned one each
   # tuned method at its meta-val choice; an untuned method scores the same in both.
   split = data.load('cifar_fs', 'meta_test', c.data.data_dir)
-  one = evaluate.evaluate_params(params, c, split, num_tasks=10)
+  one = evaluate.evaluate_params(params, c, split, num_tasks=4)
   best = res['adaptation']['purer']
   tuned = evaluate.evaluate_params(params, evaluate.with_adaptation(c, best['steps'], best['lr']),
-                                   split, num_tasks=10)
+                                   split, num_tasks=4)
   np.testing.assert_allclose(res['per_task']['purer'], np.round(one, 4))
   np.testing.assert_allclose(res['tuned']['per_task']['purer'], np.round(tuned, 4))
   assert res['tuned']['per_task']['random'] == res['per_task']['random']

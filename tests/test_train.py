@@ -1,6 +1,6 @@
 """The training loop end to end (subprocesses of `purer_jax.main`): a run killed with SIGKILL
-after its first checkpoint and resumed ends exactly like an uninterrupted run; the NaN guard
-stops at the right iteration and keeps the last good checkpoint."""
+after its first checkpoint and resumed ends exactly like an uninterrupted run (the NaN guard,
+in-process: test_workdir)."""
 import json
 import os
 import shutil
@@ -75,21 +75,16 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
                                                       tiny_run):
   data_dir = smoke_config.data.data_dir
   killed = _workdir(tmp_path, 'killed', smoke_zoo)
-  nan = _workdir(tmp_path, 'nan', smoke_zoo)
-  # The NaN guard: ECI's term is -inf from its first use (it 1), after checkpoint 1. A NaN
-  # config value is refused before any work; 1e39 passes the check and overflows float32.
-  procs = [_launch(nan, data_dir, '--config.eci.adv_scale=1e39', '--config.train.ckpt_every=1'),
-           _launch(killed, data_dir)]
+  proc = _launch(killed, data_dir)
   try:
-    _check_runs(tiny_run, killed, nan, *procs, data_dir)
+    _check_runs(tiny_run, killed, proc, data_dir)
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
 
 
-def _check_runs(full, killed, nan, p_nan, p_kill, data_dir):
+def _check_runs(full, killed, p_kill, data_dir):
   deadline = time.time() + 600
   while not _steps(killed):
     assert p_kill.poll() is None, p_kill.communicate()[0][-3000:]
@@ -139,12 +134,6 @@ def _check_runs(full, killed, nan, p_nan, p_kill, data_dir):
   assert pngs == ['pseudo_000003.png', 'pseudo_000006.png']
   grid = np.asarray(Image.open(os.path.join(full, pngs[0])))
   assert grid.shape[0] > 5 * 32 and grid.std() > 10  # 5 rows of images, not blank
-
-  code, out_nan = _finish(p_nan)
-  assert code != 0
-  assert 'FloatingPointError: meta-iteration 1: inv/adv is not finite' in out_nan, out_nan[-3000:]
-  assert _steps(nan) == [1]  # the last good checkpoint stays; nothing written after it
-  assert not os.path.exists(os.path.join(nan, 'results.json'))
 
 
 def test_save_episode_png(tmp_path):

@@ -294,6 +294,8 @@ def test_half_written_metrics_line_is_dropped(tmp_path):
 def test_training_killed_while_saving_resumes_identically(zoo_dir, config, tmp_path,
                                                           monkeypatch):
   teachers = zoo.load(zoo_dir)
+  config = config.copy_and_resolve_references()
+  config.meta.second_order = False  # a kill while saving does not depend on it; compiles faster
   full = train.train(config, str(tmp_path / 'full'), teachers)
   killed = str(tmp_path / 'killed')
   _kill_at_commit(monkeypatch, lambda p: p.endswith(os.path.join('checkpoints', '4')))
@@ -308,6 +310,13 @@ def test_training_killed_while_saving_resumes_identically(zoo_dir, config, tmp_p
   strip = lambda w: [{k: v for k, v in json.loads(l).items() if k != 'it_per_s'}
                      for l in open(os.path.join(w, 'metrics.jsonl'))]
   assert strip(killed) == strip(str(tmp_path / 'full'))
+  # The NaN guard: ECI's term is -inf from its first use (it 1), after checkpoint 1. A NaN
+  # config value is refused before any work; 1e39 passes the check and overflows float32.
+  nan = str(tmp_path / 'nan')
+  config.eci.adv_scale, config.train.ckpt_every = 1e39, 1  # the same compiled step
+  with pytest.raises(FloatingPointError, match='meta-iteration 1: inv/adv is not finite'):
+    train.train(config, nan, teachers)
+  assert workdir_lib.checkpoint_steps(nan) == [1]  # the last good one; nothing written after it
 
 
 # Data splits and the command line.
@@ -338,6 +347,10 @@ def test_user_errors_are_one_line_without_traceback(capsys):
       raise workdir_lib.WorkdirError('teacher 3: cannot read X: delete X')
   assert e.value.code == 1
   assert capsys.readouterr().err == 'WorkdirError: teacher 3: cannot read X: delete X\n'
+  with pytest.raises(SystemExit):  # the NaN guard's stop (test_training_killed_while_saving...)
+    with cli.user_errors():
+      raise FloatingPointError('meta-iteration 1: inv/adv is not finite')
+  assert capsys.readouterr().err == 'FloatingPointError: meta-iteration 1: inv/adv is not finite\n'
   with pytest.raises(KeyError):  # a bug keeps its traceback
     with cli.user_errors():
       raise KeyError('params')

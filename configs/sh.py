@@ -37,6 +37,9 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            33.75 tuned; random 22.13 / 33.67 tuned; PURER+ICFIL 32.78 / 34.11; the pool read-out
            44.18 +- 0.86. 113 min: teachers 17, meta-training 56, the table's protocol 39
            (2026-12-06, matmul 298-308 GFLOP/s, niced test runs sharing the cores).
+  :fast --config.seed=1  its seed twin (new teachers, inversion and meta-training, declared
+           before it ran): the prototype read-out 37.07 +- 0.81, +0.54 +- 0.42 over seed 0 on the
+           same tasks; 69 min (docs/results/ablation/fast_seed1_sh_1shot).
   :fast,eci  its ECI twin (ECI from iteration 67 at the `eci` balance, the same teachers), declared
            as the cell before either ran and replaced when meta-val preferred ECI off: the
            prototype read-out 35.34 +- 0.78 (meta-val 30.49), ECI on - off -1.19 +- 0.42 paired

@@ -74,11 +74,12 @@ def plot(runs: list, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for r in from_empty(runs):
+  fig, ax = plt.subplots(figsize=(10, 4.5))
+  colours = plt.get_cmap('tab20').colors  # more runs than tab10 has colours
+  for i, r in enumerate(from_empty(runs)):
     points, end = timeline(r['res'])
     line, = ax.plot([x for x, _ in points], [y for _, y in points], marker='o', ms=3,
-                    label=r['name'])
+                    label=r['name'], color=colours[i % len(colours)])
     m = records.learner_choice(r['res'])
     if m in r['res'].get('methods', {}):
       ax.plot([end], [100 * r['res']['methods'][m]['acc']], marker='*', ms=11,
@@ -88,7 +89,7 @@ def plot(runs: list, path: str) -> None:
          xlabel='wall-clock minutes, teachers included', ylabel='meta-val accuracy % (star: '
          'meta-test)')
   ax.grid(alpha=.3)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside, not over, the curves
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=100, metadata={'Software': None})

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from tensorboardX import SummaryWriter
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
@@ -189,16 +188,6 @@ class Trainer:
         images, jax.random.fold_in(self.png_rng, it), **task_kw(self.config, self.layout)))
 
 
-class _NoWriter:
-  """TensorBoard's writer for the processes that write no files."""
-
-  def add_scalar(self, *args, **kwargs):
-    pass
-
-  def close(self):
-    pass
-
-
 class _StopRequest:
   """SIGTERM/SIGINT: finish the iteration, checkpoint, exit. A second signal acts at once."""
 
@@ -337,8 +326,7 @@ def train(config, workdir, teachers) -> dict:
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if primary:
     _truncate_jsonl(metrics_path, start)
-  tb = (SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start) if primary else
-        _NoWriter())
+  tb = utils.summary_writer(os.path.join(workdir, 'tb'), purge_step=start, enabled=primary)
   write_jsonl = utils.write_jsonl if primary else lambda *a: None
   val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in data_lib.run_datasets(config)]
   prog = utils.Progress(t.iterations, 'meta-train', start=start)

@@ -43,6 +43,33 @@ def write_jsonl(path: str, record: dict):
     f.write(json.dumps(record) + '\n')
 
 
+class _NoWriter:
+  """TensorBoard's writer for the processes that write no files."""
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
+def summary_writer(logdir: str, *, purge_step: int, enabled: bool = True):
+  """tensorboardX's SummaryWriter (or one that writes nothing). tensorboardX imports torch
+  whenever it is installed, only to accept torch tensors (1.2 s per process here), so it is
+  imported with torch hidden unless torch is loaded already."""
+  if not enabled:
+    return _NoWriter()
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules['torch']
+  return SummaryWriter(logdir, purge_step=purge_step)
+
+
 def write_json(path: str, obj):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + '.tmp'

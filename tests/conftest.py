@@ -2,7 +2,7 @@
 
 Unit tests run on a synthetic CIFAR-FS (`synthetic_dir`: the real class names and counts,
 64/16/20, 20 tiny images per class) and a zoo of 3 Conv4 teachers trained on it in seconds
-(`smoke_zoo`). Tests that need the real data (`real_*` fixtures, `CIFAR_DIR`, `MINI_DIR`),
+(`smoke_zoo`). Tests that need the real data (`real_*` fixtures, `cifar_dir`, `MINI_DIR`),
 start subprocesses or are compile-bound are marked `slow` (pytest.ini): `pytest -m "not slow"`
 is the fast path.
 """
@@ -174,19 +174,35 @@ def smoke_zoo(tmp_path_factory, synthetic_dir):
   return _zoo(tmp_path_factory, 'zoo', synthetic_dir)
 
 
+def _unpacked(folder: str) -> None:
+  """CIFAR-FS's splits as stored beside the repository, rewritten uncompressed: reading the
+  LZMA-packed meta-train costs ~6 CPU-s, its plain copy 0.3 (tests/test_data.py reads the
+  stored files themselves)."""
+  os.makedirs(folder)
+  for name in sorted(os.listdir(CIFAR_DIR)):
+    with np.load(os.path.join(CIFAR_DIR, name), allow_pickle=False) as z:
+      np.savez(os.path.join(folder, name), **{k: z[k] for k in z.files})
+
+
 @pytest.fixture(scope='session')
-def cifar_train():
+def cifar_dir(tmp_path_factory):
+  """The real CIFAR-FS, unpacked once per test run (slow tests only)."""
+  return once(tmp_path_factory, 'cifar_fs', _unpacked)
+
+
+@pytest.fixture(scope='session')
+def cifar_train(cifar_dir):
   """The real CIFAR-FS meta-train split (slow tests only)."""
-  return data.load('cifar_fs', 'meta_train', CIFAR_DIR)
+  return data.load('cifar_fs', 'meta_train', cifar_dir)
 
 
 @pytest.fixture(scope='session')
-def real_config():
+def real_config(cifar_dir):
   """ss:smoke, 3 teachers, on the real CIFAR-FS."""
-  return _smoke(CIFAR_DIR)
+  return _smoke(cifar_dir)
 
 
 @pytest.fixture(scope='session')
-def real_zoo(tmp_path_factory):
+def real_zoo(tmp_path_factory, cifar_dir):
   """A workdir with 3 real Conv4 teachers smoke-trained on CIFAR-FS meta-train classes."""
-  return _zoo(tmp_path_factory, 'real_zoo', CIFAR_DIR)
+  return _zoo(tmp_path_factory, 'real_zoo', cifar_dir)

@@ -63,9 +63,14 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   for arg in ('5shot,fast', 'fast,5shot'):  # 5-shot: a bank of 5 + 7 per class, 1,500 iterations
     five = config.build('ss', arg)
     assert (five.inversion.spc, five.train.iterations, five.eci.start) == (12, 1500, 1.0)
-  for scenario, arg in (('mh', 'fast'), ('sh', 'fast,mini'), ('ss', 'fast,mini')):
+  for scenario, arg in (('mh', 'fast'), ('sh', 'fast,mini')):
     with pytest.raises(ValueError, match='`fast` variant'):
       config.build(scenario, arg)
+  # SS MiniImageNet: fast's meta-training on quick's 84-px teachers, four refined per iteration.
+  mini, quick = config.build('ss', 'fast,mini'), config.build('ss', 'quick,mini')
+  for f in ('epochs', 'batch_size', 'milestones', 'schedule', 'per_iter'):
+    assert mini.teachers[f] == quick.teachers[f], f
+  assert (mini.inversion.spc, mini.distil.weight, mini.train.iterations) == (8, 50.0, 1000)
 
 
 def test_fast_in_sh_keeps_quicks_teachers_and_refines_one_teacher_per_arch():

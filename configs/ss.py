@@ -24,13 +24,16 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
   :quick,mini   1-shot PURER 29.19 +- 0.69 (random 21.95, average 22.76, ota 21.52), the cell
                 until 2026-12-06 (meta-val 31.99); 64 min: teachers 16 min, meta-training 41 min
                 (2.4 s/it), meta-test 7 min
-  :fast,mini    the SS MiniImageNet 1-shot cell: `fast`'s meta-training on :quick,mini's
-                teachers. The prototype read-out chosen on meta-val (32.21, over the :quick cell's
-                31.99; MAML's head 30.77): 28.90 +- 0.58, 2.24 under the paper's 31.14 (MAML's
-                head 28.30); random 21.95, average 21.91, ota 21.76 at one test-time step; the
-                pool read-out 32.76 +- 0.64. 80 min from an empty workdir (teachers 15,
+  :fast,mini    `fast`'s meta-training on :quick,mini's teachers. The prototype read-out chosen
+                on meta-val (32.21, over the :quick cell's 31.99; MAML's head 30.77): 28.90 +-
+                0.58 (MAML's head 28.30); random 21.95, average 21.91, ota 21.76 at one test-time
+                step; the pool read-out 32.76 +- 0.64. 80 min from an empty workdir (teachers 15,
                 meta-training 47, read-outs 5, then `cell` without tuning or ICFIL 14), matmul
                 299-311 GFLOP/s, niced test runs sharing the cores (2026-12-06)
+  :fast,mini,eci  its ECI twin on the same teachers, the SS MiniImageNet 1-shot cell (meta-val
+                32.70 against 32.21): the prototype read-out 28.94 +- 0.59, 2.20 under the paper's
+                31.14, ECI on - off +0.04 +- 0.30; meta-training 43 min on quiet cores; then
+                `cell --config.eval.tune_adapt=False --config.icfil.enabled=False` on its workdir
   :quick,mini,5shot  5-shot PURER 34.97 +- 0.70 (random 22.70, average 23.02, ota 21.25; paired
                 +11.96 +- 0.79 over average); the 1-shot run's teachers (16 min), meta-training
                 66 min (3.6 s/it), meta-test 10 min: 92 min. Meta-val 34.0 / 35.6 / 36.6 / 37.6.

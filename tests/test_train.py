@@ -84,6 +84,14 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke
       proc.communicate()
 
 
+def _scored_best(workdir) -> float:
+  """Mean meta-test accuracy of W's best checkpoint, reloaded and scored in this process with
+  W's own config: what the run's final meta-test recorded for `purer`."""
+  c = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
+  test = data.load(c.data.dataset, 'meta_test', c.data.data_dir)
+  return float(np.mean(evaluate.evaluate_params(train.load_best(workdir), c, test)))
+
+
 def _check_runs(full, killed, p_kill, data_dir):
   deadline = time.time() + 600
   while not _steps(killed):
@@ -120,10 +128,7 @@ def _check_runs(full, killed, p_kill, data_dir):
   assert set(res[0]['cost_gflop']) == set(res[0]['methods'])
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
   # The best checkpoint reloads to the parameters the final meta-test scored.
-  c = ml_collections.ConfigDict(json.load(open(os.path.join(full, 'config.json'))))
-  test = data.load(c.data.dataset, 'meta_test', data_dir)
-  accs = evaluate.evaluate_params(train.load_best(full), c, test)
-  assert float(np.mean(accs)) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
+  assert _scored_best(full) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
   # Every logged value after the restart repeats the uninterrupted run's (records of the
   # iterations the killed run redid were dropped, not duplicated).
   assert _metrics(full) == _metrics(killed)

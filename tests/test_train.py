@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.teachers.num=3', '--config.train.iterations=6', '--config.train.ckpt_every=2',
         '--config.train.val_every=3', '--config.train.val_tasks=20', '--config.train.png_every=3',
         '--config.train.log_every=2', '--config.eval.tasks=20', '--config.eci.start=0.17',
-        '--config.eci.patience=1', '--config.meta.meta_batch=2', '--config.meta.queries=5',
+        '--config.eci.patience=1', '--config.meta.meta_batch=1', '--config.meta.queries=5',
         '--config.inversion.spc=6', '--config.inversion.strategy=loop']
 
 

@@ -44,6 +44,16 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            as the cell before either ran and replaced when meta-val preferred ECI off: the
            prototype read-out 35.34 +- 0.78 (meta-val 30.49), ECI on - off -1.19 +- 0.42 paired
            on the same tasks (docs/results/ablation/fast_eci_sh_1shot).
+  :fast,5shot --config.train.iterations=1000 --config.distil.batch=16   the SH CIFAR-FS 5-shot
+           cell (declared before it ran, docs/NOTES.md): `fast` at 5-shot (a bank of 5 + 7 per
+           class) on the 1-shot cell's teachers, 1,000 iterations, distillation on 16 bank images
+           per iteration. The prototype read-out chosen on meta-val (39.07; MAML's head 34.13):
+           47.27 +- 0.75, 1.81 under the paper's 49.08 and 6.81 over :quick,5shot; MAML's head
+           40.01; random 21.70 and the pool read-out 56.36 +- 0.81 at one test-time step (`cell
+           --config.eval.tune_adapt=False --config.icfil.enabled=False` on its workdir). 81 min:
+           teachers 19, meta-training 42, read-outs 1, that protocol 19 (2026-12-06, matmul 312).
+           Its ECI twin `:fast,5shot,eci` (same flags, same teachers): prototype read-out 46.10
+           (meta-val 38.82), ECI on - off -1.17 +- 0.38 (ablation/fast_eci_sh_5shot).
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

@@ -54,6 +54,9 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            teachers 19, meta-training 42, read-outs 1, that protocol 19 (2026-12-06, matmul 312).
            Its ECI twin `:fast,5shot,eci` (same flags, same teachers): prototype read-out 46.10
            (meta-val 38.82), ECI on - off -1.17 +- 0.38 (ablation/fast_eci_sh_5shot).
+  :fast,mini  SH MiniImageNet 1-shot (declared before it ran, docs/NOTES.md): :quick,mini's
+           teachers, bank and 650 iterations with `fast`'s distillation (16 bank images per
+           iteration), cosine lr and prototype read-out. Not yet measured.
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

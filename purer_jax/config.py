@@ -278,21 +278,31 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
     # Measured at 1-shot: the prototype read-out 36.54, with `eci` 35.34 (paper 39.15; sh.py).
     # SS MiniImageNet (declared before it ran): the same meta-training on `quick`'s 84-px
     # teachers, four refined per iteration (~2.3 s per iteration here, probed 2026-12-06).
-    if c.scenario == 'mh' or (c.scenario == 'sh' and c.data.dataset != 'cifar_fs'):
-      raise ValueError('the `fast` variant is the recipe of SS (CIFAR-FS or MiniImageNet) and SH '
-                       'CIFAR-FS: use configs/ss.py, or configs/sh.py without mini')
+    # SH MiniImageNet, 1-shot (declared before it ran): `quick`'s 84-px SH teachers, bank
+    # (shots + 3 per class) and 650 iterations, with `fast`'s distillation on 16 bank images per
+    # iteration (13 teachers' forward passes, ~0.5 s here), its cosine lr and read-outs.
+    if c.scenario == 'mh' or (c.scenario == 'sh' and c.data.dataset != 'cifar_fs'
+                              and c.meta.shots != 1):
+      raise ValueError('the `fast` variant is the recipe of SS (CIFAR-FS or MiniImageNet), SH '
+                       'CIFAR-FS and SH MiniImageNet 1-shot: use configs/ss.py, or configs/sh.py')
+    sh_mini = c.scenario == 'sh' and c.data.dataset != 'cifar_fs'
     if c.scenario == 'ss' and c.data.dataset == 'cifar_fs':
       variants.append('fast_teachers')
-    elif c.scenario == 'ss':
+    elif c.scenario == 'ss' or sh_mini:
       _quick_84px(c)
     else:
       c.teachers.max_per_class, c.teachers.batch_size = 300, 32
       c.teachers.epochs, c.teachers.milestones, c.teachers.per_iter = 4, (3,), 3
-    c.distil.weight, c.meta.train_queries = 50.0, 7
+    c.distil.weight = 50.0
+    if not sh_mini:
+      c.meta.train_queries = 7
+      c.train.iterations = 1000 if c.meta.shots == 1 else 1500
     c.inversion.spc = c.meta.shots + c.meta.train_queries
-    c.inversion.strategy, c.eci.start = 'loop', 1.0
-    c.train.iterations, c.meta.outer_schedule = 1000 if c.meta.shots == 1 else 1500, 'cosine'
+    c.inversion.strategy, c.eci.start, c.meta.outer_schedule = 'loop', 1.0, 'cosine'
     c.train.val_every = c.train.ckpt_every = c.train.png_every = 500
+    if sh_mini:
+      c.distil.batch = 16
+      c.train.val_every = c.train.ckpt_every = c.train.png_every = 325
     c.eval.methods = ('purer', 'purer_proto')
   if 'eci' in variants:
     # ECI switched on at the paper's point of the run (iteration 4,000 of 60,000), at the

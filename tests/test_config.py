@@ -63,7 +63,7 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   for arg in ('5shot,fast', 'fast,5shot'):  # 5-shot: a bank of 5 + 7 per class, 1,500 iterations
     five = config.build('ss', arg)
     assert (five.inversion.spc, five.train.iterations, five.eci.start) == (12, 1500, 1.0)
-  for scenario, arg in (('mh', 'fast'), ('sh', 'fast,mini')):
+  for scenario, arg in (('mh', 'fast'), ('sh', 'fast,mini,5shot')):
     with pytest.raises(ValueError, match='`fast` variant'):
       config.build(scenario, arg)
   # SS MiniImageNet: fast's meta-training on quick's 84-px teachers, four refined per iteration.
@@ -81,6 +81,14 @@ def test_fast_in_sh_keeps_quicks_teachers_and_refines_one_teacher_per_arch():
   for f in ('inversion.spc', 'distil.weight', 'train.iterations', 'meta.outer_schedule'):
     a, b = f.split('.')
     assert sh[a][b] == ss[a][b], f
+  # SH MiniImageNet 1-shot: quick's 84-px teachers, bank and length, with fast's distillation.
+  mini, quick = config.build('sh', 'fast,mini'), config.build('sh', 'quick,mini')
+  for f in ('teachers.epochs', 'teachers.max_per_class', 'teachers.per_iter', 'inversion.spc',
+            'train.iterations'):
+    a, b = f.split('.')
+    assert mini[a][b] == quick[a][b], f
+  assert (mini.distil.weight, mini.distil.batch, mini.meta.outer_schedule) == (50.0, 16, 'cosine')
+  assert 'purer_proto' in mini.eval.methods and mini.eci.start == 1.0
 
 
 def test_cell_scores_every_method_in_both_columns_and_keeps_the_recipes_read_outs():

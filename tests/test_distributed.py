@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -30,19 +31,28 @@ def _port() -> int:
 
 def _processes(cmd, n=2, timeout=900, status=0):
   """Runs `cmd` as processes 0..n-1 of one jax.distributed run, 2 CPU devices each; returns
-  their outputs, once each has exited with `status`."""
+  their outputs, once each has exited with `status`. Outputs go to files, not pipes: a process
+  blocked on a full pipe while its peers wait for it in a collective would never exit (seen
+  2026-12-06 with JAX's debug logging on)."""
   port = _port()
-  procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=command_env(
-                                2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-                                PURER_NUM_PROCESSES=str(n), PURER_PROCESS_ID=str(i)))
-           for i in range(n)]
-  try:
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  with tempfile.TemporaryDirectory() as d:
+    files = [open(os.path.join(d, f'{i}.log'), 'w+') for i in range(n)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=command_env(
+        2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', PURER_NUM_PROCESSES=str(n),
+        PURER_PROCESS_ID=str(i))) for i, f in enumerate(files)]
+    try:
+      for p in procs:
+        p.wait(timeout=timeout)
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+    outs = []
+    for f in files:
+      f.seek(0)
+      outs.append(f.read())
+      f.close()
   for p, out in zip(procs, outs):
     assert p.returncode == status, out[-3000:]
   return outs
@@ -79,37 +89,28 @@ def _main(workdir, data_dir, *extra):
 @pytest.mark.slow
 def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smoke_config,
                                                        tiny_run):
-  """test_train's tiny run (6 iterations, ECI firing, val and checkpoints) sharded over two
-  processes against the same run in one process (tiny_run: one device)."""
+  """test_train's tiny run (6 iterations, ECI firing, val and checkpoints) over two processes of
+  2 devices each against the same run in one process of 4 (tiny_run): the same programs, so every
+  logged value agrees to rounding and every task's accuracy exactly."""
   two, one = _workdir(tmp_path, 'two', smoke_zoo), tiny_run
   # The learner is what the processes trained together; the baselines read the teachers alone
   # (test_train scores every method after a resume).
-  outs = _processes(_main(two, smoke_config.data.data_dir, '--config.inversion.shard=True',
-                          '--config.eval.methods=purer'))
+  outs = _processes(_main(two, smoke_config.data.data_dir, '--config.eval.methods=purer'))
   assert 'purer' in outs[0] and 'purer' not in outs[1]  # process 0 alone scores
 
   m2, m1 = _metrics(two), _metrics(one)
   assert [sorted(r) for r in m2] == [sorted(r) for r in m1]
   assert any('val_acc' in r for r in m1) and any(r.get('event') for r in m1)  # ECI fired
-  # The first logged window (iterations 0-1) agrees to rounding: a sharding error (a shard
-  # missing or summed twice) shows there. Later the runs drift apart: Adam's first steps move a
-  # bank pixel by lr * sign(gradient), so a gradient within rounding of zero moves it a full step
-  # either way (seen 2026-12-06: 1.5e-3 by iteration 5, and 1 of 500 meta-val queries flipped).
-  for r2, r1 in zip(m2, m1):
+  for r2, r1 in zip(m2, m1):  # a shard missing or summed twice would show here
     for k, v in r1.items():
-      first, acc = r1['it'] < 2, 'acc' in k or k == 'best_val'
       if isinstance(v, str):
         assert r2[k] == v
       else:
-        np.testing.assert_allclose(r2[k], v, rtol=1e-5 if first else 0 if acc else 5e-3,
-                                   atol=1e-6 if first else 0.02 if acc else 1e-5,
-                                   err_msg=f"{k} at {r1['it']}")
+        np.testing.assert_allclose(r2[k], v, rtol=1e-5, atol=1e-6, err_msg=f"{k} at {r1['it']}")
   res = [json.load(open(os.path.join(w, 'results.json'))) for w in (two, one)]
   assert res[0]['best_it'] == res[1]['best_it']
   assert set(res[0]['per_task']) == {'purer'}
-  two_acc, one_acc = (np.asarray(r['per_task']['purer']) for r in res)  # 25 queries per task
-  assert np.abs(two_acc - one_acc).max() <= 2 / 25 + 1e-6
-  assert abs(np.mean(two_acc - one_acc)) < 0.01
+  np.testing.assert_allclose(res[0]['per_task']['purer'], res[1]['per_task']['purer'], atol=1e-6)
   # The two-process checkpoint restores in this single process (8 devices here) to the
   # parameters its process 0 scored; its tree is the one-process run's.
   assert jax.tree.structure(train.load_best(two)) == jax.tree.structure(train.load_best(one))
@@ -121,7 +122,8 @@ def test_multi_process_run_of_an_unsharded_bank_is_refused_before_any_work(tmp_p
                                                                            smoke_config):
   """Each process would keep its own bank, which no checkpoint can hold: refused at once."""
   w = _workdir(tmp_path, 'w', smoke_zoo)
-  for out in _processes(_main(w, smoke_config.data.data_dir), status=1):
+  for out in _processes(_main(w, smoke_config.data.data_dir, '--config.inversion.shard=False'),
+                        status=1):
     assert ('UserError: a multi-process run shards the bank over its processes: add '
             '--config.inversion.shard=True' in out and 'Traceback' not in out), out[-3000:]
   assert not os.path.exists(os.path.join(w, 'checkpoints'))

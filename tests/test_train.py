@@ -19,12 +19,17 @@ from purer_jax import data, eci, evaluate, meta_test, models, train, utils, viz,
 from tests.conftest import command_env, once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints.
+# Tiny but complete: 3 teachers, ECI switching often (patience 1), val, PNG and checkpoints;
+# the bank sharded over DEVICES fake devices, so that test_distributed's two processes of 2
+# devices each run the same programs (one process on 1 device would not: its reductions add in
+# another order, which Adam's first sign-like steps amplify; on 4 devices the two agree to 1e-7).
 TINY = ['--config.teachers.num=3', '--config.train.iterations=6', '--config.train.ckpt_every=2',
         '--config.train.val_every=3', '--config.train.val_tasks=20', '--config.train.png_every=3',
         '--config.train.log_every=2', '--config.eval.tasks=20', '--config.eci.start=0.17',
         '--config.eci.patience=1', '--config.meta.meta_batch=1', '--config.meta.queries=5',
-        '--config.inversion.spc=6', '--config.inversion.strategy=loop']
+        '--config.inversion.spc=6', '--config.inversion.strategy=loop',
+        '--config.inversion.shard=True']
+DEVICES = 4
 
 
 def _workdir(tmp_path, name, zoo_dir):
@@ -37,7 +42,7 @@ def _workdir(tmp_path, name, zoo_dir):
 def _launch(workdir, data_dir, *extra):
   cmd = [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=command_env(), stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=ROOT, env=command_env(DEVICES), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 

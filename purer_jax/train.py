@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +111,7 @@ class Trainer:
 
   def __init__(self, config, teachers):
     self.config, self.teachers = config, teachers
+    self.built_for = config.to_dict()  # as built, whatever later edits: see train(trainer=)
     self.model = evaluate.meta_model(config)
     self.learner = meta.from_config(config.meta, self.model)
     self.layout = bank_lib.make_layout(teachers, config.inversion.spc, self.model.image_size)
@@ -296,11 +298,17 @@ def _truncate_jsonl(path, start):
     f.writelines(keep)
 
 
-def train(config, workdir, teachers) -> dict:
+def train(config, workdir, teachers, *, trainer: Optional[Trainer] = None) -> dict:
   """Meta-trains (resuming from W/checkpoints); returns {'params', 'val', 'it'} of the best
-  meta-val evaluation (the final parameters if none ran)."""
+  meta-val evaluation (the final parameters if none ran). `trainer`, built for this config and
+  these teachers, lends its compiled step to another run in the same process (tracing the step
+  costs seconds)."""
   t = config.train
-  trainer = Trainer(config, teachers)
+  if trainer is None:
+    trainer = Trainer(config, teachers)
+  elif trainer.teachers is not teachers or trainer.built_for != config.to_dict():
+    raise ValueError('train(trainer=...) was given a Trainer built for another config or other '
+                     'teachers: build one for this run, or leave trainer out')
   print('inversion strategy per teacher group: ' + ', '.join(
       f'{g.size} x {g.arch} ({g.num_classes} classes): {s}'
       for g, s in zip(trainer.layout.groups, trainer.inv.strategies)))

@@ -297,16 +297,17 @@ def test_training_killed_while_saving_resumes_identically(zoo_dir, config, tmp_p
   teachers = zoo.load(zoo_dir)
   config = config.copy_and_resolve_references()
   config.meta.second_order = False  # a kill while saving does not depend on it; compiles faster
-  full = train.train(config, str(tmp_path / 'full'), teachers)
+  trainer = train.Trainer(config, teachers)  # one compiled step for the three runs
+  full = train.train(config, str(tmp_path / 'full'), teachers, trainer=trainer)
   killed = str(tmp_path / 'killed')
   _kill_at_commit(monkeypatch, lambda p: p.endswith(os.path.join('checkpoints', '4')))
   with pytest.raises(Killed):
-    train.train(config, killed, teachers)
+    train.train(config, killed, teachers, trainer=trainer)
   monkeypatch.undo()
   assert workdir_lib.checkpoint_steps(killed) == [2]
   with open(os.path.join(killed, 'metrics.jsonl'), 'a') as f:
     f.write('{"it": 3, "meta/lo')  # and a half-written line
-  resumed = train.train(config, killed, teachers)
+  resumed = train.train(config, killed, teachers, trainer=trainer)
   chex.assert_trees_all_equal(resumed, full)
   strip = lambda w: [{k: v for k, v in json.loads(l).items() if k != 'it_per_s'}
                      for l in open(os.path.join(w, 'metrics.jsonl'))]
@@ -314,7 +315,9 @@ def test_training_killed_while_saving_resumes_identically(zoo_dir, config, tmp_p
   # The NaN guard: ECI's term is -inf from its first use (it 1), after checkpoint 1. A NaN
   # config value is refused before any work; 1e39 passes the check and overflows float32.
   nan = str(tmp_path / 'nan')
-  config.eci.adv_scale, config.train.ckpt_every = 1e39, 1  # the same compiled step
+  config.eci.adv_scale, config.train.ckpt_every = 1e39, 1  # the same program, traced anew
+  with pytest.raises(ValueError, match='built for another config'):
+    train.train(config, nan, teachers, trainer=trainer)
   with pytest.raises(FloatingPointError, match='meta-iteration 1: inv/adv is not finite'):
     train.train(config, nan, teachers)
   assert workdir_lib.checkpoint_steps(nan) == [1]  # the last good one; nothing written after it

@@ -20,6 +20,9 @@ from purer_jax import data as data_lib
 from purer_jax import utils
 
 LAYERS = ('features', 'logits', 'both')
+# Images per embedding program, in pixels at the largest input size: 640 images at 32 px, 92 at
+# 84. 2,000 at 84 px made XLA ask for one 75 GB buffer for four ResNet-18s (2026-12-06).
+EMBED_PIXELS = 640 * 32 * 32
 NORMS = ('l2', 'centred')
 METRICS = ('cosine', 'euclidean')
 
@@ -113,7 +116,8 @@ def accuracies(teachers, split, *, ways, shots, queries, num_tasks, seed, varian
   rows = data_lib.episode_rows(split, ways, shots, queries, seed, num=num_tasks)
   used, where = np.unique(rows, return_inverse=True)
   embed_fn = jax.jit(lambda v, x: embed(v, x, models=models))
-  chunk = min(batch * rows.shape[1], len(used))
+  side = max([image_size or split.images.shape[1]] + [m.image_size for m in models])
+  chunk = min(batch * rows.shape[1], len(used), max(1, EMBED_PIXELS // side ** 2))
   parts = []
   for start in range(0, len(used), chunk):
     part = used[start:start + chunk]  # the last one padded: one program for every chunk

@@ -20,11 +20,11 @@ from purer_jax import data as data_lib
 from purer_jax import utils
 
 LAYERS = ('features', 'logits', 'both')
+NORMS = ('l2', 'centred')
+METRICS = ('cosine', 'euclidean')
 # Images per embedding program, in pixels at the largest input size: 640 images at 32 px, 92 at
 # 84. 2,000 at 84 px made XLA ask for one 75 GB buffer for four ResNet-18s (2026-12-06).
 EMBED_PIXELS = 640 * 32 * 32
-NORMS = ('l2', 'centred')
-METRICS = ('cosine', 'euclidean')
 
 
 class Variant(NamedTuple):

@@ -17,7 +17,7 @@ import pytest
 from purer_jax import parallel, train, utils
 from tests import distributed_worker
 from tests.conftest import command_env
-from tests.test_train import (TINY, _metrics, _scored_best, _workdir,  # noqa: F401
+from tests.test_train import (_metrics, _scored_best, _workdir, tiny_command,  # noqa: F401
                               tiny_run)  # (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,24 +35,23 @@ def _processes(cmd, n=2, timeout=900, status=0):
   blocked on a full pipe while its peers wait for it in a collective would never exit (seen
   2026-12-06 with JAX's debug logging on)."""
   port = _port()
-  with tempfile.TemporaryDirectory() as d:
-    files = [open(os.path.join(d, f'{i}.log'), 'w+') for i in range(n)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=command_env(
-        2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', PURER_NUM_PROCESSES=str(n),
-        PURER_PROCESS_ID=str(i))) for i, f in enumerate(files)]
-    try:
-      for p in procs:
-        p.wait(timeout=timeout)
-    finally:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
-          p.wait()
-    outs = []
-    for f in files:
+  files = [tempfile.TemporaryFile('w+') for _ in range(n)]
+  procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=command_env(
+      2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', PURER_NUM_PROCESSES=str(n),
+      PURER_PROCESS_ID=str(i))) for i, f in enumerate(files)]
+  try:
+    for p in procs:
+      p.wait(timeout=timeout)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  outs = []
+  for f in files:
+    with f:
       f.seek(0)
       outs.append(f.read())
-      f.close()
   for p, out in zip(procs, outs):
     assert p.returncode == status, out[-3000:]
   return outs
@@ -81,11 +80,6 @@ def test_sharded_inversion_over_two_processes_matches_one(tmp_path):
   np.testing.assert_allclose(two['grad'], grad, rtol=1e-5, atol=1e-5 * np.abs(grad).max())
 
 
-def _main(workdir, data_dir, *extra):
-  return [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
-          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY, *extra]
-
-
 @pytest.mark.slow
 def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smoke_config,
                                                        tiny_run):
@@ -95,7 +89,7 @@ def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smok
   two, one = _workdir(tmp_path, 'two', smoke_zoo), tiny_run
   # The learner is what the processes trained together; the baselines read the teachers alone
   # (test_train scores every method after a resume).
-  outs = _processes(_main(two, smoke_config.data.data_dir, '--config.eval.methods=purer'))
+  outs = _processes(tiny_command(two, smoke_config.data.data_dir, '--config.eval.methods=purer'))
   assert 'purer' in outs[0] and 'purer' not in outs[1]  # process 0 alone scores
 
   m2, m1 = _metrics(two), _metrics(one)
@@ -122,8 +116,8 @@ def test_multi_process_run_of_an_unsharded_bank_is_refused_before_any_work(tmp_p
                                                                            smoke_config):
   """Each process would keep its own bank, which no checkpoint can hold: refused at once."""
   w = _workdir(tmp_path, 'w', smoke_zoo)
-  for out in _processes(_main(w, smoke_config.data.data_dir, '--config.inversion.shard=False'),
-                        status=1):
+  cmd = tiny_command(w, smoke_config.data.data_dir, '--config.inversion.shard=False')
+  for out in _processes(cmd, status=1):
     assert ('UserError: a multi-process run shards the bank over its processes: add '
             '--config.inversion.shard=True' in out and 'Traceback' not in out), out[-3000:]
   assert not os.path.exists(os.path.join(w, 'checkpoints'))

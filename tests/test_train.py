@@ -39,10 +39,15 @@ def _workdir(tmp_path, name, zoo_dir):
   return str(w)
 
 
+def tiny_command(workdir, data_dir, *extra) -> list:
+  """`main` on the TINY run (test_distributed starts it as two processes)."""
+  return [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY, *extra]
+
+
 def _launch(workdir, data_dir, *extra):
-  cmd = [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
-         f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=command_env(DEVICES), stdout=subprocess.PIPE,
+  return subprocess.Popen(tiny_command(workdir, data_dir, *extra), cwd=ROOT,
+                          env=command_env(DEVICES), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 

@@ -80,6 +80,10 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 with `cell` (re-run on the finished workdir, 38 min of meta-test): random 21.70 /
                 46.48 tuned, average 25.74 / 48.10, ota 23.49 / 51.63, MAML's head 49.19 / 50.78,
                 PURER+ICFIL 51.65 / 52.36, the pool read-out 63.47 +- 0.77
+  :fast,mini,5shot --config.train.iterations=1000  SS MiniImageNet 5-shot, declared before it
+                ran (docs/NOTES.md): :quick,mini's teachers, a bank of 5 + 7 per class,
+                distillation at weight 50, 1,000 cosine iterations; the cell if its chosen
+                read-out's meta-val beats :quick,mini,5shot's 37.55
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

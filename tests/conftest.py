@@ -84,10 +84,10 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
-# Modules whose slow tests take longest (subprocess runs and their shared reference), in the
-# order they start: a worker's last two tests cannot be stolen by the idle one, so they should
-# be short, and the two tests that share test_train's tiny run then run on one worker.
-_FIRST = ('test_distributed.py', 'test_train.py', 'test_icfil.py', 'test_workdir.py')
+# Modules whose slow tests take longest (subprocess runs and test_train's tiny run, their
+# reference), in the order they start: a worker's last two tests cannot be stolen by the idle
+# one, so they should be short.
+_FIRST = ('test_distributed.py', 'test_icfil.py', 'test_workdir.py')
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,24 +1,27 @@
 """Multi-process runs (`purer_jax.parallel`): two processes on localhost, 2 CPU devices each,
 joined by jax.distributed with CPU collectives, so that the mesh spans two processes like a
-two-host pod slice. The sharded inversion loss and its gradient match one process's; a
-short meta-training run gives one process's metrics and a checkpoint that restores
-in one process."""
+two-host pod slice. The sharded inversion loss and its gradient match one process's; a short
+meta-training run killed with SIGKILL in two processes and resumed in one ends like one
+process's uninterrupted run."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
-import jax
+import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
-from purer_jax import parallel, train, utils
+from purer_jax import data, evaluate, meta_test, parallel, train, utils
 from tests import distributed_worker
 from tests.conftest import command_env
-from tests.test_train import (_metrics, _scored_best, _workdir, tiny_command,  # noqa: F401
-                              tiny_run)  # (a fixture)
+from tests.test_train import (_finish, _launch, _metrics, _steps, _workdir,  # noqa: F401
+                              tiny_command, tiny_run)  # (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,16 +32,20 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _processes(cmd, n=2, timeout=900, status=0):
-  """Runs `cmd` as processes 0..n-1 of one jax.distributed run, 2 CPU devices each; returns
-  their outputs, once each has exited with `status`. Outputs go to files, not pipes: a process
-  blocked on a full pipe while its peers wait for it in a collective would never exit (seen
-  2026-12-06 with JAX's debug logging on)."""
+def _start(cmd, n=2):
+  """Starts `cmd` as processes 0..n-1 of one jax.distributed run, 2 CPU devices each. Outputs go
+  to files, not pipes: a process blocked on a full pipe while its peers wait for it in a
+  collective would never exit (seen 2026-12-06 with JAX's debug logging on)."""
   port = _port()
   files = [tempfile.TemporaryFile('w+') for _ in range(n)]
   procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=command_env(
       2, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', PURER_NUM_PROCESSES=str(n),
       PURER_PROCESS_ID=str(i))) for i, f in enumerate(files)]
+  return procs, files
+
+
+def _outputs(procs, files, status=0, timeout=900):
+  """The processes' outputs, once each has exited with `status` (killed at `timeout`)."""
   try:
     for p in procs:
       p.wait(timeout=timeout)
@@ -55,6 +62,10 @@ def _processes(cmd, n=2, timeout=900, status=0):
   for p, out in zip(procs, outs):
     assert p.returncode == status, out[-3000:]
   return outs
+
+
+def _processes(cmd, n=2, status=0):
+  return _outputs(*_start(cmd, n), status=status)
 
 
 def test_initialize_reads_the_environment():
@@ -80,35 +91,100 @@ def test_sharded_inversion_over_two_processes_matches_one(tmp_path):
   np.testing.assert_allclose(two['grad'], grad, rtol=1e-5, atol=1e-5 * np.abs(grad).max())
 
 
-@pytest.mark.slow
-def test_two_process_meta_training_matches_one_process(tmp_path, smoke_zoo, smoke_config,
-                                                       tiny_run):
-  """test_train's tiny run (6 iterations, ECI firing, val and checkpoints) over two processes of
-  2 devices each against the same run in one process of 4 (tiny_run): the same programs, so every
-  logged value agrees to rounding and every task's accuracy exactly."""
-  two, one = _workdir(tmp_path, 'two', smoke_zoo), tiny_run
-  # The learner is what the processes trained together; the baselines read the teachers alone
-  # (test_train scores every method after a resume).
-  outs = _processes(tiny_command(two, smoke_config.data.data_dir, '--config.eval.methods=purer'))
-  assert 'purer' in outs[0] and 'purer' not in outs[1]  # process 0 alone scores
+def _scored_best(workdir) -> float:
+  """Mean meta-test accuracy of W's best checkpoint, reloaded and scored in this process with
+  W's own config: what the run's final meta-test recorded for `purer`."""
+  c = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
+  test = data.load(c.data.dataset, 'meta_test', c.data.data_dir)
+  return float(np.mean(evaluate.evaluate_params(train.load_best(workdir), c, test)))
 
-  m2, m1 = _metrics(two), _metrics(one)
-  assert [sorted(r) for r in m2] == [sorted(r) for r in m1]
-  assert any('val_acc' in r for r in m1) and any(r.get('event') for r in m1)  # ECI fired
-  for r2, r1 in zip(m2, m1):  # a shard missing or summed twice would show here
-    for k, v in r1.items():
-      if isinstance(v, str):
-        assert r2[k] == v
-      else:
-        np.testing.assert_allclose(r2[k], v, rtol=1e-5, atol=1e-6, err_msg=f"{k} at {r1['it']}")
-  res = [json.load(open(os.path.join(w, 'results.json'))) for w in (two, one)]
-  assert res[0]['best_it'] == res[1]['best_it']
-  assert set(res[0]['per_task']) == {'purer'}
-  np.testing.assert_allclose(res[0]['per_task']['purer'], res[1]['per_task']['purer'], atol=1e-6)
-  # The two-process checkpoint restores in this single process (8 devices here) to the
-  # parameters its process 0 scored; its tree is the one-process run's.
-  assert jax.tree.structure(train.load_best(two)) == jax.tree.structure(train.load_best(one))
-  assert _scored_best(two) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
+
+def _assert_close(got, want, where=''):
+  """Equal trees of JSON values, floats to rounding: rtol 1e-5 (a query flipped in a 20-task
+  accuracy moves it by more than 1e-3)."""
+  if isinstance(want, dict):
+    assert sorted(got) == sorted(want), where
+    for k in want:
+      _assert_close(got[k], want[k], f'{where}/{k}')
+  elif isinstance(want, list):
+    assert len(got) == len(want), where
+    for i, (g, w) in enumerate(zip(got, want)):
+      _assert_close(g, w, f'{where}[{i}]')
+  elif isinstance(want, float):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=where)
+  else:
+    assert got == want, where
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_in_one_match_one_uninterrupted_run(
+    tmp_path, smoke_zoo, smoke_config, tiny_run, monkeypatch):
+  """test_train's tiny run (6 iterations, ECI firing, val, PNGs and checkpoints) as a pod slice
+  that is preempted: two processes of 2 devices each, both killed with SIGKILL after their first
+  checkpoint, then resumed by one process of 4 devices. It ends like the same run uninterrupted
+  in one process (tiny_run): the same programs, so every logged value agrees to rounding and
+  every task's accuracy exactly. (Resuming bit for bit: test_workdir, in-process.)"""
+  data_dir, full = smoke_config.data.data_dir, tiny_run
+  killed = _workdir(tmp_path, 'killed', smoke_zoo)
+  procs, files = _start(tiny_command(killed, data_dir))
+  try:
+    deadline = time.time() + 600
+    while not _steps(killed):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline
+      time.sleep(0.1)
+    for p in procs:
+      p.send_signal(signal.SIGKILL)
+  finally:
+    _outputs(procs, files, status=-signal.SIGKILL)
+  assert not os.path.exists(os.path.join(killed, 'results.json'))
+  first = _steps(killed)[-1]
+  assert first < 6, first
+
+  code, out = _finish(_launch(killed, data_dir))  # one process of 4 devices
+  assert code == 0, out[-3000:]
+  assert 'resumed from' in out and f'/{first} ' in out
+
+  res = [json.load(open(os.path.join(w, 'results.json'))) for w in (full, killed)]
+  # The resumed run's record has both segments' wall times, the killed one marked.
+  segments = res[1]['timing']['segments']
+  assert [(s['from_it'], s['to_it'], s.get('interrupted')) for s in segments] == [
+      (0, first, True), (first, 6, None)] and all(s['wall_s'] > 0 for s in segments)
+  assert 'segments' not in res[0]['timing']  # one segment: the run's own times say it all
+  for r in res:  # when and where it ran: recorded, but differs between the runs
+    timing = r.pop('timing')
+    assert timing['wall_time_s'] > 0
+    assert timing['teachers_reused']  # the zoo was copied in before the command: named
+    assert os.path.isabs(r['teachers_source']['reused']) and r['teachers_source']['seconds'] > 0
+    r.pop('teachers_source')
+    assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
+    assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
+    assert [p.pop('minutes') >= 0 for p in r['val_curve']] == [True, True]  # wall times
+  _assert_close(res[1], res[0])
+  assert set(res[0]['methods']) == {'random', 'average', 'ota', 'pool', 'purer'}
+  assert set(res[0]['cost_gflop']) == set(res[0]['methods'])
+  assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
+  # The best checkpoint reloads to the parameters the final meta-test scored.
+  assert _scored_best(full) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
+  # Every logged value after the restart repeats the uninterrupted run's (records of the
+  # iterations the killed run redid were dropped, not duplicated), and a shard missing or summed
+  # twice in the two processes would show in the first window already.
+  m_killed, m_full = _metrics(killed), _metrics(full)
+  _assert_close(m_killed, m_full)
+  events = [r['it'] for r in m_full if r.get('event') == 'eci_switch_on']
+  assert events and events[0] == 1 and any('val_acc' in r for r in m_full)
+  assert _steps(full) == _steps(killed) == [4, 6]  # two kept: a damaged last one can be deleted
+  pngs = sorted(f for f in os.listdir(full) if f.endswith('.png'))
+  assert pngs == ['pseudo_000003.png', 'pseudo_000006.png']
+  grid = np.asarray(Image.open(os.path.join(full, pngs[0])))
+  assert grid.shape[0] > 5 * 32 and grid.std() > 10  # 5 rows of images, not blank
+
+  # Process 1 of a multi-process run restores the run with the others but neither scores nor
+  # writes: process 0 does (here, on the finished workdir).
+  c = ml_collections.ConfigDict(json.load(open(os.path.join(killed, 'config.json'))))
+  before = open(os.path.join(killed, 'results.json')).read()
+  monkeypatch.setattr(parallel, 'is_primary', lambda: False)
+  assert meta_test.train_and_evaluate(c, killed) == {}
+  assert open(os.path.join(killed, 'results.json')).read() == before
 
 
 @pytest.mark.slow

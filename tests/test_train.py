@@ -1,13 +1,11 @@
-"""The training loop end to end (subprocesses of `purer_jax.main`): a run killed with SIGKILL
-after its first checkpoint and resumed ends exactly like an uninterrupted run (the NaN guard,
-in-process: test_workdir)."""
+"""The training loop: its pieces in-process, and `tiny_run`, the end-to-end run of `purer_jax.main`
+that test_distributed's preempted two-process run must match (killed while saving and the NaN
+guard, in-process: test_workdir)."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, eci, evaluate, meta_test, models, train, utils, viz, zoo
+from purer_jax import eci, meta_test, models, train, utils, viz, zoo
 from tests.conftest import command_env, once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,77 +76,6 @@ def tiny_run(tmp_path_factory, smoke_zoo, smoke_config):
     code, out = _finish(_launch(workdir, smoke_config.data.data_dir))
     assert code == 0, out[-3000:]
   return once(tmp_path_factory, 'tiny_run', make)
-
-
-@pytest.mark.slow
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, smoke_zoo, smoke_config,
-                                                      tiny_run):
-  data_dir = smoke_config.data.data_dir
-  killed = _workdir(tmp_path, 'killed', smoke_zoo)
-  proc = _launch(killed, data_dir)
-  try:
-    _check_runs(tiny_run, killed, proc, data_dir)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
-
-
-def _scored_best(workdir) -> float:
-  """Mean meta-test accuracy of W's best checkpoint, reloaded and scored in this process with
-  W's own config: what the run's final meta-test recorded for `purer`."""
-  c = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
-  test = data.load(c.data.dataset, 'meta_test', c.data.data_dir)
-  return float(np.mean(evaluate.evaluate_params(train.load_best(workdir), c, test)))
-
-
-def _check_runs(full, killed, p_kill, data_dir):
-  deadline = time.time() + 600
-  while not _steps(killed):
-    assert p_kill.poll() is None, p_kill.communicate()[0][-3000:]
-    assert time.time() < deadline
-    time.sleep(0.1)
-  p_kill.send_signal(signal.SIGKILL)
-  code, out_killed = _finish(p_kill)
-  assert code == -signal.SIGKILL
-  assert not os.path.exists(os.path.join(killed, 'results.json'))
-  first = _steps(killed)[-1]
-  assert first < 6, first
-
-  code, out = _finish(_launch(killed, data_dir))
-  assert code == 0, out[-3000:]
-  assert 'resumed from' in out and f'/{first} ' in out
-
-  res = [json.load(open(os.path.join(w, 'results.json'))) for w in (full, killed)]
-  # The resumed run's record has both segments' wall times, the killed one marked.
-  segments = res[1]['timing']['segments']
-  assert [(s['from_it'], s['to_it'], s.get('interrupted')) for s in segments] == [
-      (0, first, True), (first, 6, None)] and all(s['wall_s'] > 0 for s in segments)
-  assert 'segments' not in res[0]['timing']  # one segment: the run's own times say it all
-  for r in res:  # when and where it ran: recorded, but differs between the runs
-    timing = r.pop('timing')
-    assert timing['wall_time_s'] > 0
-    assert timing['teachers_reused']  # the zoo was copied in before the command: named
-    assert os.path.isabs(r['teachers_source']['reused']) and r['teachers_source']['seconds'] > 0
-    assert len(r.pop('provenance')['commit']) in (40, 7)  # 'unknown' outside a git checkout
-    assert r['config']['train']['iterations'] == 6 and r['init'] == 'average'
-    assert [p.pop('minutes') >= 0 for p in r['val_curve']] == [True, True]  # wall times
-  assert res[0] == res[1]
-  assert set(res[0]['methods']) == {'random', 'average', 'ota', 'pool', 'purer'}
-  assert set(res[0]['cost_gflop']) == set(res[0]['methods'])
-  assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
-  # The best checkpoint reloads to the parameters the final meta-test scored.
-  assert _scored_best(full) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
-  # Every logged value after the restart repeats the uninterrupted run's (records of the
-  # iterations the killed run redid were dropped, not duplicated).
-  assert _metrics(full) == _metrics(killed)
-  events = [r['it'] for r in _metrics(full) if r.get('event') == 'eci_switch_on']
-  assert events and events[0] == 1
-  assert _steps(full) == [4, 6]  # two kept: a damaged last one can be deleted
-  pngs = sorted(f for f in os.listdir(full) if f.endswith('.png'))
-  assert pngs == ['pseudo_000003.png', 'pseudo_000006.png']
-  grid = np.asarray(Image.open(os.path.join(full, pngs[0])))
-  assert grid.shape[0] > 5 * 32 and grid.std() > 10  # 5 rows of images, not blank
 
 
 def test_save_episode_png(tmp_path):

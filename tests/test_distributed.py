@@ -5,6 +5,7 @@ meta-training run killed with SIGKILL in two processes and resumed in one ends l
 process's uninterrupted run."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, evaluate, meta_test, parallel, train, utils
+from purer_jax import data, evaluate, meta_test, parallel, train, utils, zoo
+from purer_jax import workdir as workdir_lib
 from tests import distributed_worker
 from tests.conftest import command_env
-from tests.test_train import (_finish, _launch, _metrics, _steps, _workdir,  # noqa: F401
-                              tiny_command, tiny_run)  # (a fixture)
+from tests.test_train import _finish, _launch, tiny_command, tiny_run  # noqa: F401 (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +31,21 @@ def _port() -> int:
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
+
+
+def _workdir(tmp_path, name, zoo_dir):
+  """A workdir with a copy of the session's smoke teachers."""
+  w = tmp_path / name
+  shutil.copytree(zoo.teachers_dir(zoo_dir), zoo.teachers_dir(str(w)))
+  return str(w)
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    recs = [json.loads(l) for l in f]
+  for r in recs:
+    r.pop('it_per_s', None)
+  return recs
 
 
 def _start(cmd, n=2):
@@ -129,7 +145,7 @@ def test_two_processes_killed_and_resumed_in_one_match_one_uninterrupted_run(
   procs, files = _start(tiny_command(killed, data_dir))
   try:
     deadline = time.time() + 600
-    while not _steps(killed):
+    while not workdir_lib.checkpoint_steps(killed):
       assert all(p.poll() is None for p in procs) and time.time() < deadline
       time.sleep(0.1)
   finally:  # also when a process failed or the deadline passed: its output shows why
@@ -138,7 +154,7 @@ def test_two_processes_killed_and_resumed_in_one_match_one_uninterrupted_run(
         p.send_signal(signal.SIGKILL)
     _outputs(procs, files, status=-signal.SIGKILL)
   assert not os.path.exists(os.path.join(killed, 'results.json'))
-  first = _steps(killed)[-1]
+  first = workdir_lib.checkpoint_steps(killed)[-1]
   assert first < 6, first
 
   code, out = _finish(_launch(killed, data_dir))  # one process of 4 devices
@@ -172,7 +188,8 @@ def test_two_processes_killed_and_resumed_in_one_match_one_uninterrupted_run(
   _assert_close(m_killed, m_full)
   events = [r['it'] for r in m_full if r.get('event') == 'eci_switch_on']
   assert events and events[0] == 1 and any('val_acc' in r for r in m_full)
-  assert _steps(full) == _steps(killed) == [4, 6]  # two kept: a damaged last one can be deleted
+  # Two kept: a damaged last one can be deleted.
+  assert workdir_lib.checkpoint_steps(full) == workdir_lib.checkpoint_steps(killed) == [4, 6]
   pngs = sorted(f for f in os.listdir(full) if f.endswith('.png'))
   assert pngs == ['pseudo_000003.png', 'pseudo_000006.png']
   grid = np.asarray(Image.open(os.path.join(full, pngs[0])))

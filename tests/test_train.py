@@ -1,7 +1,6 @@
 """The training loop: its pieces in-process, and `tiny_run`, the end-to-end run of `purer_jax.main`
 that test_distributed's preempted two-process run must match (killed while saving and the NaN
 guard, in-process: test_workdir)."""
-import json
 import os
 import shutil
 import subprocess
@@ -30,13 +29,6 @@ TINY = ['--config.teachers.num=3', '--config.train.iterations=6', '--config.trai
 DEVICES = 4
 
 
-def _workdir(tmp_path, name, zoo_dir):
-  """A workdir with a copy of the session's smoke teachers."""
-  w = tmp_path / name
-  shutil.copytree(zoo.teachers_dir(zoo_dir), zoo.teachers_dir(str(w)))
-  return str(w)
-
-
 def tiny_command(workdir, data_dir, *extra) -> list:
   """`main` on the TINY run (test_distributed starts it as two processes)."""
   return [sys.executable, '-m', 'purer_jax.main', '--config=configs/ss.py:smoke',
@@ -54,23 +46,10 @@ def _finish(proc, timeout=600):
   return proc.returncode, out
 
 
-def _steps(workdir):
-  d = os.path.join(workdir, 'checkpoints')
-  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop('it_per_s', None)
-  return recs
-
-
 @pytest.fixture(scope='session')
 def tiny_run(tmp_path_factory, smoke_zoo, smoke_config):
-  """The TINY run, uninterrupted, made once per test run: the reference that the killed and
-  resumed run here and the two-process run (test_distributed) must each match."""
+  """The TINY run, uninterrupted in one process, made once per test run: the reference that
+  test_distributed's preempted two-process run, resumed in one process, must match."""
   def make(workdir):
     shutil.copytree(zoo.teachers_dir(smoke_zoo), zoo.teachers_dir(workdir))
     code, out = _finish(_launch(workdir, smoke_config.data.data_dir))

@@ -312,6 +312,9 @@ def train(config, workdir, teachers, *, trainer: Optional[Trainer] = None) -> di
   print('inversion strategy per teacher group: ' + ', '.join(
       f'{g.size} x {g.arch} ({g.num_classes} classes): {s}'
       for g, s in zip(trainer.layout.groups, trainer.inv.strategies)))
+  if trainer.mesh is not None:
+    print(f'teachers sharded over {trainer.mesh.size} devices of {jax.process_count()} '
+          f'process(es) (this is process {jax.process_index()})')
   state = trainer.init_state()
   # On the host: a copy (the step donates the state's buffers) that every process holds.
   best = {'params': parallel.to_host(state['params']), 'val': np.asarray(-1.0, np.float32),

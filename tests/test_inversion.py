@@ -90,19 +90,22 @@ def test_bad_input_gives_clear_errors(layout, cfg, teachers):
 def test_bn_statistics_equal_a_direct_computation(teachers, layout):
   t = teachers[0]
   x = _slice(_images(layout), layout, 0)
-  logits, stats = deep_inversion.bn_statistics(t.model, t.variables, x)
+  # Jitted: eager, each operation compiles on its own (~10x the CPU here).
+  logits, stats = jax.jit(functools.partial(deep_inversion.bn_statistics, t.model))(
+      t.variables, x)
   # The BN inputs of Conv4 are its conv outputs: capture them and reduce in float64.
-  _, inter = t.model.apply(t.variables, x, capture_intermediates=lambda m, _: isinstance(
-      m, nn.Conv), mutable=['intermediates'])
+  _, inter = jax.jit(lambda v, x: t.model.apply(v, x, capture_intermediates=lambda m, _: (
+      isinstance(m, nn.Conv)), mutable=['intermediates']))(t.variables, x)
   for i in range(4):
     h = np.asarray(inter['intermediates'][f'conv{i}']['__call__'][0], np.float64)
     np.testing.assert_allclose(stats[f'bn{i}']['mean'], h.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats[f'bn{i}']['var'], h.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_equal_structs(stats, t.variables['batch_stats'])
-  np.testing.assert_allclose(logits, t.model.apply(t.variables, x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(logits, jax.jit(t.model.apply)(t.variables, x), rtol=1e-6,
+                             atol=1e-6)
   # The fast functional Conv4 (both conv paths) gives the same logits and statistics.
   for conv in ('lax', 'im2col'):
-    fl, fs = deep_inversion.conv4_forward(t.variables, x, conv=conv)
+    fl, fs = jax.jit(functools.partial(deep_inversion.conv4_forward, conv=conv))(t.variables, x)
     np.testing.assert_allclose(fl, logits, rtol=1e-4, atol=1e-4)
     chex.assert_trees_all_close(fs, stats, rtol=1e-4, atol=1e-5)
 
@@ -118,8 +121,9 @@ def test_loss_and_gradient_agree_with_pytorch(teachers, layout, cfg):
            if np.array_equal(np.roll(x, (s, r), (1, 2)), xj)]
   assert len(shift) == 1  # one offset for the whole slice
   for strategy in ('loop', 'vmap'):
-    loss, grad = jax.value_and_grad(lambda a, s=strategy: deep_inversion.deep_inversion_loss(
-        a, t.variables, tgt, model=t.model, weights=w, strategy=s)[0])(xj)
+    loss, grad = jax.jit(jax.value_and_grad(lambda a, s=strategy: (
+        deep_inversion.deep_inversion_loss(a, t.variables, tgt, model=t.model, weights=w,
+                                           strategy=s)[0])))(xj)
     xt = torch_reference.nchw(xj).requires_grad_(True)
     ref = torch_reference.DeepInversionLoss(torch_reference.from_flax(t.variables, 'conv4', 32),
                                             w)(xt, torch.tensor(np.asarray(tgt)).long())
@@ -179,12 +183,17 @@ def test_teachers_see_their_slice_resized_to_their_input_size(teachers, cfg):
   t = teachers[0]
   w, tgt = deep_inversion.Weights.from_config(cfg), bank_lib.targets(5, 2)
   x = jax.random.normal(jax.random.key(2), (10, 48, 48, 3))
-  _, terms = deep_inversion.deep_inversion_loss(x, t.variables, tgt, model=t.model, weights=w)
-  small = jax.image.resize(x, (10, 32, 32, 3), 'bilinear')
-  logits, stats = deep_inversion.bn_statistics(t.model, t.variables, small)
-  np.testing.assert_allclose(terms['bn'],
-                             deep_inversion.bn_loss(stats, t.variables['batch_stats']), rtol=1e-5)
-  np.testing.assert_allclose(terms['tv'], deep_inversion.tv_loss(x), rtol=1e-6)  # at bank size
+
+  @jax.jit
+  def terms_and_direct(x, v):
+    _, terms = deep_inversion.deep_inversion_loss(x, v, tgt, model=t.model, weights=w)
+    small = jax.image.resize(x, (10, 32, 32, 3), 'bilinear')
+    _, stats = deep_inversion.bn_statistics(t.model, v, small)
+    return terms, deep_inversion.bn_loss(stats, v['batch_stats']), deep_inversion.tv_loss(x)
+
+  terms, bn, tv = terms_and_direct(x, t.variables)
+  np.testing.assert_allclose(terms['bn'], bn, rtol=1e-5)
+  np.testing.assert_allclose(terms['tv'], tv, rtol=1e-6)  # at bank size
   lay = bank_lib.make_layout(teachers, spc=2, image_size=48)
   step = inversion.make_inversion_step(lay, cfg, strategy='loop')
   images, opt = step.init(jax.random.key(0))
@@ -269,12 +278,17 @@ def test_30_steps_make_teachers_recognise_their_classes(teachers, stacked, cfg):
   assert max(before) < 0.5 and min(after) >= 0.95, (before, after)
 
 
+@functools.partial(jax.jit, static_argnames='model')
+def _apply(variables, x, *, model):
+  return model.apply(variables, x)
+
+
 def _target_acc(teachers, lay, images):
   accs = []
   for g in lay.groups:
     x = bank_lib.group_slice(images, g)
     for j, i in enumerate(g.members):
-      logits = teachers[i].model.apply(teachers[i].variables, x[j])
+      logits = _apply(teachers[i].variables, x[j], model=teachers[i].model)
       accs.append(float(jnp.mean(jnp.argmax(logits, -1) == bank_lib.targets(
           g.num_classes, lay.spc))))
   return accs

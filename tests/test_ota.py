@@ -1,4 +1,6 @@
 """The OTA baseline on synthetic Conv4s: permutations, alignment, fusion, scoring."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ def test_permuted_copy_computes_the_same_logits():
   p = ota.permute(v, _perms(1))
   assert not _close(p['params'], v['params'])
   x = np.random.default_rng(2).normal(size=(6, 32, 32, 3)).astype(np.float32)
+  @functools.partial(jax.jit, static_argnums=1)
   def logits(variables, train):  # running statistics, or batch statistics (MAML's mode)
     if train:
       return model.apply(variables, x, train=True, mutable=['batch_stats'])[0]

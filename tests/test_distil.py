@@ -10,12 +10,14 @@ def test_targets_are_the_pool_representation_and_the_loss_learns_it():
   teachers = [models.create('conv4', k, 16) for k in (5, 4)]
   tvars = [models.init(m, jax.random.key(i)) for i, m in enumerate(teachers)]
   x = jax.random.normal(jax.random.key(2), (12, 16, 16, 3))
-  target = distil.targets(tvars, x, models=tuple(teachers), layer='both')
+  # Jitted: eager, each operation compiles on its own.
+  target = jax.jit(lambda v, x: distil.targets(v, x, models=tuple(teachers), layer='both'))(
+      tvars, x)
   # Four unit blocks (features and logits of two teachers) concatenated.
   assert target.shape == (12, 2 * (32 + 5) - 1)
   np.testing.assert_allclose(jnp.sum(target ** 2, -1), 4.0, rtol=1e-5)
-  np.testing.assert_allclose(target, pool.represent(pool.embed(tvars, x, models=tuple(teachers)),
-                                                    layer='both'))
+  np.testing.assert_allclose(target, jax.jit(lambda v, x: pool.represent(
+      pool.embed(v, x, models=tuple(teachers)), layer='both'))(tvars, x), rtol=1e-6, atol=1e-6)
   learner = models.create('conv4', 5, 16)
   params = models.init(learner, jax.random.key(3))['params']
   proj = distil.init_map(jax.random.key(4), 32, target.shape[1])

@@ -1,4 +1,5 @@
 """ECI: the plateau switch I(Ω), pseudo-task sampling from the bank, the adversarial term."""
+import functools
 import types
 
 import jax
@@ -86,8 +87,11 @@ def _translate(im, dy, dx):
 
 
 def test_augment_tasks_keeps_shapes_and_labels():
-  tasks = eci.sample_tasks(_bank(), jax.random.key(0), num=2, ways=3, shots=2, queries=3)
-  out = eci.augment_tasks(tasks, jax.random.key(1), flip=True, shift=4)
+  # Jitted: eager, each operation compiles on its own.
+  tasks = jax.jit(functools.partial(eci.sample_tasks, num=2, ways=3, shots=2, queries=3))(
+      _bank(), jax.random.key(0))
+  out = jax.jit(functools.partial(eci.augment_tasks, flip=True, shift=4))(tasks,
+                                                                          jax.random.key(1))
   for k in tasks:
     assert out[k].shape == tasks[k].shape
   np.testing.assert_array_equal(out['query_y'], tasks['query_y'])

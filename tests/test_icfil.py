@@ -61,8 +61,8 @@ def _inversion_terms(params, model, task, res):
   adapted, stats, x0, _ = icfil.prepare(params, task['support_x'], task['support_y'],
                                         jax.random.fold_in(icfil.task_key(1234, 7), 0),
                                         learner=_maml(model), settings=SETTINGS)
-  terms = lambda x: icfil.inversion_objective(x, adapted, stats, jax.random.key(0), model=model,
-                                              settings=SETTINGS._replace(jitter=0))[1]
+  terms = jax.jit(lambda x: icfil.inversion_objective(  # eager, each operation would compile
+      x, adapted, stats, jax.random.key(0), model=model, settings=SETTINGS._replace(jitter=0))[1])
   return terms(x0), terms(res['pseudo_x'])
 
 

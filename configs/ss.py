@@ -89,8 +89,9 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 workdir (teachers 12, meta-training 74 at 3.7 s/it on quiet cores, read-outs 6),
                 matmul 265 GFLOP/s (2026-12-06); then `cell` without tuning or ICFIL on its workdir
   :fast,mini,5shot,eci --config.train.iterations=1000  its ECI twin, declared before it ran
-                (docs/NOTES.md): the same teachers retrained from the config, ECI from iteration 67;
-                the cell if its chosen read-out's meta-val beats 43.99
+                (docs/NOTES.md): the same teachers retrained from the config, ECI from iteration 67.
+                Prototype meta-val 43.76 under 43.99, so not the cell: 38.16 +- 0.67, ECI on - off
+                -0.53 +- 0.30 paired (ablation/fast_eci_mini_5shot); 116 min with its teachers
   :smoke        a few minutes; accuracies mean little at that size
   :plus         PURER-Plus, 100 teachers on random 5-class subsets (5 epochs each), 13 refined
                 per iteration, 2,000 iterations: 1-shot PURER 40.77 +- 0.77 (random 22.13, average

@@ -15,7 +15,7 @@ import torch
 
 from purer_jax import bank as bank_lib
 from purer_jax import config as config_lib
-from purer_jax import deep_inversion, inversion, models, zoo
+from purer_jax import deep_inversion, inversion, models, pretrain, zoo
 from tests import torch_reference
 
 
@@ -278,19 +278,13 @@ def test_30_steps_make_teachers_recognise_their_classes(teachers, stacked, cfg):
   assert max(before) < 0.5 and min(after) >= 0.95, (before, after)
 
 
-@functools.partial(jax.jit, static_argnames='model')
-def _apply(variables, x, *, model):
-  return model.apply(variables, x)
-
-
 def _target_acc(teachers, lay, images):
   accs = []
   for g in lay.groups:
     x = bank_lib.group_slice(images, g)
+    y = np.asarray(bank_lib.targets(g.num_classes, lay.spc))
     for j, i in enumerate(g.members):
-      logits = _apply(teachers[i].variables, x[j], model=teachers[i].model)
-      accs.append(float(jnp.mean(jnp.argmax(logits, -1) == bank_lib.targets(
-          g.num_classes, lay.spc))))
+      accs.append(pretrain.accuracy(teachers[i].variables, teachers[i].model, x[j], y))
   return accs
 
 

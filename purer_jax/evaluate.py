@@ -18,16 +18,18 @@ from purer_jax import cli, meta, models, ota, pool, utils, zoo
 
 
 def task_accuracies(params, *, learner, split, ways, shots, queries, num_tasks, seed, batch=25,
-                    image_size=None, progress=None) -> np.ndarray:
+                    image_size=None, progress=None, at_steps=None) -> np.ndarray:
   """Per-task query accuracy of `learner` (a `meta.Learner`, test-time settings) after its
-  adaptation to each task's support."""
+  adaptation to each task's support; with `at_steps` (ascending step counts), after each
+  count: [tasks, len(at_steps)] (`meta.task_accuracy_at`)."""
   accs = []
   eps = data_lib.episodes(split, ways, shots, queries, seed, num=num_tasks,
                           image_size=image_size)
   for start in range(0, num_tasks, batch):
     tasks = data_lib.stack([next(eps) for _ in range(min(batch, num_tasks - start))])
     tasks.pop('classes')
-    accs.append(np.asarray(meta.evaluate_tasks(params, tasks, learner=learner)))
+    accs.append(np.asarray(meta.evaluate_tasks(params, tasks, learner=learner,
+                                               at_steps=at_steps)))
     if progress:
       progress.update(start + len(accs[-1]))
   return np.concatenate(accs)
@@ -164,7 +166,8 @@ def meta_model(config):
                                            else config.data.dataset])
 
 
-def evaluate_params(params, config, split, seed=None, num_tasks=None, desc=None) -> np.ndarray:
+def evaluate_params(params, config, split, seed=None, num_tasks=None, desc=None,
+                    at_steps=None) -> np.ndarray:
   """`task_accuracies` with the config's protocol (meta-test by default)."""
   model = meta_model(config)
   n = num_tasks or config.eval.tasks
@@ -172,7 +175,8 @@ def evaluate_params(params, config, split, seed=None, num_tasks=None, desc=None)
       params, learner=meta.from_config(config.meta, model, test=True), split=split,
       ways=config.meta.ways, shots=config.meta.shots, queries=config.meta.queries, num_tasks=n,
       seed=config.eval.seed if seed is None else seed, batch=config.eval.batch,
-      image_size=model.image_size, progress=utils.Progress(n, desc) if desc else None)
+      image_size=model.image_size, progress=utils.Progress(n, desc) if desc else None,
+      at_steps=at_steps)
 
 
 def with_adaptation(config, steps: int, lr: float):
@@ -203,12 +207,19 @@ def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dic
   mean accuracy on meta-val tasks (config.eval.val_seed; `splits`: meta-val, one per dataset).
   Returns {'steps', 'lr', 'val_acc', 'trials': [...]}."""
   n = num_tasks or config.train.val_tasks
+  counts = sorted(set(int(s) for s in config.eval.adapt_steps))
+  acc = {}
+  for lr in config.eval.adapt_lrs:  # one adaptation per lr, scored at every step count
+    c = with_adaptation(config, counts[-1], lr)
+    per_split = [evaluate_params(params, c, s, seed=config.eval.val_seed, num_tasks=n,
+                                 at_steps=counts).mean(0) for s in splits]
+    for k, a in zip(counts, np.mean(per_split, 0)):
+      acc[k, float(lr)] = float(a)
   trials = []
   for steps in config.eval.adapt_steps:
     for lr in config.eval.adapt_lrs:
-      acc = validate(params, with_adaptation(config, steps, lr), splits, n)
-      trials.append({'steps': int(steps), 'lr': float(lr), 'val_acc': acc})
-      log(f'  test-time adaptation {steps} steps at lr {lr}: meta-val {acc:.4f}')
+      trials.append({'steps': int(steps), 'lr': float(lr), 'val_acc': acc[int(steps), float(lr)]})
+      log(f'  test-time adaptation {steps} steps at lr {lr}: meta-val {trials[-1]["val_acc"]:.4f}')
   best = max(trials, key=lambda t: (t['val_acc'], -t['steps']))
   return dict(best, trials=trials, tasks=n)
 

@@ -260,6 +260,10 @@ def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_
   assert set(res['adaptation']) == {'purer'}
   trials = res['adaptation']['purer']['trials']
   assert [(t['steps'], t['lr']) for t in trials] == [(3, 0.05), (1, 0.05)]
+  val = [data.load('cifar_fs', 'meta_val', c.data.data_dir)]
+  for t in trials:  # one adaptation per lr, read at each count: each count's own score
+    want = evaluate.validate(params, evaluate.with_adaptation(c, t['steps'], t['lr']), val)
+    assert abs(t['val_acc'] - want) < 1e-6, t
   # The one-step column is config.meta's adaptation for every method, the tuned one each
   # tuned method at its meta-val choice; an untuned method scores the same in both.
   split = data.load('cifar_fs', 'meta_test', c.data.data_dir)

@@ -94,7 +94,28 @@ def task_accuracy(params, task, *, learner: Learner):
   return learner.task_loss(params, task)[1]
 
 
-def evaluate_tasks(params, tasks, *, learner: Learner) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=('learner', 'at_steps'))
+def task_accuracy_at(params, task, *, learner: Learner, at_steps: tuple):
+  """Query accuracy after each step count of `at_steps` (ascending), from one adaptation that
+  continues from one count to the next: a grid of test-time steps costs its largest count,
+  not their sum. Count k scores as `task_accuracy` with `learner.steps` = k."""
+  if learner.algo == 'protonet':  # nothing adapts: one score for every count
+    return jnp.full(len(at_steps), task_accuracy(params, task, learner=learner))
+  accs, done, fast = [], 0, params
+  for k in at_steps:
+    if k > done:
+      fast = learner._replace(steps=k - done).adapt(fast, task['support_x'], task['support_y'])
+      done = k
+    accs.append(maml.loss_and_acc(fast, task['query_x'], task['query_y'],
+                                  model=learner.model)[1])
+  return jnp.stack(accs)
+
+
+def evaluate_tasks(params, tasks, *, learner: Learner, at_steps=None) -> jax.Array:
   """Query accuracy of each task in a stacked batch: one compiled single-task program called
-  per task (lax.map over the tasks was measured 8x slower on CPU; see `map_tasks`)."""
+  per task (lax.map over the tasks was measured 8x slower on CPU; see `map_tasks`). With
+  `at_steps` (ascending step counts), [tasks, len(at_steps)]: `task_accuracy_at`."""
+  if at_steps is not None:
+    return map_tasks(lambda t: task_accuracy_at(params, t, learner=learner,
+                                                at_steps=tuple(at_steps)), tasks, 'loop')
   return map_tasks(lambda t: task_accuracy(params, t, learner=learner), tasks, 'loop')

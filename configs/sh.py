@@ -63,6 +63,9 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            --config.icfil.enabled=False` on its workdir). 141 min, over the 2 hours: teachers 36,
            meta-training 78 (niced test runs beside it for 80 min), read-outs 4, that protocol
            22 (2026-12-06, matmul 313). No ECI twin yet.
+  :fast,mini,5shot  declared before it runs (docs/NOTES.md, 2026-12-07): the same on :quick,mini,
+           5shot's bank (5 + 3 per class) and 300 iterations, meta-val at 150 and 300; then
+           its ECI twin `:fast,mini,5shot,eci` on a copy of its teachers. Not yet measured.
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

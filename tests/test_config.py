@@ -63,9 +63,8 @@ def test_fast_is_the_ss_cifar_fs_recipe_with_the_fast_teachers():
   for arg in ('5shot,fast', 'fast,5shot'):  # 5-shot: a bank of 5 + 7 per class, 1,500 iterations
     five = config.build('ss', arg)
     assert (five.inversion.spc, five.train.iterations, five.eci.start) == (12, 1500, 1.0)
-  for scenario, arg in (('mh', 'fast'), ('sh', 'fast,mini,5shot')):
-    with pytest.raises(ValueError, match='`fast` variant'):
-      config.build(scenario, arg)
+  with pytest.raises(ValueError, match='`fast` variant.*MH has `quick`'):
+    config.build('mh', 'fast')
   # SS MiniImageNet: fast's meta-training on quick's 84-px teachers, four refined per iteration.
   mini, quick = config.build('ss', 'fast,mini'), config.build('ss', 'quick,mini')
   for f in ('epochs', 'batch_size', 'milestones', 'schedule', 'per_iter'):
@@ -89,6 +88,11 @@ def test_fast_in_sh_keeps_quicks_teachers_and_refines_one_teacher_per_arch():
     assert mini[a][b] == quick[a][b], f
   assert (mini.distil.weight, mini.distil.batch, mini.meta.outer_schedule) == (50.0, 16, 'cosine')
   assert 'purer_proto' in mini.eval.methods and mini.eci.start == 1.0
+  assert mini.train.val_every == 325
+  # At 5-shot: quick's 5-shot bank (5 + 3 per class) and 300 iterations, meta-val at 150 and 300.
+  five, quick5 = config.build('sh', 'fast,mini,5shot'), config.build('sh', 'quick,mini,5shot')
+  assert (five.inversion.spc, five.train.iterations) == (quick5.inversion.spc, 300) == (8, 300)
+  assert (five.train.val_every, five.distil.batch, five.teachers.epochs) == (150, 16, 3)
 
 
 def test_cell_scores_every_method_in_both_columns_and_keeps_the_recipes_read_outs():

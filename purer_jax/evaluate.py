@@ -202,6 +202,16 @@ def validate(params, config, splits, num_tasks=None) -> float:
                                                 num_tasks=n)) for s in splits]))
 
 
+def validate_readouts(params, config, splits) -> dict:
+  """Meta-val during training: {'val_acc': MAML's head, which picks the checkpoint, and
+  'val_acc_proto': the prototype read-out of the same features when config.eval.methods scores
+  it}, so the read-out a run is judged by has a curve to extrapolate."""
+  out = {'val_acc': validate(params, config, splits)}
+  if 'purer_proto' in config.eval.methods:
+    out['val_acc_proto'] = validate(params, with_algo(config, 'protonet'), splits)
+  return out
+
+
 def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dict:
   """Test-time inner steps x lr (config.eval.adapt_steps x config.eval.adapt_lrs) chosen by
   mean accuracy on meta-val tasks (config.eval.val_seed; `splits`: meta-val, one per dataset).

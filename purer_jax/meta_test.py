@@ -30,8 +30,11 @@ def _timed_records(metrics_path: str):
 
 def val_curve(metrics_path: str) -> list:
   """[{'it', 'val_acc', 'minutes'}] from a run's metrics.jsonl: meta-val accuracy against the
-  meta-training wall time (`_timed_records`)."""
-  return [{'it': rec['it'] + 1, 'val_acc': rec['val_acc'], 'minutes': round(seconds / 60, 2)}
+  meta-training wall time (`_timed_records`), with 'val_acc_proto' where the run tracked the
+  prototype read-out (`evaluate.validate_readouts`)."""
+  keep = ('val_acc', 'val_acc_proto')
+  return [{'it': rec['it'] + 1, **{k: rec[k] for k in keep if k in rec},
+           'minutes': round(seconds / 60, 2)}
           for rec, seconds in _timed_records(metrics_path) if 'val_acc' in rec]
 
 

@@ -291,8 +291,11 @@ def shortfall(cell: dict, paper: str):
   if gap <= 0:
     return None
   head = f'Below the paper by {gap:.2f} points.'
-  curve = [(p['it'], 100 * p['val_acc']) for p in res.get('val_curve') or [] if p['it'] > 0]
-  if learner_choice(res) == 'purer_proto':  # the training curve tracks MAML's head only
+  key = 'val_acc_proto' if learner_choice(res) == 'purer_proto' else 'val_acc'
+  points = [p for p in res.get('val_curve') or [] if p['it'] > 0]
+  curve = [(p['it'], 100 * p[key]) for p in points if key in p]
+  if key == 'val_acc_proto' and not curve:  # a run before the read-out was tracked in training
+    curve = [(p['it'], 100 * p['val_acc']) for p in points]
     head += ' No extrapolation: the chosen prototype read-out is scored once, at the end'
     return head + ("; MAML's head's meta-val went " + ' → '.join(f'{v:.2f}' for _, v in curve)
                    + ' over iterations ' + ', '.join(f'{it:,}' for it, _ in curve) + '.'

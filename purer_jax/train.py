@@ -377,12 +377,13 @@ def train(config, workdir, teachers, *, trainer: Optional[Trainer] = None) -> di
                              teachers)
       if done % t.val_every == 0 or done == t.iterations:
         params = parallel.to_host(state['params'])
-        acc = evaluate.validate(params, config, val_splits)
-        if acc > float(best['val']):
-          best = {'params': params, 'val': np.asarray(acc, np.float32),
+        val = evaluate.validate_readouts(params, config, val_splits)
+        if val['val_acc'] > float(best['val']):
+          best = {'params': params, 'val': np.asarray(val['val_acc'], np.float32),
                   'it': np.asarray(done, np.int32)}
-        write_jsonl(metrics_path, {'it': it, 'val_acc': acc, 'best_val': float(best['val'])})
-        tb.add_scalar('val/acc', acc, it)
+        write_jsonl(metrics_path, {'it': it, **val, 'best_val': float(best['val'])})
+        for k, v in val.items():
+          tb.add_scalar(k.replace('val_acc', 'val/acc'), v, it)
       if done % t.ckpt_every == 0 or done == t.iterations or stop.signum:
         _save(mngr, done, {'state': state, 'best': best})
       prog.update(done, f"loss {m['meta/loss']:.3f} pseudo-acc {m['meta/pseudo_acc']:.3f} "

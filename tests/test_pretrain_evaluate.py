@@ -302,3 +302,13 @@ def test_prototype_read_out_of_the_learner_is_scored_and_chosen_on_meta_val(smok
   np.testing.assert_allclose(res['per_task']['purer_proto'], np.round(proto, 4))
   # Prototypes need one forward pass; MAML's adaptation a backward pass too.
   assert 0 < res['cost_gflop']['purer_proto'] < res['cost_gflop']['purer']
+  # Training tracks both read-outs' meta-val (the prototype's too, so that a cell judged by it
+  # has a curve), and the record's curve keeps both.
+  val = evaluate.validate_readouts(params, c, [data.load('cifar_fs', 'meta_val', c.data.data_dir)])
+  assert val == pytest.approx({'val_acc': res['readout_val']['purer'],
+                               'val_acc_proto': res['readout_val']['purer_proto']})
+  c.eval.methods = ('purer',)
+  assert set(evaluate.validate_readouts(params, c, [split])) == {'val_acc'}
+  metrics = tmp_path / 'metrics.jsonl'
+  metrics.write_text('{"it": 9, "it_per_s": 2.0}\n' + json.dumps({'it': 9, **val}) + '\n')
+  assert meta_test.val_curve(str(metrics)) == [{'it': 10, **val, 'minutes': 0.08}]

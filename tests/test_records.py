@@ -51,3 +51,14 @@ def test_shortfall_without_a_curve_still_reads_as_a_sentence():
   cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3]}
   cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
   assert records.shortfall(cell, '39.15').endswith('scored once, at the end.')
+
+
+def test_shortfall_extrapolates_the_prototype_read_out_when_training_tracked_it():
+  cell = _cell(0.30, [(500, 0.25), (1000, 0.25)])
+  for p, v in zip(cell['res']['val_curve'], (0.30, 0.31)):
+    p['val_acc_proto'] = v
+  cell['res']['readout_val'] = {'purer': 0.25, 'purer_proto': 0.31}
+  cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3215]}
+  cell['res']['methods']['purer_proto'] = {'acc': 0.3715, 'ci95': 0.01}
+  line = records.shortfall(cell, '39.15')
+  assert 'about 4,000 iterations' in line and 'No extrapolation' not in line, line

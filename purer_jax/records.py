@@ -76,7 +76,8 @@ def _per_dataset(res: dict, cell_dir: str) -> dict:
           own = json.load(f)
     tuned = own.get('tuned') or {}
     out[ds] = dict(with_icfil({'methods': methods, 'paired': own.get('paired')}, res, where),
-                   tuned={'methods': tuned.get('methods', {}), 'paired': tuned.get('paired')})
+                   tuned={'methods': tuned.get('methods', {}), 'paired': tuned.get('paired')},
+                   per_task=own.get('per_task') or {})
   return out
 
 
@@ -215,14 +216,16 @@ def learner_view(cell: dict) -> dict:
   """`combined(cell)` with PURER's score and paired differences those of the learner read-out
   chosen on meta-val (`learner_choice`): where the prototype read-out won, its own, paired per
   task with every baseline."""
-  c, res = combined(cell), cell['res']
-  if learner_choice(res) == 'purer' or len(cell['datasets']) > 1:
-    return c
-  per = res['per_task']
-  paired = {f'purer-{m}': _paired(per['purer_proto'], per[m])
-            for m in per if not m.startswith('purer')}
-  return {'methods': dict(c['methods'], purer=c['methods']['purer_proto']),
-          'paired': dict(c['paired'], **paired)}
+  if learner_choice(cell['res']) == 'purer':
+    return combined(cell)
+
+  def chosen(d):  # one meta-test set's table with the prototype read-out as PURER
+    per = d['per_task']
+    paired = {f'purer-{m}': _paired(per['purer_proto'], per[m])
+              for m in per if not m.startswith('purer')}
+    return dict(d, methods=dict(d['methods'], purer=d['methods']['purer_proto']),
+                paired=dict(d['paired'] or {}, **paired))
+  return combined(dict(cell, datasets={ds: chosen(d) for ds, d in cell['datasets'].items()}))
 
 
 def eci_on(res: dict) -> bool:

@@ -232,9 +232,9 @@ def render(cells: dict, out_dir: str) -> str:
     if cell is None:
       lines.append(f'| {label} | not run yet |' + ' |' * 8)
       continue
-    res, c = cell['res'], records.combined(cell)
+    res, c = cell['res'], records.learner_view(cell)
     rnd = c['paired'].get('purer-random')
-    icf = c['paired'].get('purer+icfil')
+    icf = records.combined(cell)['paired'].get('purer+icfil')  # ICFIL calibrates MAML's head
     it = (f"{res['best_it']:,} of {res['iterations']:,}" if 'best_it' in res and
           'iterations' in res else str(res.get('best_it', '—')))
     lines.append('| ' + ' | '.join([
@@ -247,7 +247,8 @@ def render(cells: dict, out_dir: str) -> str:
         f'`{_commit(res)}`' if records.field(res, 'commit', 'provenance') else '—']) + ' |')
   lines += ['', 'Paired differences are per-task means over the same tasks, ± their 95% CI '
             'half-width; MH\'s combine its two meta-test sets as a mean of independent '
-            'estimates.', '']
+            'estimates. PURER is the read-out meta-val chose (in bold above), except against '
+            'PURER+ICFIL, which calibrates MAML\'s head.', '']
   for slot in _slots():
     if slot in cells:
       lines += _cell_section(slot, cells[slot], out_dir)

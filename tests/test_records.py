@@ -14,7 +14,8 @@ def _cell(acc, curve, seconds=3600.0, iterations=1000):
   res = {'methods': {'purer': {'acc': acc, 'ci95': 0.01}}, 'paired': {}, 'per_task': {},
          'iterations': iterations, 'timing': {'meta_train_s': seconds},
          'val_curve': [{'it': it, 'val_acc': v} for it, v in curve]}
-  return {'res': res, 'datasets': {'cifar_fs': {'methods': res['methods'], 'paired': {}}}}
+  return {'res': res, 'datasets': {'cifar_fs': {'methods': res['methods'], 'paired': {},
+                                                'per_task': res['per_task']}}}
 
 
 def test_shortfall_extrapolates_the_meta_val_curve_to_the_paper():
@@ -39,7 +40,7 @@ def test_wall_time_names_a_later_rescoring():
 def test_shortfall_does_not_extrapolate_a_read_out_it_did_not_track():
   cell = _cell(0.30, [(500, 0.25), (1000, 0.26)])
   cell['res']['readout_val'] = {'purer': 0.26, 'purer_proto': 0.30}
-  cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3]}
+  cell['res']['per_task'].update({'purer': [0.3], 'purer_proto': [0.3]})
   cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
   line = records.shortfall(cell, '39.15')
   assert 'No extrapolation' in line and "25.00 → 26.00 over iterations 500, 1,000" in line, line
@@ -48,7 +49,7 @@ def test_shortfall_does_not_extrapolate_a_read_out_it_did_not_track():
 def test_shortfall_without_a_curve_still_reads_as_a_sentence():
   cell = _cell(0.30, [])
   cell['res']['readout_val'] = {'purer': 0.26, 'purer_proto': 0.30}
-  cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3]}
+  cell['res']['per_task'].update({'purer': [0.3], 'purer_proto': [0.3]})
   cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
   assert records.shortfall(cell, '39.15').endswith('scored once, at the end.')
 
@@ -58,7 +59,23 @@ def test_shortfall_extrapolates_the_prototype_read_out_when_training_tracked_it(
   for p, v in zip(cell['res']['val_curve'], (0.30, 0.31)):
     p['val_acc_proto'] = v
   cell['res']['readout_val'] = {'purer': 0.25, 'purer_proto': 0.31}
-  cell['res']['per_task'] = {'purer': [0.3], 'purer_proto': [0.3215]}
+  cell['res']['per_task'].update({'purer': [0.3], 'purer_proto': [0.3215]})
   cell['res']['methods']['purer_proto'] = {'acc': 0.3715, 'ci95': 0.01}
   line = records.shortfall(cell, '39.15')
   assert 'about 4,000 iterations' in line and 'No extrapolation' not in line, line
+
+
+def test_mh_cell_judged_by_the_prototype_read_out_pairs_it_on_each_meta_test_set():
+  # MH keeps a table per meta-test set: the chosen read-out replaces MAML's head in each, paired
+  # on each set's own tasks, then the two are averaged.
+  sets = {}
+  for ds, (head, proto, rand) in {'cifar_fs': ([0.3, 0.3], [0.32, 0.34], [0.2, 0.24]),
+                                  'mini_imagenet': ([0.2, 0.3], [0.28, 0.3], [0.2, 0.2])}.items():
+    per = {'purer': head, 'purer_proto': proto, 'random': rand}
+    sets[ds] = {'methods': {m: {'acc': sum(v) / 2, 'ci95': 0.01} for m, v in per.items()},
+                'paired': {'purer-random': {'mean_diff': 0.0, 'ci95': 0.01}}, 'per_task': per}
+  res = {'readout_val': {'purer': 0.28, 'purer_proto': 0.29}, 'methods': {}, 'per_task': {}}
+  view = records.learner_view({'res': res, 'datasets': sets})
+  assert abs(view['methods']['purer']['acc'] - (0.33 + 0.29) / 2) < 1e-9
+  assert abs(view['paired']['purer-random']['mean_diff'] - (0.11 + 0.09) / 2) < 1e-9
+  assert records.shortfall({'res': dict(res, val_curve=[]), 'datasets': sets}, '30.00') is None

@@ -194,12 +194,14 @@ def with_algo(config, algo: str):
   return c
 
 
-def validate(params, config, splits, num_tasks=None) -> float:
+def validate(params, config, splits, num_tasks=None, at_steps=None):
   """Mean query accuracy on fixed meta-val tasks (config.eval.val_seed; num_tasks, default
-  config.train.val_tasks), per dataset of `splits`, averaged."""
+  config.train.val_tasks), per dataset of `splits`, averaged; with `at_steps`, one mean per
+  step count (`task_accuracies`)."""
   n = num_tasks or config.train.val_tasks
-  return float(np.mean([np.mean(evaluate_params(params, config, s, seed=config.eval.val_seed,
-                                                num_tasks=n)) for s in splits]))
+  per_split = [evaluate_params(params, config, s, seed=config.eval.val_seed, num_tasks=n,
+                               at_steps=at_steps).mean(0) for s in splits]
+  return np.mean(per_split, 0) if at_steps is not None else float(np.mean(per_split))
 
 
 def validate_readouts(params, config, splits) -> dict:
@@ -220,10 +222,8 @@ def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dic
   counts = sorted(set(int(s) for s in config.eval.adapt_steps))
   acc = {}
   for lr in config.eval.adapt_lrs:  # one adaptation per lr, scored at every step count
-    c = with_adaptation(config, counts[-1], lr)
-    per_split = [evaluate_params(params, c, s, seed=config.eval.val_seed, num_tasks=n,
-                                 at_steps=counts).mean(0) for s in splits]
-    for k, a in zip(counts, np.mean(per_split, 0)):
+    means = validate(params, with_adaptation(config, counts[-1], lr), splits, n, at_steps=counts)
+    for k, a in zip(counts, means):
       acc[k, float(lr)] = float(a)
   trials = []
   for steps in config.eval.adapt_steps:

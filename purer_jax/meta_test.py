@@ -84,8 +84,9 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
                                                        tuned[method]['lr'])
   costs = evaluate.method_costs(config, configs, teachers, pool_choice)
   if 'purer_proto' in params and 'purer' in params:  # which read-out: meta-val says
-    extra = dict(extra or {}, readout_val={m: evaluate.validate(params[m], configs[m], val_splits)
-                                           for m in ('purer', 'purer_proto')})
+    val = evaluate.validate_readouts(purer_params, config, val_splits)
+    extra = dict(extra or {}, readout_val={'purer': val['val_acc'],
+                                           'purer_proto': val['val_acc_proto']})
   out = {}
   for i, (name, data_dir, source) in enumerate(data_lib.run_datasets(config)):
     split = data_lib.load(name, 'meta_test', data_dir, source)

@@ -7,9 +7,11 @@ scores per task, so `purer-pool` pairs on the same tasks without retraining.
 
 W's teachers must be the run's (the same held-out accuracy, teacher by teacher: teachers
 retrained with the same seed on the same kind of machine come out identical), and the config
-must give the run's tasks. The pool's variant is chosen on meta-val, as in `meta_test`.
+must give the run's tasks. The pool's variant is chosen on meta-val, as in `meta_test`. An MH
+run's second meta-test set is re-scored too: its record is <dir of R>/<dataset>/results.json.
 """
 import json
+import os
 import time
 
 import ml_collections
@@ -41,10 +43,15 @@ def check_same_run(record: dict, config, teachers, path: str):
     if run.get(group, {}).get(key) != mine:
       raise utils.UserError(f'{path} has {field}={run.get(group, {}).get(key)}, this config '
                             f'{mine}: pass the run\'s config (--config.{field}=...)')
-  if record.get('tasks') != config.eval.tasks or 'by_dataset' in record:
-    raise utils.UserError(f'{path}: {record.get("tasks")} tasks on one dataset expected '
-                          f'({config.eval.tasks}, config.eval.tasks); MH runs are re-scored by '
-                          're-running their main command')
+  if record.get('tasks') != config.eval.tasks:
+    raise utils.UserError(f'{path} has {record.get("tasks")} tasks per meta-test set, this '
+                          f'config {config.eval.tasks}: pass --config.eval.tasks='
+                          f'{record.get("tasks")}')
+  names = [n for n, _, _ in data_lib.run_datasets(config)]
+  theirs = list(record['by_dataset']) if 'by_dataset' in record else [record.get('dataset')]
+  if sorted(theirs) != sorted(names) or record.get('dataset') != names[0]:
+    raise utils.UserError(f'{path} scored {theirs}, this config runs {names}: pass the run\'s '
+                          'config (MH: the same data.dataset and data.extra_dataset)')
 
 
 def run_configs(record: dict) -> dict:
@@ -56,12 +63,9 @@ def run_configs(record: dict) -> dict:
           else base for m in record['methods'] if m not in ('pool', 'purer+icfil')}
 
 
-def rescore(record: dict, config, teachers, *, val_split, test_split) -> dict:
-  """The record with `pool` (methods, per_task, paired `purer-pool`, pool_variant) and
-  `cost_gflop` for each method."""
-  t0 = time.time()
-  choice = evaluate.pool_choice(teachers, config, [val_split])
-  accs = evaluate.pool_accuracies(teachers, choice, config, test_split, desc='pool')
+def with_pool(record: dict, accs, *, choice: dict, costs: dict, seconds: float) -> dict:
+  """One meta-test set's record with the pool's per-task accuracies `accs` added (methods,
+  per_task, paired `purer-pool`, pool_variant) and `costs` as its cost_gflop."""
   out = dict(record)
   out['methods'] = dict(record['methods'], pool=dict(zip(('acc', 'ci95'),
                                                           evaluate.summarize(accs))))
@@ -70,11 +74,38 @@ def rescore(record: dict, config, teachers, *, val_split, test_split) -> dict:
     out['paired'] = dict(record.get('paired') or {}, **{'purer-pool': dict(zip(
         ('mean_diff', 'ci95'), evaluate.paired(record['per_task']['purer'], accs)))})
   out['pool_variant'] = choice
-  out['cost_gflop'] = evaluate.method_costs(
-      ml_collections.ConfigDict(record['config']), run_configs(record), teachers, choice)
+  out['cost_gflop'] = costs
   out['rescored'] = dict(record.get('rescored') or {}, pool=dict(
-      utils.provenance(), eval_s=round(time.time() - t0, 1)))
+      utils.provenance(), eval_s=round(seconds, 1)))
   return out
+
+
+def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: dict) -> dict:
+  """{dataset: its record with the pool added (`with_pool`)} for `records` ({dataset: record},
+  the run's dataset first): the pool's variant chosen once on every meta-val split, as
+  `meta_test` chooses it, then scored on each dataset's meta-test tasks. An MH run's first
+  record keeps the table of every set (`by_dataset`)."""
+  t0 = time.time()
+  choice = evaluate.pool_choice(teachers, config, val_splits)
+  accs = {name: evaluate.pool_accuracies(teachers, choice, config, test_splits[name],
+                                         desc=f'pool {name}') for name in records}
+  first = next(iter(records.values()))
+  costs = evaluate.method_costs(ml_collections.ConfigDict(first['config']), run_configs(first),
+                                teachers, choice)
+  out = {name: with_pool(rec, accs[name], choice=choice, costs=costs,
+                         seconds=time.time() - t0) for name, rec in records.items()}
+  if 'by_dataset' in first:
+    name = next(iter(out))
+    out[name]['by_dataset'] = {k: v['methods'] for k, v in out.items()}
+  return out
+
+
+def record_paths(path: str, config) -> dict:
+  """{dataset: results.json} of a run whose main record is `path`: an MH run keeps its second
+  set's beside it, in <dataset>/results.json, as `meta_test` writes them."""
+  names = [n for n, _, _ in data_lib.run_datasets(config)]
+  return {n: path if i == 0 else os.path.join(os.path.dirname(path), n, 'results.json')
+          for i, n in enumerate(names)}
 
 
 def main(argv):
@@ -83,22 +114,27 @@ def main(argv):
   path = flags.FLAGS.results
   if not path:
     raise utils.UserError('--results is required: the results.json of the run to re-score')
-  with open(path) as f:
-    record = json.load(f)
+  paths = record_paths(path, config)
+  records = {}
+  for name, p in paths.items():
+    if not os.path.isfile(p):
+      raise utils.UserError(f'{p} not found: an MH run keeps its {name} record there')
+    with open(p) as f:
+      records[name] = json.load(f)
   teachers = zoo.pool(config, workdir)
-  check_same_run(record, config, teachers, path)
-  d = config.data
-  out = rescore(record, config, teachers,
-                val_split=data_lib.load(d.dataset, 'meta_val', d.data_dir, d.source),
-                test_split=data_lib.load(d.dataset, 'meta_test', d.data_dir, d.source))
-  utils.write_json(path, out)
-  pool = out['methods']['pool']
-  print(f"pool ({out['pool_variant']['layer']}/{out['pool_variant']['norm']}/"
-        f"{out['pool_variant']['metric']}): {100 * pool['acc']:.2f} ± {100 * pool['ci95']:.2f}; "
-        f"GFLOP per task {out['cost_gflop']}")
-  if 'purer-pool' in out['paired']:
-    d = out['paired']['purer-pool']
-    print(f"purer - pool: {100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f}")
+  check_same_run(records[config.data.dataset], config, teachers, path)
+  sets = data_lib.run_datasets(config)
+  out = rescore(records, config, teachers,
+                val_splits=[data_lib.load(n, 'meta_val', d, s) for n, d, s in sets],
+                test_splits={n: data_lib.load(n, 'meta_test', d, s) for n, d, s in sets})
+  for name, res in out.items():
+    utils.write_json(paths[name], res)
+    pool, v = res['methods']['pool'], res['pool_variant']
+    print(f"{name}: pool ({v['layer']}/{v['norm']}/{v['metric']}): {100 * pool['acc']:.2f} ± "
+          f"{100 * pool['ci95']:.2f}; GFLOP per task {res['cost_gflop']}")
+    if 'purer-pool' in res['paired']:
+      d = res['paired']['purer-pool']
+      print(f"{name}: purer - pool: {100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f}")
 
 
 if __name__ == '__main__':

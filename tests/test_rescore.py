@@ -1,0 +1,73 @@
+"""Re-scoring a finished run with the pool read-out (purer_jax/rescore.py), one set or MH's two."""
+import numpy as np
+import pytest
+
+from purer_jax import data as data_lib
+from purer_jax import evaluate, rescore, utils, zoo
+
+
+def _record(config, teachers, name, per_task):
+  methods = {m: dict(zip(('acc', 'ci95'), evaluate.summarize(a))) for m, a in per_task.items()}
+  return {'dataset': name, 'tasks': config.eval.tasks, 'methods': methods,
+          'per_task': per_task, 'paired': {}, 'config': config.to_dict(),
+          'teachers_heldout': [t.heldout_acc for t in teachers]}
+
+
+@pytest.fixture(scope='module')
+def mh_run(smoke_config, smoke_zoo):
+  config = smoke_config.copy_and_resolve_references()
+  config.eval.tasks, config.train.val_tasks, config.data.extra_dataset = 6, 4, 'mini_imagenet'
+  teachers = zoo.pool(config, smoke_zoo)
+  rng = np.random.default_rng(0)
+  records = {name: _record(config, teachers, name, {
+      m: [float(x) for x in rng.uniform(0.2, 0.6, config.eval.tasks)] for m in ('purer', 'random')})
+      for name in ('cifar_fs', 'mini_imagenet')}
+  records['cifar_fs']['by_dataset'] = {k: v['methods'] for k, v in records.items()}
+  return config, teachers, records
+
+
+def test_mh_run_is_scored_on_each_set_with_one_choice_made_on_every_meta_val_set(
+    mh_run, meta_val, meta_test, meta_train):
+  config, teachers, records = mh_run
+  # Two sets stand in for MH's, the second with its labels shuffled (the synthetic classes are
+  # too easy to tell apart otherwise): each must be scored on its own tasks.
+  shuffled = data_lib.SplitData(images=meta_train.images,
+                                labels=np.random.default_rng(1).permutation(meta_train.labels),
+                                class_names=meta_train.class_names)
+  tests = {'cifar_fs': meta_test, 'mini_imagenet': shuffled}
+  out = rescore.rescore(records, config, teachers, val_splits=[meta_val, meta_train],
+                        test_splits=tests)
+  choice = evaluate.pool_choice(teachers, config, [meta_val, meta_train])
+  assert out['cifar_fs']['pool_variant'] == out['mini_imagenet']['pool_variant'] == choice
+  for name, res in out.items():
+    want = evaluate.pool_accuracies(teachers, choice, config, tests[name])
+    np.testing.assert_allclose(res['per_task']['pool'], want, atol=1e-4)
+    assert res['per_task']['purer'] == records[name]['per_task']['purer']
+    diff = np.mean(np.subtract(res['per_task']['purer'], want))
+    assert res['paired']['purer-pool']['mean_diff'] == pytest.approx(diff, abs=1e-4)
+    assert res['cost_gflop']['pool'] > 0 and 'rescored' in res
+  assert out['cifar_fs']['per_task']['pool'] != out['mini_imagenet']['per_task']['pool']
+  table = out['cifar_fs']['by_dataset']
+  assert {k: v['pool'] for k, v in table.items()} == {
+      k: v['methods']['pool'] for k, v in out.items()}
+  assert 'by_dataset' not in out['mini_imagenet']
+
+
+def test_refuses_a_record_of_other_sets_or_task_counts(mh_run):
+  config, teachers, records = mh_run
+  rescore.check_same_run(records['cifar_fs'], config, teachers, 'R')  # the run's own: accepted
+  one_set = dict(records['cifar_fs'])
+  del one_set['by_dataset']
+  with pytest.raises(utils.UserError, match="scored \\['cifar_fs'\\].*extra_dataset"):
+    rescore.check_same_run(one_set, config, teachers, 'R')
+  with pytest.raises(utils.UserError, match='--config.eval.tasks=600'):
+    rescore.check_same_run(dict(records['cifar_fs'], tasks=600), config, teachers, 'R')
+  with pytest.raises(utils.UserError, match='other teachers'):
+    rescore.check_same_run(dict(records['cifar_fs'], teachers_heldout=[0.1]), config, teachers,
+                           'R')
+
+
+def test_an_mh_runs_second_record_is_read_beside_its_first(mh_run):
+  config = mh_run[0]
+  assert rescore.record_paths('d/results.json', config) == {
+      'cifar_fs': 'd/results.json', 'mini_imagenet': 'd/mini_imagenet/results.json'}

@@ -59,7 +59,7 @@ def base() -> ml_collections.ConfigDict:
   c.meta.arch = 'conv4'
   # auto: the teachers' mean (`average`, as the authors' scripts) when every teacher is the
   # meta-learner's arch and size, else `random`.
-  c.meta.init = 'auto'                       # auto | random | average | teacher
+  c.meta.init = 'auto'                       # auto | random | average | arch_average | teacher
   c.meta.ways = 5
   c.meta.shots = 1
   c.meta.queries = 15

@@ -62,6 +62,8 @@ def baseline_params(name: str, teachers, model, rng):
     return init
   if name == 'teacher':
     return teacher_params(teachers, model, init)
+  if name == 'arch_average':
+    return arch_average(teachers, model, init)
   if name not in BASELINES:
     raise ValueError(f'unknown baseline {name!r}: {" | ".join(BASELINES)}')
   if not can_average(teachers, model):
@@ -90,6 +92,19 @@ def teacher_params(teachers, model, like):
       return np.zeros(ref.shape, ref.dtype)
     return _at(params, path)
   return jax.tree_util.tree_map_with_path(take, like)
+
+
+def arch_average(teachers, model, like):
+  """The mean of the teachers that are the meta-learner's arch and size, in `like`'s structure:
+  the `average` init for a pool of several archs (SH, MH), from its Conv4s for a Conv4
+  learner."""
+  fit = [t.variables['params'] for t in teachers if can_average([t], model) and
+         jax.tree.structure(t.variables['params']) == jax.tree.structure(like)]
+  if not fit:
+    raise ValueError("meta.init='arch_average' averages the teachers that are "
+                     f'{type(model).__name__} at {model.image_size}px like the meta-learner: '
+                     'this pool has none (use random)')
+  return tree_mean(fit, like)
 
 
 def tree_mean(trees, like):

@@ -83,9 +83,10 @@ FIELDS = {
                             'train', '>= 0'),
     'meta.algo': _F(str, 'Meta-learning algorithm', 'meta', choices=('maml', 'protonet', 'anil')),
     'meta.arch': _F(str, 'Meta-learner architecture', 'evaluate', choices=ARCHS),
-    'meta.init': _F(str, "Meta-learner init (auto: the teachers' average where they fit; teacher: "
-                    'the best held-out one)', 'train', choices=('auto', 'random', 'average',
-                                                                  'teacher')),
+    'meta.init': _F(str, "Meta-learner init (auto: the teachers' average where they fit; "
+                    "arch_average: the average of those of the learner's arch; teacher: the best "
+                    'held-out one)', 'train', choices=('auto', 'random', 'average',
+                                                       'arch_average', 'teacher')),
     'meta.ways': _F(int, 'Classes per task (N-way)', 'train, evaluate', '>= 2'),
     'meta.shots': _F(int, 'Support images per class (K-shot)', 'train, evaluate', '>= 1'),
     'meta.queries': _F(int, 'Query images per class of real tasks (and pseudo ones by default)',

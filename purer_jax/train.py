@@ -88,8 +88,8 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
 
 def resolve_init(name: str, teachers, model) -> str:
   """`auto` is `average` where the teachers can be averaged into the meta-learner."""
-  if name not in ('auto', 'random', 'average', 'teacher'):
-    raise ValueError(f'config.meta.init must be auto, random, average or teacher, got {name!r}')
+  if name not in ('auto', 'random', 'average', 'arch_average', 'teacher'):
+    raise ValueError(f'config.meta.init must be auto, random, (arch_)average or teacher: {name!r}')
   if name == 'auto':
     return 'average' if evaluate.can_average(teachers, model) else 'random'
   return name

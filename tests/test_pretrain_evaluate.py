@@ -246,6 +246,19 @@ def test_teacher_init_is_the_best_held_out_teachers_body_with_a_zero_head(smoke_
     evaluate.baseline_params('teacher', teachers, model, jax.random.key(0))
 
 
+def test_arch_average_init_averages_only_the_teachers_of_the_learners_arch_and_size(smoke_zoo):
+  teachers = zoo.load(smoke_zoo)
+  model = models.create('conv4', 5, 32)
+  teachers[0].image_size = 84  # as if another arch or size: it must not count
+  got = evaluate.baseline_params('arch_average', teachers, model, jax.random.key(0))
+  p1, p2 = (t.variables['params'] for t in teachers[1:])
+  chex.assert_trees_all_close(got, jax.tree.map(lambda a, b: (a + b) / 2, p1, p2), atol=1e-6)
+  for t in teachers:
+    t.image_size = 84
+  with pytest.raises(ValueError, match="meta.init='arch_average'.*Conv4 at 32px"):
+    evaluate.baseline_params('arch_average', teachers, model, jax.random.key(0))
+
+
 def test_tune_adapt_scores_both_columns_and_tunes_the_listed_methods_only(smoke_zoo, smoke_config,
                                                                          tmp_path):
   from purer_jax import meta_test

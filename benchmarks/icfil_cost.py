@@ -12,7 +12,6 @@ next tasks: `--tasks` for ICFIL, which runs tasks one after another, and one bat
 both seconds per task, their ratio, and this CPU's matmul rate measured before and after.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ def main():
                                                   'mini_imagenet:5'])
   args = ap.parse_args()
   import jax
-  from benchmarks.inversion_throughput import matmul_gflops
+  from benchmarks.inversion_throughput import matmul_gflops, write_after
   from purer_jax import config as config_lib
   from purer_jax import data, evaluate, icfil, models
   out = {'matmul_gflops_before': matmul_gflops(), 'tasks': args.tasks, 'cases': {}}
@@ -52,10 +51,7 @@ def main():
     print(f"{case}: ICFIL {per_task['icfil']:.2f} s per task against {per_task['plain']:.3f} s "
           f"plain (x{out['cases'][case]['ratio']:.0f}); 600 tasks: "
           f"{out['cases'][case]['minutes_for_600']} min")
-  out['matmul_gflops_after'] = matmul_gflops()
-  out['load_avg'] = list(os.getloadavg())
-  with open(args.json, 'w') as f:
-    json.dump(out, f, indent=1)
+  write_after(out, args.json)
 
 
 if __name__ == '__main__':

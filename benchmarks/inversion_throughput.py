@@ -205,6 +205,15 @@ def matmul_gflops(n=2048, reps=10) -> float:
   return 2 * n ** 3 / best / 1e9
 
 
+def write_after(out: dict, path: str):
+  """Writes `out` to `path` as JSON with this CPU's matmul rate and load at the end of the run
+  beside it (the smaller benchmarks' common ending)."""
+  out['matmul_gflops_after'] = matmul_gflops()
+  out['load_avg'] = list(os.getloadavg())
+  with open(path, 'w') as f:
+    json.dump(out, f, indent=1)
+
+
 def worker(kind, case, threads):
   """Builds `kind` for `case`, then answers the orchestrator on stdin/stdout: `run K` times K
   steps, `done` reports the runner's info and peak memory."""

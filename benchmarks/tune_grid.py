@@ -12,7 +12,6 @@ accuracy. Writes per shot count the seconds of each way (the faster of the two r
 ratio, and this CPU's matmul rate measured before and after.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ def main():
   ap.add_argument('--shots', type=int, nargs='+', default=[1, 5])
   args = ap.parse_args()
   import jax
-  from benchmarks.inversion_throughput import matmul_gflops
+  from benchmarks.inversion_throughput import matmul_gflops, write_after
   from purer_jax import config as config_lib
   from purer_jax import data, evaluate, models
   out = {'matmul_gflops_before': matmul_gflops(), 'tasks': args.tasks, 'cases': {}}
@@ -62,10 +61,7 @@ def main():
         ratio=best['one_adaptation_per_lr'] / best['each_pair_from_scratch'])
     print(f"{shots}-shot: {best['one_adaptation_per_lr']:.1f} s against "
           f"{best['each_pair_from_scratch']:.1f} s (x{out['cases'][f'{shots}shot']['ratio']:.3f})")
-  out['matmul_gflops_after'] = matmul_gflops()
-  out['load_avg'] = list(os.getloadavg())
-  with open(args.json, 'w') as f:
-    json.dump(out, f, indent=1)
+  write_after(out, args.json)
 
 
 if __name__ == '__main__':

@@ -1,19 +1,23 @@
-"""Adds the pool read-out, and every method's meta-test cost, to a finished run's results.json
-whose checkpoints are gone: the pool needs only the teachers, and a run keeps its methods'
-scores per task, so `purer-pool` pairs on the same tasks without retraining.
+"""Adds the methods that need only the teachers (the pool read-out, Random, Average, OTA), and
+every method's meta-test cost, to a finished run's results.json whose checkpoints are gone: a run
+keeps its methods' scores per task, so `purer-<method>` pairs on the same tasks without
+retraining.
 
   python -m purer_jax.rescore --config=configs/ss.py:quick --workdir=W \
-      --results=docs/results/<run>/results.json
+      --results=docs/results/<run>/results.json [--methods=pool,random]
 
 W's teachers must be the run's (the same held-out accuracy, teacher by teacher: teachers
 retrained with the same seed on the same kind of machine come out identical), and the config
-must give the run's tasks. The pool's variant is chosen on meta-val, as in `meta_test`. An MH
-run's second meta-test set is re-scored too: its record is <dir of R>/<dataset>/results.json.
+must give the run's tasks. The pool's variant is chosen on meta-val, as in `meta_test`; a
+baseline is scored at the run's own config (seed, one test-time step), so it is the figure the run
+would have scored. A method the record already has is refused, not replaced. An MH run's second
+meta-test set is re-scored too: its record is <dir of R>/<dataset>/results.json.
 """
 import json
 import os
 import time
 
+import jax
 import ml_collections
 from absl import flags
 
@@ -24,6 +28,10 @@ from purer_jax import data as data_lib
 def define_flags():
   flags.DEFINE_string('results', None, 'The results.json of the run to re-score (updated in '
                       'place).')
+  flags.DEFINE_list('methods', ['pool'], f'What to add: any of {ADDABLE}, none the record has.')
+
+
+ADDABLE = ('pool',) + evaluate.BASELINES  # the methods that need only the teachers
 
 
 def check_same_run(record: dict, config, teachers, path: str):
@@ -59,41 +67,76 @@ def run_configs(record: dict) -> dict:
   where it tuned one."""
   base = ml_collections.ConfigDict(record['config'])
   tuned = record.get('adaptation') or {}
-  return {m: evaluate.with_adaptation(base, tuned[m]['steps'], tuned[m]['lr']) if m in tuned
-          else base for m in record['methods'] if m not in ('pool', 'purer+icfil')}
+  def one(m):
+    if m in tuned:
+      return evaluate.with_adaptation(base, tuned[m]['steps'], tuned[m]['lr'])
+    return evaluate.with_algo(base, 'protonet') if m == 'purer_proto' else base
+  return {m: one(m) for m in record['methods'] if m not in ('pool', 'purer+icfil')}
 
 
-def with_pool(record: dict, accs, *, choice: dict, costs: dict, seconds: float) -> dict:
-  """One meta-test set's record with the pool's per-task accuracies `accs` added (methods,
-  per_task, paired `purer-pool`, pool_variant) and `costs` as its cost_gflop."""
+def with_methods(record: dict, accs: dict, *, choice, costs: dict, seconds: float) -> dict:
+  """One meta-test set's record with the per-task accuracies `accs` ({method: [...]}) added
+  (methods, per_task, paired `purer-<method>`, pool_variant where the pool is among them) and
+  `costs` as its cost_gflop."""
   out = dict(record)
-  out['methods'] = dict(record['methods'], pool=dict(zip(('acc', 'ci95'),
-                                                          evaluate.summarize(accs))))
-  out['per_task'] = dict(record['per_task'], pool=[round(float(x), 4) for x in accs])
+  out['methods'] = dict(record['methods'], **{
+      m: dict(zip(('acc', 'ci95'), evaluate.summarize(a))) for m, a in accs.items()})
+  out['per_task'] = dict(record['per_task'], **{
+      m: [round(float(x), 4) for x in a] for m, a in accs.items()})
   if 'purer' in record['per_task']:
-    out['paired'] = dict(record.get('paired') or {}, **{'purer-pool': dict(zip(
-        ('mean_diff', 'ci95'), evaluate.paired(record['per_task']['purer'], accs)))})
-  out['pool_variant'] = choice
+    out['paired'] = dict(record.get('paired') or {}, **{f'purer-{m}': dict(zip(
+        ('mean_diff', 'ci95'), evaluate.paired(record['per_task']['purer'], a)))
+        for m, a in accs.items()})
+  if choice is not None:
+    out['pool_variant'] = choice
   out['cost_gflop'] = costs
-  out['rescored'] = dict(record.get('rescored') or {}, pool=dict(
-      utils.provenance(), eval_s=round(seconds, 1)))
+  out['rescored'] = dict(record.get('rescored') or {}, **{
+      m: dict(utils.provenance(), eval_s=round(seconds, 1)) for m in accs})
   return out
 
 
-def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: dict) -> dict:
-  """{dataset: its record with the pool added (`with_pool`)} for `records` ({dataset: record},
-  the run's dataset first): the pool's variant chosen once on every meta-val split, as
-  `meta_test` chooses it, then scored on each dataset's meta-test tasks. An MH run's first
-  record keeps the table of every set (`by_dataset`)."""
+def check_methods(methods, record: dict, teachers, path: str):
+  """Refuses a method that needs more than the teachers, does not apply to this pool, or that
+  the record already has (its own figure is never replaced)."""
+  if not methods:
+    raise utils.UserError(f'--methods is empty: name what to add, any of {ADDABLE}')
+  base = ml_collections.ConfigDict(record['config'])
+  for m in methods:
+    if m not in ADDABLE:
+      raise utils.UserError(f'--methods: {m!r} cannot be re-scored without the run\'s '
+                            f'checkpoint; only {ADDABLE} need nothing but the teachers')
+    if m in record['methods']:
+      raise utils.UserError(f'{path} already scores {m!r}: drop it from --methods (a re-score '
+                            'never replaces the run\'s own figure)')
+    if not evaluate.applies(m, teachers, evaluate.meta_model(base)):
+      raise utils.UserError(f'--methods: {m!r} needs every teacher to be the meta-learner\'s '
+                            'arch and size, and this run\'s pool is not')
+
+
+def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: dict,
+            methods=('pool',)) -> dict:
+  """{dataset: its record with `methods` added (`with_methods`)} for `records` ({dataset:
+  record}, the run's dataset first). The pool's variant is chosen once on every meta-val split,
+  as `meta_test` chooses it; a baseline is built and scored at the record's own config, as the
+  run's meta-test scored it. An MH run's first record keeps the table of every set
+  (`by_dataset`)."""
   t0 = time.time()
-  choice = evaluate.pool_choice(teachers, config, val_splits)
-  accs = {name: evaluate.pool_accuracies(teachers, choice, config, test_splits[name],
-                                         desc=f'pool {name}') for name in records}
   first = next(iter(records.values()))
-  costs = evaluate.method_costs(ml_collections.ConfigDict(first['config']), run_configs(first),
-                                teachers, choice)
-  out = {name: with_pool(rec, accs[name], choice=choice, costs=costs,
-                         seconds=time.time() - t0) for name, rec in records.items()}
+  base = ml_collections.ConfigDict(first['config'])
+  choice = evaluate.pool_choice(teachers, config, val_splits) if 'pool' in methods else None
+  params = {m: evaluate.baseline_params(m, teachers, evaluate.meta_model(base),
+                                        jax.random.key(base.seed))
+            for m in methods if m != 'pool'}
+  accs = {name: {m: evaluate.evaluate_params(p, base, test_splits[name], desc=f'{m} {name}')
+                 for m, p in params.items()} for name in records}
+  if choice is not None:
+    for name in records:
+      accs[name]['pool'] = evaluate.pool_accuracies(teachers, choice, config, test_splits[name],
+                                                    desc=f'pool {name}')
+  costs = evaluate.method_costs(base, dict(run_configs(first), **{m: base for m in params}),
+                                teachers, choice or first.get('pool_variant'))
+  out = {name: with_methods(rec, accs[name], choice=choice, costs=costs,
+                            seconds=time.time() - t0) for name, rec in records.items()}
   if 'by_dataset' in first:
     name = next(iter(out))
     out[name]['by_dataset'] = {k: v['methods'] for k, v in out.items()}
@@ -123,18 +166,19 @@ def main(argv):
       records[name] = json.load(f)
   teachers = zoo.pool(config, workdir)
   check_same_run(records[config.data.dataset], config, teachers, path)
+  methods = flags.FLAGS.methods
+  check_methods(methods, records[config.data.dataset], teachers, path)
   sets = data_lib.run_datasets(config)
-  out = rescore(records, config, teachers,
+  out = rescore(records, config, teachers, methods=methods,
                 val_splits=[data_lib.load(n, 'meta_val', d, s) for n, d, s in sets],
                 test_splits={n: data_lib.load(n, 'meta_test', d, s) for n, d, s in sets})
   for name, res in out.items():
     utils.write_json(paths[name], res)
-    pool, v = res['methods']['pool'], res['pool_variant']
-    print(f"{name}: pool ({v['layer']}/{v['norm']}/{v['metric']}): {100 * pool['acc']:.2f} ± "
-          f"{100 * pool['ci95']:.2f}; GFLOP per task {res['cost_gflop']}")
-    if 'purer-pool' in res['paired']:
-      d = res['paired']['purer-pool']
-      print(f"{name}: purer - pool: {100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f}")
+    for m in methods:
+      got, d = res['methods'][m], res['paired'].get(f'purer-{m}')
+      print(f"{name}: {m}: {100 * got['acc']:.2f} ± {100 * got['ci95']:.2f}" + (
+          f"; purer - {m}: {100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f}" if d else ''))
+    print(f"{name}: GFLOP per task {res['cost_gflop']}")
 
 
 if __name__ == '__main__':

@@ -1,9 +1,13 @@
-"""Re-scoring a finished run with the pool read-out (purer_jax/rescore.py), one set or MH's two."""
+"""Re-scoring a finished run with what needs only its teachers (purer_jax/rescore.py): the pool
+read-out and the baselines, one set or MH's two."""
+import json
+
+import jax
 import numpy as np
 import pytest
 
 from purer_jax import data as data_lib
-from purer_jax import evaluate, rescore, utils, zoo
+from purer_jax import evaluate, meta_test, rescore, utils, zoo
 
 
 def _record(config, teachers, name, per_task):
@@ -71,3 +75,39 @@ def test_an_mh_runs_second_record_is_read_beside_its_first(mh_run):
   config = mh_run[0]
   assert rescore.record_paths('d/results.json', config) == {
       'cifar_fs': 'd/results.json', 'mini_imagenet': 'd/mini_imagenet/results.json'}
+
+
+def test_a_baseline_rescored_from_the_teachers_is_the_figure_the_run_scored(
+    smoke_config, smoke_zoo, meta_val, tmp_path):
+  """Random dropped from a run's own record and re-scored from its teachers alone comes back
+  task for task, paired with the same PURER: rescore builds it at the run's config and seed."""
+  c = smoke_config.copy_and_resolve_references()
+  c.eval.tasks, c.eval.methods, c.eval.tune_adapt = 6, ('random', 'purer'), False
+  teachers = zoo.pool(c, smoke_zoo)
+  model = evaluate.meta_model(c)
+  learner = evaluate.baseline_params('random', teachers, model, jax.random.key(7))
+  run = meta_test.final_evaluation(c, str(tmp_path), teachers, learner)['cifar_fs']
+  run['config'] = json.loads(c.to_json_best_effort())  # as train_and_evaluate records it
+  without = dict(run, methods={'purer': run['methods']['purer']},
+                 per_task={'purer': run['per_task']['purer']}, paired={})
+  other = c.copy_and_resolve_references()
+  other.seed = c.seed + 1  # the CLI's config must not decide the baseline's init: the run's does
+  split = data_lib.load('cifar_fs', 'meta_test', c.data.data_dir)
+  out = rescore.rescore({'cifar_fs': without}, other, teachers, val_splits=[meta_val],
+                        test_splits={'cifar_fs': split}, methods=('random',))['cifar_fs']
+  assert out['per_task']['random'] == run['per_task']['random']
+  # The record keeps per-task figures to 4 decimals; the run paired the unrounded ones.
+  assert out['paired']['purer-random'] == pytest.approx(run['paired']['purer-random'], abs=1e-4)
+  assert 'pool' not in out['methods'] and out['cost_gflop']['random'] > 0
+  assert set(out['rescored']) == {'random'}
+
+
+def test_refuses_methods_it_cannot_add_or_would_replace(mh_run):
+  config, teachers, records = mh_run
+  rec = records['cifar_fs']
+  rescore.check_methods(['pool'], rec, teachers, 'R')
+  for methods, match in ((['purer'], "cannot be re-scored without the run's checkpoint"),
+                         (['random'], "R already scores 'random'"),
+                         ([], '--methods is empty')):
+    with pytest.raises(utils.UserError, match=match):
+      rescore.check_methods(methods, rec, teachers, 'R')

@@ -206,10 +206,12 @@ def matmul_gflops(n=2048, reps=10) -> float:
 
 
 def write_after(out: dict, path: str):
-  """Writes `out` to `path` as JSON with this CPU's matmul rate and load at the end of the run
-  beside it (the smaller benchmarks' common ending)."""
+  """Writes `out` to `path` as JSON with this CPU's matmul rate and load at the end of the run,
+  and the code it ran (`utils.provenance`), beside it (the smaller benchmarks' common ending)."""
+  from purer_jax import utils
   out['matmul_gflops_after'] = matmul_gflops()
   out['load_avg'] = list(os.getloadavg())
+  out['provenance'] = utils.provenance()
   with open(path, 'w') as f:
     json.dump(out, f, indent=1)
 

@@ -3,8 +3,10 @@
   python -m purer_jax.main --config=configs/sh.py:smoke --workdir=W
 
   python -m purer_jax.main --config=configs/sh.py:quick --workdir=W      # <= 90 min here
-  python -m purer_jax.main --config=configs/sh.py:fast --workdir=W       # the 1-shot cell's run
-  python -m purer_jax.main --config=configs/sh.py:fast,cell --workdir=W  # ... scored as the cell
+  python -m purer_jax.main --config=configs/sh.py:fast --config.meta.init=arch_average \
+      --workdir=W                                                   # the 1-shot cell's run
+  python -m purer_jax.main --config=configs/sh.py:fast,cell --config.meta.init=arch_average \
+      --workdir=W                                                   # ... scored as the cell
 
 Variants: smoke | quick | fast | eci | cell | 1shot | 5shot | mini | protonet | anil,
 comma-separated.
@@ -30,14 +32,20 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            in 48 min (~9 s/iteration), meta-test 5 min: 82 min with the teachers. Meta-val 31.0
            / 32.3 at 250 / 300, still rising. The cell until 2026-12-07
            (ablation/quick_sh_mini_5shot_cell_until_1207).
-  :fast,cell  the SH CIFAR-FS 1-shot cell (docs/RESULTS.md): SS's `fast` meta-training (a bank of
-           1 + 7 per class, distillation at weight 50 with the prototype read-out, 1,000 cosine
-           iterations) on :quick's SH teachers, one teacher per arch refined per iteration. The
-           prototype read-out chosen on meta-val (31.71; MAML's head 28.00): 36.54 +- 0.78, 2.61
-           under the paper's 39.15 and 3.54 over the :quick cell; MAML's head 32.06 one step /
-           33.75 tuned; random 22.13 / 33.67 tuned; PURER+ICFIL 32.78 / 34.11; the pool read-out
-           44.18 +- 0.86. 113 min: teachers 17, meta-training 56, the table's protocol 39
-           (2026-12-06, matmul 298-308 GFLOP/s, niced test runs sharing the cores).
+  :fast --config.meta.init=arch_average  the SH CIFAR-FS 1-shot cell (declared before it ran,
+           docs/NOTES.md): `fast` with the learner started from the mean of the pool's five
+           Conv4 teachers, as SS starts from its teachers' mean. The prototype read-out chosen on
+           meta-val (32.38; MAML's head 31.03): 37.78 +- 0.78, 1.37 under the paper's 39.15;
+           +1.24 +- 0.42 over the same recipe from a random init on the same teachers. MAML's
+           head 34.61 one step / 35.11 tuned; random 22.13 / 33.67 tuned; PURER+ICFIL 35.30 /
+           35.62; the pool read-out 44.18 +- 0.86 (`:fast,cell --config.meta.init=arch_average`
+           on its workdir). 71 min: teachers 18, meta-training 51 (3.07 s/iteration), read-outs
+           1; then that protocol 37 (2026-12-07, matmul 256, quiet cores).
+  :fast,cell  the same from a random init, the cell until 2026-12-07
+           (ablation/fast_sh_1shot_cell_until_1207): the prototype read-out chosen on meta-val
+           (31.71; MAML's head 28.00): 36.54 +- 0.78; MAML's head 32.06 one step / 33.75 tuned;
+           PURER+ICFIL 32.78 / 34.11. 113 min: teachers 17, meta-training 56, the table's
+           protocol 39 (2026-12-06, matmul 298-308 GFLOP/s, niced test runs sharing the cores).
   :fast --config.seed=1  its seed twin (new teachers, inversion and meta-training, declared
            before it ran): the prototype read-out 37.07 +- 0.81, +0.54 +- 0.42 over seed 0 on the
            same tasks; 69 min (docs/results/ablation/fast_seed1_sh_1shot).

@@ -242,7 +242,8 @@ def eci_comparison(cell: dict) -> str:
   res = cell['res']
   state = 'on' if eci_on(res) else 'off'
   if not res.get('eci_twin'):
-    return f'ECI: {state} (no run with it {"off" if state == "on" else "on"} on these teachers).'
+    return (f'ECI: {state} (no run of this recipe with it {"off" if state == "on" else "on"} on '
+            'these teachers).')
   twin, path = _twin(cell, 'eci_twin')
   if eci_on(twin) == eci_on(res) or twin.get('teachers_heldout') != res.get('teachers_heldout'):
     raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")

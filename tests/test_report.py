@@ -479,7 +479,7 @@ def test_cell_names_its_eci_twin_and_pairs_them(tmp_path):
   with pytest.raises(ValueError, match='ECI the other way'):
     records.eci_comparison(cell)
   assert records.eci_comparison(dict(cell, res=dict(cell['res'], eci_twin=None))) == (
-      'ECI: off (no run with it on on these teachers).')
+      'ECI: off (no run of this recipe with it on on these teachers).')
 
 
 def test_cell_shows_its_seed_twin_beside_its_task_ci(tmp_path):

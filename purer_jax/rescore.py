@@ -8,7 +8,7 @@ retraining.
 
 W's teachers must be the run's (the same held-out accuracy, teacher by teacher: teachers
 retrained with the same seed on the same kind of machine come out identical), and the config
-must give the run's tasks. The pool's variant is chosen on meta-val, as in `meta_test`; a
+must give the run's tasks. Random alone needs no teachers: W may be empty. The pool's variant is chosen on meta-val, as in `meta_test`; a
 baseline is scored at the run's own config (seed, one test-time step), so it is the figure the run
 would have scored. A method the record already has is refused, not replaced. An MH run's second
 meta-test set is re-scored too: its record is <dir of R>/<dataset>/results.json.
@@ -32,14 +32,16 @@ def define_flags():
 
 
 ADDABLE = ('pool',) + evaluate.BASELINES  # the methods that need only the teachers
+NO_TEACHERS = ('random',)  # an init from the run's seed: the teachers play no part
 
 
 def check_same_run(record: dict, config, teachers, path: str):
-  """Refuses a record whose teachers or tasks are not those of `config` and `teachers`."""
-  ours = [t.heldout_acc for t in teachers]
+  """Refuses a record whose teachers or tasks are not those of `config` and `teachers` (None:
+  a re-score that reads no teacher)."""
+  ours = None if teachers is None else [t.heldout_acc for t in teachers]
   theirs = record.get('teachers_heldout')
-  if theirs is None or len(theirs) != len(ours) or any(
-      a is None or abs(a - b) > 1e-9 for a, b in zip(ours, theirs)):
+  if ours is not None and (theirs is None or len(theirs) != len(ours) or any(
+      a is None or abs(a - b) > 1e-9 for a, b in zip(ours, theirs))):
     raise utils.UserError(
         f'{path} was run on other teachers (held-out {theirs}) than the workdir\'s ({ours}): '
         'the pool must read the run\'s own teachers; retrain them with the run\'s config and '
@@ -124,6 +126,7 @@ def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: d
   first = next(iter(records.values()))
   base = ml_collections.ConfigDict(first['config'])
   choice = evaluate.pool_choice(teachers, config, val_splits) if 'pool' in methods else None
+  configs = dict(run_configs(first), **{m: base for m in methods if m != 'pool'})
   params = {m: evaluate.baseline_params(m, teachers, evaluate.meta_model(base),
                                         jax.random.key(base.seed))
             for m in methods if m != 'pool'}
@@ -133,8 +136,9 @@ def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: d
     for name in records:
       accs[name]['pool'] = evaluate.pool_accuracies(teachers, choice, config, test_splits[name],
                                                     desc=f'pool {name}')
-  costs = evaluate.method_costs(base, dict(run_configs(first), **{m: base for m in params}),
-                                teachers, choice or first.get('pool_variant'))
+  # A pool scored earlier keeps its cost: re-counting it would need the teachers.
+  costs = dict(first.get('cost_gflop') or {}, **evaluate.method_costs(base, configs, teachers,
+                                                                      choice))
   out = {name: with_methods(rec, accs[name], choice=choice, costs=costs,
                             seconds=time.time() - t0) for name, rec in records.items()}
   if 'by_dataset' in first:
@@ -164,9 +168,9 @@ def main(argv):
       raise utils.UserError(f'{p} not found: an MH run keeps its {name} record there')
     with open(p) as f:
       records[name] = json.load(f)
-  teachers = zoo.pool(config, workdir)
-  check_same_run(records[config.data.dataset], config, teachers, path)
   methods = flags.FLAGS.methods
+  teachers = None if set(methods) <= set(NO_TEACHERS) else zoo.pool(config, workdir)
+  check_same_run(records[config.data.dataset], config, teachers, path)
   check_methods(methods, records[config.data.dataset], teachers, path)
   sets = data_lib.run_datasets(config)
   out = rescore(records, config, teachers, methods=methods,

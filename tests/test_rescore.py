@@ -79,8 +79,9 @@ def test_an_mh_runs_second_record_is_read_beside_its_first(mh_run):
 
 def test_a_baseline_rescored_from_the_teachers_is_the_figure_the_run_scored(
     smoke_config, smoke_zoo, meta_val, tmp_path):
-  """Random dropped from a run's own record and re-scored from its teachers alone comes back
-  task for task, paired with the same PURER: rescore builds it at the run's config and seed."""
+  """Random dropped from a run's own record and re-scored without the run (nor its teachers:
+  it reads none) comes back task for task, paired with the same PURER: rescore builds it at the
+  run's config and seed."""
   c = smoke_config.copy_and_resolve_references()
   c.eval.tasks, c.eval.methods, c.eval.tune_adapt = 6, ('random', 'purer'), False
   teachers = zoo.pool(c, smoke_zoo)
@@ -93,7 +94,8 @@ def test_a_baseline_rescored_from_the_teachers_is_the_figure_the_run_scored(
   other = c.copy_and_resolve_references()
   other.seed = c.seed + 1  # the CLI's config must not decide the baseline's init: the run's does
   split = data_lib.load('cifar_fs', 'meta_test', c.data.data_dir)
-  out = rescore.rescore({'cifar_fs': without}, other, teachers, val_splits=[meta_val],
+  rescore.check_same_run(without, c, None, 'R')  # Random reads no teacher: none are loaded
+  out = rescore.rescore({'cifar_fs': without}, other, None, val_splits=[meta_val],
                         test_splits={'cifar_fs': split}, methods=('random',))['cifar_fs']
   assert out['per_task']['random'] == run['per_task']['random']
   # The record keeps per-task figures to 4 decimals; the run paired the unrounded ones.

@@ -76,8 +76,9 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            same on :quick,mini,5shot's bank (5 + 3 per class) and 300 iterations, meta-val at
            150 and 300. The prototype read-out chosen on meta-val (43.01; MAML's head 32.66;
            :quick,mini,5shot 32.28): 37.29 +- 0.63, 2.10 above the paper's 35.19; MAML's head
-           30.82. 105 min: teachers 32, meta-training 66 (~12.7 s/iteration), read-outs 7
-           (2026-12-07, matmul 267). Its ECI twin `:fast,mini,5shot,eci` is still to run.
+           30.82; random 22.70 at one test-time step (`rescore --methods=random`, 2.5 min).
+           105 min: teachers 32, meta-training 66 (~12.7 s/iteration), read-outs 7 (2026-12-07,
+           matmul 267). No pool read-out yet; its ECI twin `:fast,mini,5shot,eci` is still to run.
   :smoke   minutes; accuracies at that size are near Random and mean little.
 """
 from purer_jax import config

@@ -8,10 +8,11 @@ retraining.
 
 W's teachers must be the run's (the same held-out accuracy, teacher by teacher: teachers
 retrained with the same seed on the same kind of machine come out identical), and the config
-must give the run's tasks. Random alone needs no teachers: W may be empty. The pool's variant is chosen on meta-val, as in `meta_test`; a
-baseline is scored at the run's own config (seed, one test-time step), so it is the figure the run
-would have scored. A method the record already has is refused, not replaced. An MH run's second
-meta-test set is re-scored too: its record is <dir of R>/<dataset>/results.json.
+must give the run's tasks; Random alone reads no teacher, so W may be empty. The pool's variant
+is chosen on meta-val, as in `meta_test`; a baseline is scored at the run's own config (seed, one
+test-time step), so it is the figure the run would have scored. A method the record already has
+is refused, not replaced. An MH run's second meta-test set is re-scored too: its record is
+<dir of R>/<dataset>/results.json.
 """
 import json
 import os
@@ -182,6 +183,9 @@ def main(argv):
       got, d = res['methods'][m], res['paired'].get(f'purer-{m}')
       print(f"{name}: {m}: {100 * got['acc']:.2f} ± {100 * got['ci95']:.2f}" + (
           f"; purer - {m}: {100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f}" if d else ''))
+    if 'pool' in methods:
+      print(f"{name}: the pool's variant, chosen on meta-val: {res['pool_variant']['layer']}/"
+            f"{res['pool_variant']['norm']}/{res['pool_variant']['metric']}")
     print(f"{name}: GFLOP per task {res['cost_gflop']}")
 
 

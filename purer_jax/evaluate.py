@@ -75,6 +75,12 @@ def baseline_params(name: str, teachers, model, rng):
   return tree_mean([v['params'] for v in variables], init)
 
 
+def run_baseline(name: str, teachers, config):
+  """`baseline_params` as every meta-test scores it: config's meta-learner, initialised from
+  config.seed, so that a baseline scored later (`rescore`) is the figure its run scored."""
+  return baseline_params(name, teachers, meta_model(config), jax.random.key(config.seed))
+
+
 def teacher_params(teachers, model, like):
   """The body of the best held-out teacher of the meta-learner's arch and size (the first of
   equals) in `like`'s structure, its head zeroed: a teacher's head reads out its own classes,
@@ -316,7 +322,7 @@ def main(argv):
       print(f'{name}: skipped (needs a teacher zoo of one arch at the meta-learner size'
             f'{", a Conv4-style chain" if name == "ota" else ""})')
       continue
-    params = baseline_params(name, teachers, model, jax.random.key(config.seed))
+    params = run_baseline(name, teachers, config)
     accs[name] = evaluate_params(params, config, split, desc=name)
     print('{}: {:.4f} ± {:.4f}'.format(name, *summarize(accs[name])))
   extra = {}

@@ -9,8 +9,6 @@ import os
 import time
 from typing import Optional
 
-import jax
-
 from purer_jax import data as data_lib
 from purer_jax import evaluate, icfil, parallel, train, utils, zoo
 from purer_jax import workdir as workdir_lib
@@ -67,8 +65,8 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     if not evaluate.applies(method, teachers, model):
       print(f'{method}: skipped (needs every teacher to be the meta-learner\'s arch and size)')
       continue
-    params[method] = purer_params if method == 'purer' else evaluate.baseline_params(
-        method, teachers, model, jax.random.key(config.seed))
+    params[method] = purer_params if method == 'purer' else evaluate.run_baseline(
+        method, teachers, config)
     configs[method] = config
   val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in data_lib.run_datasets(config)]
   pool_choice = None

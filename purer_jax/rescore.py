@@ -18,7 +18,6 @@ import json
 import os
 import time
 
-import jax
 import ml_collections
 from absl import flags
 
@@ -127,10 +126,8 @@ def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: d
   first = next(iter(records.values()))
   base = ml_collections.ConfigDict(first['config'])
   choice = evaluate.pool_choice(teachers, config, val_splits) if 'pool' in methods else None
-  configs = dict(run_configs(first), **{m: base for m in methods if m != 'pool'})
-  params = {m: evaluate.baseline_params(m, teachers, evaluate.meta_model(base),
-                                        jax.random.key(base.seed))
-            for m in methods if m != 'pool'}
+  params = {m: evaluate.run_baseline(m, teachers, base) for m in methods if m != 'pool'}
+  configs = dict(run_configs(first), **{m: base for m in params})
   accs = {name: {m: evaluate.evaluate_params(p, base, test_splits[name], desc=f'{m} {name}')
                  for m, p in params.items()} for name in records}
   if choice is not None:

@@ -77,7 +77,7 @@ def test_an_mh_runs_second_record_is_read_beside_its_first(mh_run):
       'cifar_fs': 'd/results.json', 'mini_imagenet': 'd/mini_imagenet/results.json'}
 
 
-def test_a_baseline_rescored_from_the_teachers_is_the_figure_the_run_scored(
+def test_random_rescored_without_its_run_or_teachers_is_the_figure_the_run_scored(
     smoke_config, smoke_zoo, meta_val, tmp_path):
   """Random dropped from a run's own record and re-scored without the run (nor its teachers:
   it reads none) comes back task for task, paired with the same PURER: rescore builds it at the

@@ -84,9 +84,25 @@ def icfil_dir(workdir: str, shots: int) -> str:
   return os.path.join(workdir, f'icfil_{shots}shot')
 
 
+def cpu_model() -> str:
+  """The CPU's model and widest vector unit. XLA's CPU code differs with the vector unit, so
+  the same seed trains different teachers on an AVX-512 machine than on an AVX2 one."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read(65536)
+  except OSError:
+    return platform.processor() or platform.machine()
+  name = next((l.split(':', 1)[1].strip() for l in info.splitlines()
+               if l.startswith('model name')), platform.machine())
+  flags = next((l.split(':', 1)[1].split() for l in info.splitlines()
+                if l.startswith('flags')), [])
+  isa = next((i for i in ('avx512f', 'avx2', 'avx') if i in flags), '')
+  return f'{name} ({isa})' if isa else name
+
+
 def provenance() -> dict:
   """Where and on what code a result was produced: commit (with uncommitted changes to tracked
-  files flagged), jax version, CPU count and load average."""
+  files flagged), jax version, CPU count, model and load average."""
   here = os.path.dirname(os.path.abspath(__file__))
   def git(*args):
     try:
@@ -99,7 +115,7 @@ def provenance() -> dict:
           'dirty': bool(git('status', '--porcelain', '--untracked-files=no')),
           'jax': jax.__version__, 'backend': jax.default_backend(),
           'cpus': os.cpu_count(), 'load_avg': [round(x, 2) for x in os.getloadavg()],
-          'machine': platform.processor() or platform.machine()}
+          'machine': platform.processor() or platform.machine(), 'cpu': cpu_model()}
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:

@@ -84,11 +84,11 @@ def icfil_dir(workdir: str, shots: int) -> str:
   return os.path.join(workdir, f'icfil_{shots}shot')
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
   """The CPU's model and widest vector unit. XLA's CPU code differs with the vector unit, so
   the same seed trains different teachers on an AVX-512 machine than on an AVX2 one."""
   try:
-    with open('/proc/cpuinfo') as f:
+    with open(cpuinfo) as f:
       info = f.read(65536)
   except OSError:
     return platform.processor() or platform.machine()

@@ -1,4 +1,4 @@
-"""Small shared helpers: the TensorBoard writer."""
+"""Small shared helpers: the TensorBoard writer and the CPU a result ran on."""
 import os
 import subprocess
 import sys
@@ -21,3 +21,13 @@ def test_summary_writer_writes_events_without_loading_torch(tmp_path):
   quiet.add_scalar('loss', 1.5, 0)
   quiet.close()
   assert not os.path.exists(tmp_path / 'none')
+
+
+def test_cpu_model_names_the_widest_vector_unit(tmp_path):
+  info = tmp_path / 'cpuinfo'
+  info.write_text('processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx avx2\n'
+                  'processor\t: 1\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx avx2\n')
+  assert utils.cpu_model(str(info)) == 'Some CPU (avx2)'
+  info.write_text('model name\t: Old CPU\nflags\t\t: fpu sse\n')
+  assert utils.cpu_model(str(info)) == 'Old CPU'
+  assert utils.cpu_model(str(tmp_path / 'absent'))  # no /proc: the platform's name

@@ -63,6 +63,10 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            teachers 19, meta-training 42, read-outs 1, that protocol 19 (2026-12-06, matmul 312).
            Its ECI twin `:fast,5shot,eci` (same flags, same teachers): prototype read-out 46.10
            (meta-val 38.82), ECI on - off -1.17 +- 0.38 (ablation/fast_eci_sh_5shot).
+           With `--config.meta.init=arch_average` (declared to replace it if its meta-val beat
+           39.07): meta-val 39.067, so not the cell; prototype read-out 47.76 (+0.50 +- 0.41 on
+           the same tasks, but other teachers: this AVX-512 machine trains another pool from the
+           same seed). 57 min (2026-12-07, matmul 220; ablation/fast_arch_average_sh_5shot).
   :fast,mini  the SH MiniImageNet 1-shot cell (declared before it ran, docs/NOTES.md):
            :quick,mini's teachers, bank and 650 iterations with `fast`'s distillation (16 bank
            images per iteration), cosine lr and prototype read-out. The prototype read-out

@@ -221,7 +221,7 @@ def learner_view(cell: dict) -> dict:
 
   def chosen(d):  # one meta-test set's table with the prototype read-out as PURER
     per = d['per_task']
-    paired = {f'purer-{m}': _paired(per['purer_proto'], per[m])
+    paired = {f'purer-{m}': paired_diff(per['purer_proto'], per[m])
               for m in per if not m.startswith('purer')}
     return dict(d, methods=dict(d['methods'], purer=d['methods']['purer_proto']),
                 paired=dict(d['paired'] or {}, **paired))
@@ -235,105 +235,6 @@ def eci_on(res: dict) -> bool:
       round(flat['eci.start'] * flat.get('train.iterations', 0)) < flat.get('train.iterations', 0))
 
 
-def eci_comparison(cell: dict) -> str:
-  """A sentence setting the cell's run against its ECI twin (results.json's `eci_twin`: the
-  same recipe and teachers with ECI the other way, under the same results folder): each one's
-  meta-val and their paired meta-test difference, on each run's read-out chosen on meta-val."""
-  res = cell['res']
-  state = 'on' if eci_on(res) else 'off'
-  if not res.get('eci_twin'):
-    return (f'ECI: {state} (no run of this recipe with it {"off" if state == "on" else "on"} on '
-            'these teachers).')
-  twin, path = _twin(cell, 'eci_twin')
-  if eci_on(twin) == eci_on(res) or twin.get('teachers_heldout') != res.get('teachers_heldout'):
-    raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")
-  val = lambda r: (r.get('readout_val') or {}).get(learner_choice(r), r.get('best_val'))
-  on, off = (res, twin) if state == 'on' else (twin, res)
-  diff = _paired(on['per_task'][learner_choice(on)], off['per_task'][learner_choice(off)])
-  verdict = ('chosen on meta-val' if val(res) >= val(twin) else
-             'declared before the run, though meta-val prefers the other way')
-  return (f"ECI: {state} in this run, {verdict} ({100 * val(res):.2f} against "
-          f"{100 * val(twin):.2f} with it {'off' if state == 'on' else 'on'}, `{res['eci_twin']}`, "
-          f"the same teachers); meta-test ECI on − off {fmt_diff(diff)} "
-          "on the same tasks, each run's read-out chosen on meta-val.")
-
-
-def seed_spread(cell: dict):
-  """A sentence setting the cell's learner (its read-out chosen on meta-val) against the run of
-  results.json's `seed_twin`: the same config with another seed (new teachers, new inversion)
-  under the same results folder, paired on the same tasks, beside the cell's task CI; None
-  without one."""
-  res = cell['res']
-  if not res.get('seed_twin'):
-    return None
-  twin, path = _twin(cell, 'seed_twin')
-  flat, other = flatten(res.get('config') or {}), flatten(twin.get('config') or {})
-  # What else is scored does not change the learner: the twin may skip the baselines.
-  ignored = NOT_PROTOCOL + ('eval.tune_adapt',)
-  if flat.get('seed') == other.get('seed') or twin.get('tasks') != res.get('tasks') or not same(
-      flat.get('eval.seed'), other.get('eval.seed')) or any(
-      not same(flat.get(k), other.get(k)) for k in set(flat) | set(other)
-      if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in ignored)):
-    raise ValueError(f"{path} is not {cell['path']}'s config with another seed")
-  mine, theirs = (r['per_task'][learner_choice(r)] for r in (res, twin))
-  return (f"Seed spread: seed {other.get('seed')} (new teachers and inversion, "
-          f"`{res['seed_twin']}`) scores {100 * summary(theirs)[0]:.2f} against this run's "
-          f"{fmt_acc(dict(zip(('acc', 'ci95'), summary(mine))))}: "
-          f"{fmt_diff(_paired(theirs, mine))} paired on the "
-          'same tasks.')
-
-
-def shortfall(cell: dict, paper: str):
-  """A sentence for a cell whose learner (the read-out chosen on meta-val) is below `paper`
-  (the paper's figure, e.g. '39.15 ± 0.70'): the gap, and the iterations and hours of
-  meta-training that would close it if meta-val kept rising as it did, a line in log(iteration)
-  fitted to the run's meta-val curve with a meta-test point taken as a meta-val point; None at
-  or above the paper."""
-  res = cell['res']
-  mine = 100 * learner_view(cell)['methods']['purer']['acc']
-  gap = float(paper.split()[0]) - mine
-  if gap <= 0:
-    return None
-  head = f'Below the paper by {gap:.2f} points.'
-  key = 'val_acc_proto' if learner_choice(res) == 'purer_proto' else 'val_acc'
-  points = [p for p in res.get('val_curve') or [] if p['it'] > 0]
-  curve = [(p['it'], 100 * p[key]) for p in points if key in p]
-  if key == 'val_acc_proto' and not curve:  # a run before the read-out was tracked in training
-    curve = [(p['it'], 100 * p['val_acc']) for p in points]
-    head += ' No extrapolation: the chosen prototype read-out is scored once, at the end'
-    return head + ("; MAML's head's meta-val went " + ' → '.join(f'{v:.2f}' for _, v in curve)
-                   + ' over iterations ' + ', '.join(f'{it:,}' for it, _ in curve) + '.'
-                   if curve else '.')
-  if len(curve) < 2:
-    return head + ' Its meta-val curve has fewer than two points: no extrapolation.'
-  x = [math.log(it) for it, _ in curve]
-  y = [v for _, v in curve]
-  mx, my = sum(x) / len(x), sum(y) / len(y)
-  slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
-  where = f'a line fitted to its {len(curve)} meta-val points'
-  if slope <= 0:
-    return head + (f' Meta-val did not rise with iterations ({where}): more of them would '
-                   'not close it.')
-  last = curve[-1][0]
-  needed = last * math.exp(gap / slope)
-  ran = res.get('iterations') or last
-  per_it = (meta_train_seconds(res.get('timing') or {}) or 0) / ran
-  hours = f': about {needed * per_it / 3600:,.1f} h of meta-training here' if per_it else ''
-  return (head + f' Meta-val rose {slope * math.log(2):.2f} points per doubling of iterations '
-          f'({where}); at that rate the gap closes at about {needed:,.0f} iterations against '
-          f'the run\'s {ran:,}{hours}.')
-
-
-def _twin(cell: dict, field: str):
-  """(record, path) of the run a cell's results.json names in `field`, under the same folder."""
-  path = os.path.join(os.path.dirname(cell['dir']), cell['res'][field], 'results.json')
-  if not os.path.isfile(path):
-    raise ValueError(f"{cell['path']} names {field} {cell['res'][field]!r}, but {path} is "
-                     'missing')
-  with open(path) as f:
-    return json.load(f), path
-
-
 def summary(xs) -> tuple:
   """(mean, 95% CI half-width) of per-task values."""
   n = len(xs)
@@ -341,7 +242,7 @@ def summary(xs) -> tuple:
   return mean, 1.96 * math.sqrt(sum((x - mean) ** 2 for x in xs) / n) / math.sqrt(n)
 
 
-def _paired(a: list, b: list) -> dict:
+def paired_diff(a: list, b: list) -> dict:
   """{'mean_diff', 'ci95'}: the mean per-task difference a − b and its 95% CI half-width."""
   return dict(zip(('mean_diff', 'ci95'), summary([x - y for x, y in zip(a, b)])))
 

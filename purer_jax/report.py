@@ -10,7 +10,7 @@ the report on them reproduces it byte for byte.
 import os
 import sys
 
-from purer_jax import ablation, records
+from purer_jax import ablation, records, verdicts
 
 # The paper's figures (poster table, transcribed from docs/DESIGN.md §9): 5-way accuracy %,
 # (1-shot, 5-shot). The poster prints two OTA figures per SS CIFAR-FS cell; both are kept.
@@ -269,7 +269,7 @@ def _cell_section(slot, cell, out_dir) -> list:
       [f"best meta-val accuracy: {100 * res['best_val']:.2f}%"] if 'best_val' in res else [])
   if facts:
     lines += ['; '.join(facts) + '.', '']
-  for line in (records.eci_comparison(cell), records.seed_spread(cell), records.shortfall(
+  for line in (verdicts.eci_comparison(cell), verdicts.seed_spread(cell), verdicts.shortfall(
       cell, PAPER[slot[:2]]['purer'][records.SHOTS.index(slot[2])])):
     lines += [line, ''] if line else []
   if len(cell['datasets']) > 1:

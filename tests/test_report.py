@@ -455,57 +455,6 @@ def test_time_to_accuracy_starts_at_an_empty_workdir(tmp_path):
   assert (tmp_path / 'docs' / 'figures' / 'time_to_accuracy_from_empty.png').stat().st_size > 1000
 
 
-def test_cell_names_its_eci_twin_and_pairs_them(tmp_path):
-  """A cell with `eci_twin` sets itself against that run (ECI the other way, same teachers);
-  a twin with ECI the same way, or on other teachers, is refused."""
-  off = config_lib.build('ss', 'fast').to_dict()
-  on = config_lib.build('ss', 'fast').to_dict()
-  on['eci']['start'] = 1 / 15
-  per_off, per_on = [0.4, 0.5, 0.3, 0.6], [0.3, 0.5, 0.3, 0.4]
-  record = lambda config, per, val, **kw: dict(
-      scenario='ss', dataset='cifar_fs', ways=5, shots=1, tasks=4, config=config,
-      methods=_methods(purer=sum(per) / 4), per_task={'purer': per}, best_val=val,
-      teachers_heldout=[0.8, 0.9], **kw)
-  results = tmp_path / 'results'
-  utils.write_json(str(results / 'cell' / 'results.json'),
-                   record(off, per_off, 0.33, eci_twin='ablation/eci'))
-  utils.write_json(str(results / 'ablation' / 'eci' / 'results.json'), record(on, per_on, 0.30))
-  cell = records.load_cells(str(results))['ss', 'cifar_fs', 1]
-  assert records.eci_on(json.load(open(results / 'ablation' / 'eci' / 'results.json')))
-  line = records.eci_comparison(cell)
-  assert line.startswith('ECI: off in this run, chosen on meta-val (33.00 against 30.00')
-  assert 'meta-test ECI on − off -7.50 ±' in line
-  utils.write_json(str(results / 'ablation' / 'eci' / 'results.json'), record(off, per_on, 0.30))
-  with pytest.raises(ValueError, match='ECI the other way'):
-    records.eci_comparison(cell)
-  assert records.eci_comparison(dict(cell, res=dict(cell['res'], eci_twin=None))) == (
-      'ECI: off (no run of this recipe with it on on these teachers).')
-
-
-def test_cell_shows_its_seed_twin_beside_its_task_ci(tmp_path):
-  """`seed_twin` names the same config with another seed; any other difference is refused."""
-  c0, c1 = config_lib.build('ss', 'fast,cell').to_dict(), config_lib.build('ss', 'fast').to_dict()
-  c1['seed'] = 1  # the twin may score the learner alone
-  rec = lambda config, per: dict(scenario='ss', dataset='cifar_fs', ways=5, shots=1, tasks=4,
-                                 config=config, methods=_methods(purer=sum(per) / 4),
-                                 per_task={'purer': per})
-  results = tmp_path / 'results'
-  utils.write_json(str(results / 'cell' / 'results.json'),
-                   dict(rec(c0, [0.4, 0.5, 0.3, 0.6]), seed_twin='ablation/seed1'))
-  utils.write_json(str(results / 'ablation' / 'seed1' / 'results.json'),
-                   rec(c1, [0.3, 0.5, 0.3, 0.4]))
-  cell = records.load_cells(str(results))['ss', 'cifar_fs', 1]
-  line = records.seed_spread(cell)
-  assert line.startswith('Seed spread: seed 1 (new teachers and inversion, `ablation/seed1`) '
-                         "scores 37.50 against this run's 45.00 ± ")
-  assert ': -7.50 ± ' in line and line.endswith(' paired on the same tasks.')
-  for field, value in (('eval', dict(c1['eval'], seed=7)), ('meta', dict(c1['meta'], shots=5))):
-    utils.write_json(str(results / 'ablation' / 'seed1' / 'results.json'),
-                     rec(dict(c1, **{field: value}), [0.3, 0.5, 0.3, 0.4]))
-    with pytest.raises(ValueError, match='another seed'):  # other tasks, another recipe
-      records.seed_spread(cell)
-
-
 def test_headline_shows_the_read_out_meta_val_chose(tmp_path):
   """Where the prototype read-out won on meta-val, the headline's PURER is it, paired with the
   pool and the baselines on its own per-task scores, at its own cost."""

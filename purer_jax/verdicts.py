@@ -1,0 +1,124 @@
+"""The sentences a cell's section of the results page prints under its table: ECI against
+its twin (`eci_comparison`), the seed spread (`seed_spread`) and the shortfall to the paper with
+what would close it (`shortfall`). A twin is named in the cell's results.json from the results
+folder, and refused when it is not the run it claims to be.
+"""
+import json
+import math
+import os
+
+from purer_jax import records
+
+
+def eci_comparison(cell: dict) -> str:
+  """A sentence setting the cell's run against its ECI twin (`eci_twin`: the same recipe and
+  teachers with ECI the other way, under the same results folder): meta-vals and the paired
+  meta-test difference, each on its read-out chosen on meta-val. Without one, its seed twin's
+  pair where that run has one (a pool is rebuilt only on the kind of CPU that trained it)."""
+  res = cell['res']
+  state, other = ('on', 'off') if records.eci_on(res) else ('off', 'on')
+  if res.get('eci_twin'):
+    mine, theirs, diff = _eci_pair(cell)
+    verdict = ('chosen on meta-val' if mine >= theirs else
+               'declared before the run, though meta-val prefers the other way')
+    return (f"ECI: {state} in this run, {verdict} ({mine:.2f} against {theirs:.2f} with it "
+            f"{other}, `{res['eci_twin']}`, the same teachers); meta-test ECI on − off {diff} "
+            "on the same tasks, each run's read-out chosen on meta-val.")
+  line = f'ECI: {state} (no run of this recipe with it {other} on these teachers).'
+  seed, path = _twin(cell, 'seed_twin') if res.get('seed_twin') else ({}, None)
+  if seed.get('eci_twin'):  # the cell's dir kept: twins are named from the results folder
+    mine, theirs, diff = _eci_pair(dict(cell, res=seed, path=path))
+    on, off = (mine, theirs) if records.eci_on(seed) else (theirs, mine)
+    line += (f" On its seed twin's: meta-val {on:.2f} with it on against {off:.2f} off "
+             f"(`{res['seed_twin']}`, `{seed['eci_twin']}`, the same teachers); meta-test "
+             f"ECI on − off {diff} on the same tasks, each run's read-out chosen on meta-val.")
+  return line
+
+
+def _eci_pair(cell: dict) -> tuple:
+  """(the run's meta-val, its `eci_twin`'s, their meta-test ECI on − off, formatted)."""
+  res = cell['res']
+  twin, path = _twin(cell, 'eci_twin')
+  if (records.eci_on(twin) == records.eci_on(res)
+      or twin.get('teachers_heldout') != res.get('teachers_heldout')):
+    raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")
+  chosen = lambda r: r['per_task'][records.learner_choice(r)]
+  val = lambda r: 100 * (r.get('readout_val') or {}).get(records.learner_choice(r),
+                                                         r.get('best_val'))
+  on, off = (res, twin) if records.eci_on(res) else (twin, res)
+  return val(res), val(twin), records.fmt_diff(records.paired_diff(chosen(on), chosen(off)))
+
+
+def seed_spread(cell: dict):
+  """A sentence setting the cell's learner (its read-out chosen on meta-val) against the run of
+  results.json's `seed_twin`: the same config with another seed (new teachers, new inversion)
+  under the same results folder, paired on the same tasks, beside the cell's task CI; None
+  without one."""
+  res = cell['res']
+  if not res.get('seed_twin'):
+    return None
+  twin, path = _twin(cell, 'seed_twin')
+  flat, other = (records.flatten(r.get('config') or {}) for r in (res, twin))
+  # What else is scored does not change the learner: the twin may skip the baselines.
+  ignored = records.NOT_PROTOCOL + ('eval.tune_adapt',)
+  if flat.get('seed') == other.get('seed') or twin.get('tasks') != res.get('tasks') or not (
+      records.same(flat.get('eval.seed'), other.get('eval.seed'))) or any(
+      not records.same(flat.get(k), other.get(k)) for k in set(flat) | set(other)
+      if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in ignored)):
+    raise ValueError(f"{path} is not {cell['path']}'s config with another seed")
+  mine, theirs = (r['per_task'][records.learner_choice(r)] for r in (res, twin))
+  return (f"Seed spread: seed {other.get('seed')} (new teachers and inversion, "
+          f"`{res['seed_twin']}`) scores {100 * records.summary(theirs)[0]:.2f} against this "
+          f"run's {records.fmt_acc(dict(zip(('acc', 'ci95'), records.summary(mine))))}: "
+          f"{records.fmt_diff(records.paired_diff(theirs, mine))} paired on the same tasks.")
+
+
+def shortfall(cell: dict, paper: str):
+  """A sentence for a cell whose learner (the read-out chosen on meta-val) is below `paper`
+  (the paper's figure, e.g. '39.15 ± 0.70'): the gap, and the iterations and hours of
+  meta-training that would close it if meta-val kept rising as it did, a line in log(iteration)
+  fitted to the run's meta-val curve with a meta-test point taken as a meta-val point; None at
+  or above the paper."""
+  res = cell['res']
+  mine = 100 * records.learner_view(cell)['methods']['purer']['acc']
+  gap = float(paper.split()[0]) - mine
+  if gap <= 0:
+    return None
+  head = f'Below the paper by {gap:.2f} points.'
+  key = 'val_acc_proto' if records.learner_choice(res) == 'purer_proto' else 'val_acc'
+  points = [p for p in res.get('val_curve') or [] if p['it'] > 0]
+  curve = [(p['it'], 100 * p[key]) for p in points if key in p]
+  if key == 'val_acc_proto' and not curve:  # a run before the read-out was tracked in training
+    curve = [(p['it'], 100 * p['val_acc']) for p in points]
+    head += ' No extrapolation: the chosen prototype read-out is scored once, at the end'
+    return head + ("; MAML's head's meta-val went " + ' → '.join(f'{v:.2f}' for _, v in curve)
+                   + ' over iterations ' + ', '.join(f'{it:,}' for it, _ in curve) + '.'
+                   if curve else '.')
+  if len(curve) < 2:
+    return head + ' Its meta-val curve has fewer than two points: no extrapolation.'
+  x = [math.log(it) for it, _ in curve]
+  y = [v for _, v in curve]
+  mx, my = sum(x) / len(x), sum(y) / len(y)
+  slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+  where = f'a line fitted to its {len(curve)} meta-val points'
+  if slope <= 0:
+    return head + (f' Meta-val did not rise with iterations ({where}): more of them would '
+                   'not close it.')
+  last = curve[-1][0]
+  needed = last * math.exp(gap / slope)
+  ran = res.get('iterations') or last
+  per_it = (records.meta_train_seconds(res.get('timing') or {}) or 0) / ran
+  hours = f': about {needed * per_it / 3600:,.1f} h of meta-training here' if per_it else ''
+  return (head + f' Meta-val rose {slope * math.log(2):.2f} points per doubling of iterations '
+          f'({where}); at that rate the gap closes at about {needed:,.0f} iterations against '
+          f'the run\'s {ran:,}{hours}.')
+
+
+def _twin(cell: dict, field: str):
+  """(record, path) of the run a cell's results.json names in `field`, under the same folder."""
+  path = os.path.join(os.path.dirname(cell['dir']), cell['res'][field], 'results.json')
+  if not os.path.isfile(path):
+    raise ValueError(f"{cell['path']} names {field} {cell['res'][field]!r}, but {path} is "
+                     'missing')
+  with open(path) as f:
+    return json.load(f), path

@@ -13,6 +13,9 @@ from purer_jax import data as data_lib
 from purer_jax import evaluate, icfil, parallel, train, utils, zoo
 from purer_jax import workdir as workdir_lib
 
+# The best meta-val learner, kept as a file small enough to commit beside the record.
+LEARNER_FILE = 'learner.npz'
+
 
 def _timed_records(metrics_path: str):
   """(record, meta-training seconds so far) of a run's metrics.jsonl, the seconds summed over
@@ -147,9 +150,10 @@ def _earlier_record(workdir):
 
 def train_and_evaluate(config, workdir, started: Optional[float] = None,
                        teachers_reused: bool = False) -> dict:
-  """Meta-trains and scores; results.json records the config, the timings and provenance
-  (`started`: when the command began, so that wall_time_s includes teacher training, unless
-  `teachers_reused`: the pool was in the workdir already, its training time is recorded apart)."""
+  """Meta-trains and scores; results.json records the config, the timings and provenance, and
+  LEARNER_FILE the learner scored (`started`: when the command began, so that wall_time_s
+  includes teacher training, unless `teachers_reused`: the pool was in the workdir already, its
+  training time is recorded apart)."""
   if config.icfil.enabled:
     icfil.learner_from_config(config)  # refuses a learner ICFIL cannot follow before training
   teachers = zoo.pool(config, workdir)
@@ -172,6 +176,7 @@ def train_and_evaluate(config, workdir, started: Optional[float] = None,
            'teachers_heldout': [t.heldout_acc for t in teachers],
            'val_curve': val_curve(os.path.join(workdir, 'metrics.jsonl')),
            'config': json.loads(config.to_json_best_effort())}
+  utils.save_params(os.path.join(workdir, LEARNER_FILE), best['params'])
   out = final_evaluation(config, workdir, teachers, best['params'], extra=extra)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   timing = {'meta_train_s': round(meta_s, 1), 'eval_s': round(time.time() - t0 - meta_s, 1),

@@ -18,7 +18,8 @@ the tasks of the main results): W/icfil_<K>shot/results.json and results.md with
 --dataset: which meta-val / meta-test set (default: the pool's, config.data.dataset); MH's second
 one (config.data.extra_dataset) writes under W/<dataset>/, beside that dataset's results.json.
 
---params: an .npz file ('/'-joined parameter paths, an optional 'params/' prefix), an orbax
+--params: an .npz file ('/'-joined parameter paths, an optional 'params/' prefix: every run
+writes its best meta-val learner as W/learner.npz, `meta_test.LEARNER_FILE`), an orbax
 checkpoint folder (its 'params' entry if it has one), 'best' (the training loop's best
 meta-val checkpoint in W/checkpoints), or empty for the `average` baseline of the config's
 teacher pool (`zoo.pool`).
@@ -52,8 +53,7 @@ def load_params(spec: str, config, workdir: str):
   if spec == 'best':
     params = train.load_best(workdir)
   elif spec.endswith('.npz') and os.path.isfile(spec):
-    with np.load(spec) as z:
-      params = traverse_util.unflatten_dict({tuple(k.split('/')): z[k] for k in z.files})
+    params = utils.load_params(spec)
   elif os.path.isdir(spec):
     with ocp.StandardCheckpointer() as ckptr:
       params = ckptr.restore(os.path.abspath(spec))

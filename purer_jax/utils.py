@@ -1,11 +1,14 @@
-"""Small helpers: progress with ETA, JSON and JSON-lines files, run provenance, the user-error
-type."""
+"""Small helpers: progress with ETA, JSON and JSON-lines files, parameters as .npz, run
+provenance, the user-error type."""
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+
+import numpy as np
 
 
 class Progress:
@@ -82,6 +85,40 @@ def icfil_dir(workdir: str, shots: int) -> str:
   """Where `tune_icfil --test` writes a checkpoint's ICFIL score, and where the results page
   looks for one kept beside a cell."""
   return os.path.join(workdir, f'icfil_{shots}shot')
+
+
+def save_params(path: str, params) -> None:
+  """A parameter tree as a compressed .npz of '/'-joined paths, written whole or not at all.
+  A Conv4 learner is ~0.5 MB: small enough to commit beside its record, so that a later
+  session scores it (`tune_icfil --params`) when the workdir and its teachers are gone."""
+  flat = {}
+  def walk(tree, prefix):
+    for k, v in tree.items():
+      if isinstance(v, Mapping):
+        walk(v, f'{prefix}{k}/')
+      else:
+        flat[prefix + k] = np.asarray(v)
+  walk(params, '')
+  tmp = f'{path}.partial.npz'
+  np.savez_compressed(tmp, **flat)
+  os.replace(tmp, path)
+
+
+def load_params(path: str) -> dict:
+  """`save_params`'s tree back, as numpy arrays (no pickle: a hostile file cannot run code)."""
+  out = {}
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      for k in z.files:
+        *parents, leaf = k.split('/')
+        node = out
+        for p in parents:
+          node = node.setdefault(p, {})
+        node[leaf] = z[k]
+  except (ValueError, OSError) as e:  # pickled objects, or not an .npz at all
+    raise UserError(f'{path} is not a parameter file of plain arrays ({e}): pass the '
+                    'learner.npz a run wrote') from None
+  return out
 
 
 def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:

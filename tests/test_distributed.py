@@ -13,12 +13,13 @@ import subprocess
 import tempfile
 import time
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import data, evaluate, meta_test, parallel, train, utils, zoo
+from purer_jax import data, evaluate, meta_test, parallel, train, tune_icfil, utils, zoo
 from purer_jax import workdir as workdir_lib
 from tests.conftest import command_env
 from tests.test_train import DEVICES, _finish, _launch, tiny_command, tiny_run  # noqa: F401
@@ -172,6 +173,11 @@ def test_two_processes_killed_and_resumed_in_one_match_one_uninterrupted_run(
   assert res[0]['tasks'] == 20 and res[0]['best_it'] in (3, 6)
   # The best checkpoint reloads to the parameters the final meta-test scored.
   assert _scored_best(full) == pytest.approx(res[0]['methods']['purer']['acc'], abs=1e-6)
+  # ... and so does the learner file kept to commit beside the record, read as tune_icfil does.
+  c_full = ml_collections.ConfigDict(json.load(open(os.path.join(full, 'config.json'))))
+  kept = tune_icfil.load_params(os.path.join(full, meta_test.LEARNER_FILE), c_full, full)
+  for a, b in zip(*(jax.tree.leaves(p) for p in (kept, train.load_best(full)))):
+    np.testing.assert_array_equal(a, b)
   # Every logged value after the restart repeats the uninterrupted run's (records of the
   # iterations the killed run redid were dropped, not duplicated), and a shard missing or summed
   # twice in the two processes would show in the first window already.

@@ -1,7 +1,10 @@
-"""Small shared helpers: the TensorBoard writer and the CPU a result ran on."""
+"""Small shared helpers: the TensorBoard writer, parameter files and the CPU a result ran on."""
 import os
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 from purer_jax import utils
 from tests.conftest import ROOT, command_env
@@ -31,3 +34,19 @@ def test_cpu_model_names_the_widest_vector_unit(tmp_path):
   info.write_text('model name\t: Old CPU\nflags\t\t: fpu sse\n')
   assert utils.cpu_model(str(info)) == 'Old CPU'
   assert utils.cpu_model(str(tmp_path / 'absent'))  # no /proc: the platform's name
+
+
+def test_params_file_round_trips_and_refuses_pickles(tmp_path):
+  params = {'conv0': {'kernel': np.ones((3, 3, 3, 4), np.float32), 'bias': np.zeros(4)},
+            'head': {'kernel': np.arange(6.0).reshape(2, 3)}}
+  path = str(tmp_path / 'learner.npz')
+  utils.save_params(path, params)
+  back = utils.load_params(path)
+  assert back.keys() == params.keys() and back['conv0'].keys() == params['conv0'].keys()
+  for group in params:
+    for k, v in params[group].items():
+      np.testing.assert_array_equal(back[group][k], v)
+  assert os.listdir(tmp_path) == ['learner.npz']  # the partial file replaced it
+  np.savez(tmp_path / 'evil.npz', head=np.array([{'run': 'code'}], dtype=object))
+  with pytest.raises(utils.UserError, match='evil.npz is not a parameter file'):
+    utils.load_params(str(tmp_path / 'evil.npz'))

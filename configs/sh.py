@@ -41,6 +41,11 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            35.62; the pool read-out 44.18 +- 0.86 (`:fast,cell --config.meta.init=arch_average`
            on its workdir). 71 min: teachers 18, meta-training 51 (3.07 s/iteration), read-outs
            1; then that protocol 37 (2026-12-07, matmul 256, quiet cores).
+  :fast --config.meta.init=arch_average --config.seed=1  its seed twin (new teachers and
+           inversion, declared before it ran): the prototype read-out (meta-val 32.59) 37.23 +-
+           0.79, -0.55 +- 0.45 against seed 0 on the same tasks; 79 min: teachers 18, meta-training
+           61 (3.64 s/iteration; 2026-12-07, matmul 220, AMD EPYC with AVX-512;
+           docs/results/ablation/fast_arch_average_seed1_sh_1shot).
   :fast,cell  the same from a random init, the cell until 2026-12-07
            (ablation/fast_sh_1shot_cell_until_1207): the prototype read-out chosen on meta-val
            (31.71; MAML's head 28.00): 36.54 +- 0.78; MAML's head 32.06 one step / 33.75 tuned;

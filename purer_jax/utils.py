@@ -6,8 +6,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-
 import numpy as np
 
 
@@ -91,34 +89,22 @@ def save_params(path: str, params) -> None:
   """A parameter tree as a compressed .npz of '/'-joined paths, written whole or not at all.
   A Conv4 learner is ~0.5 MB: small enough to commit beside its record, so that a later
   session scores it (`tune_icfil --params`) when the workdir and its teachers are gone."""
-  flat = {}
-  def walk(tree, prefix):
-    for k, v in tree.items():
-      if isinstance(v, Mapping):
-        walk(v, f'{prefix}{k}/')
-      else:
-        flat[prefix + k] = np.asarray(v)
-  walk(params, '')
+  from flax import traverse_util  # a library import, kept out of this module's import time
   tmp = f'{path}.partial.npz'
-  np.savez_compressed(tmp, **flat)
+  np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in traverse_util.flatten_dict(
+      dict(params), sep='/').items()})
   os.replace(tmp, path)
 
 
 def load_params(path: str) -> dict:
   """`save_params`'s tree back, as numpy arrays (no pickle: a hostile file cannot run code)."""
-  out = {}
+  from flax import traverse_util
   try:
     with np.load(path, allow_pickle=False) as z:
-      for k in z.files:
-        *parents, leaf = k.split('/')
-        node = out
-        for p in parents:
-          node = node.setdefault(p, {})
-        node[leaf] = z[k]
+      return traverse_util.unflatten_dict({tuple(k.split('/')): z[k] for k in z.files})
   except (ValueError, OSError) as e:  # pickled objects, or not an .npz at all
     raise UserError(f'{path} is not a parameter file of plain arrays ({e}): pass the '
                     'learner.npz a run wrote') from None
-  return out
 
 
 def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:

@@ -78,11 +78,7 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     pool_choice = evaluate.pool_choice(teachers, config, val_splits)
   tuned_configs = {}
   if config.eval.tune_adapt:
-    for method in [m for m in params if m in config.eval.tune_methods]:
-      print(f'{method}: tuning test-time adaptation on meta-val')
-      tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
-      tuned_configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
-                                                       tuned[method]['lr'])
+    tuned, tuned_configs = tune_methods(params, config, val_splits)
   costs = evaluate.method_costs(config, configs, teachers, pool_choice)
   if 'purer_proto' in params and 'purer' in params:  # which read-out: meta-val says
     val = evaluate.validate_readouts(purer_params, config, val_splits)
@@ -103,15 +99,7 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     os.makedirs(where, exist_ok=True)
     info = {'paired': _paired_with_purer(accs), 'cost_gflop': costs, **(extra or {})}
     if tuned:
-      again = {m: evaluate.evaluate_params(params[m], c, split, desc=f'{m} {name}, tuned')
-               for m, c in tuned_configs.items()}
-      if 'purer+icfil' in accs and 'purer' in tuned_configs:  # calibrating the tuned adaptation
-        again['purer+icfil'] = icfil.evaluate_params(purer_params, tuned_configs['purer'], split,
-                                                     desc=f'purer+icfil {name}, tuned')
-      column = {m: again.get(m, a) for m, a in accs.items()
-                if m != 'purer+icfil' or m in again}
-      info['tuned'] = dict(evaluate.summaries(column), paired=_paired_with_purer(column),
-                           cost_gflop=evaluate.method_costs(config, tuned_configs, teachers))
+      info['tuned'] = tuned_column(params, tuned_configs, config, split, accs, name=name)
       info['adaptation'] = tuned
     if pool_choice is not None:
       info['pool_variant'] = pool_choice
@@ -120,6 +108,34 @@ def final_evaluation(config, workdir, teachers, purer_params, extra=None) -> dic
     res = dict(out[config.data.dataset], by_dataset={k: v['methods'] for k, v in out.items()})
     utils.write_json(os.path.join(workdir, 'results.json'), res)
   return out
+
+
+def tune_methods(params: dict, config, val_splits) -> tuple:
+  """({method: its test-time adaptation chosen on meta-val (`evaluate.tune_adaptation`)},
+  {method: config at it}) for each method of `params` ({method: learner}) among
+  config.eval.tune_methods."""
+  tuned, configs = {}, {}
+  for method in [m for m in params if m in config.eval.tune_methods]:
+    print(f'{method}: tuning test-time adaptation on meta-val')
+    tuned[method] = evaluate.tune_adaptation(params[method], config, val_splits)
+    configs[method] = evaluate.with_adaptation(config, tuned[method]['steps'],
+                                               tuned[method]['lr'])
+  return tuned, configs
+
+
+def tuned_column(params: dict, tuned_configs: dict, config, split, accs: dict, *,
+                 name: str) -> dict:
+  """One meta-test set's `tuned` record: each method of `tuned_configs` scored again at its own
+  adaptation, PURER+ICFIL calibrating PURER's tuned adaptation where `accs` (the one-step
+  column, {method: per-task accuracies}) has it; the other methods keep their one score."""
+  again = {m: evaluate.evaluate_params(params[m], c, split, desc=f'{m} {name}, tuned')
+           for m, c in tuned_configs.items()}
+  if 'purer+icfil' in accs and 'purer' in tuned_configs:
+    again['purer+icfil'] = icfil.evaluate_params(params['purer'], tuned_configs['purer'], split,
+                                                 desc=f'purer+icfil {name}, tuned')
+  column = {m: again.get(m, a) for m, a in accs.items() if m != 'purer+icfil' or m in again}
+  return dict(evaluate.summaries(column), paired=_paired_with_purer(column),
+              cost_gflop=evaluate.method_costs(config, tuned_configs, None))
 
 
 def _paired_with_purer(accs: dict) -> dict:

@@ -1,10 +1,11 @@
 """Adds the methods that need only the teachers (the pool read-out, Random, Average, OTA), and
 every method's meta-test cost, to a finished run's results.json whose checkpoints are gone: a run
 keeps its methods' scores per task, so `purer-<method>` pairs on the same tasks without
-retraining.
+retraining. With --tuned, adds the record's `tuned` column from its learner file instead of
+its workdir, so that a run may leave that column (and its cost) to a later session.
 
   python -m purer_jax.rescore --config=configs/ss.py:quick --workdir=W \
-      --results=docs/results/<run>/results.json [--methods=pool,random]
+      --results=docs/results/<run>/results.json [--methods=pool,random] [--tuned]
 
 W's teachers must be the run's (the same held-out accuracy, teacher by teacher: teachers
 retrained with the same seed on the same kind of machine come out identical), and the config
@@ -13,22 +14,33 @@ is chosen on meta-val, as in `meta_test`; a baseline is scored at the run's own 
 test-time step), so it is the figure the run would have scored. A method the record already has
 is refused, not replaced. An MH run's second meta-test set is re-scored too: its record is
 <dir of R>/<dataset>/results.json.
+
+--tuned scores every method of config.eval.tune_methods that the record has at its test-time
+adaptation chosen on meta-val, as `meta_test.final_evaluation` does in a run: PURER from
+--learner (default: the `learner.npz` that the run wrote, kept beside R), first checked
+against the record's own PURER on its first tasks; Average and OTA need the run's teachers in W.
 """
 import json
 import os
 import time
 
 import ml_collections
+import numpy as np
 from absl import flags
 
-from purer_jax import cli, evaluate, utils, zoo
+from purer_jax import cli, evaluate, meta_test, tune_icfil, utils, zoo
 from purer_jax import data as data_lib
 
 
 def define_flags():
   flags.DEFINE_string('results', None, 'The results.json of the run to re-score (updated in '
                       'place).')
-  flags.DEFINE_list('methods', ['pool'], f'What to add: any of {ADDABLE}, none the record has.')
+  flags.DEFINE_list('methods', None, f'What to add: any of {ADDABLE}, none the record has '
+                    '(default: pool, or none with --tuned).')
+  flags.DEFINE_bool('tuned', False, 'Add the tuned column (test-time adaptation chosen on '
+                    'meta-val) from the run\'s learner file.')
+  flags.DEFINE_string('learner', '', f'The run\'s learner file for --tuned (default: '
+                      f'{meta_test.LEARNER_FILE} beside --results).')
 
 
 ADDABLE = ('pool',) + evaluate.BASELINES  # the methods that need only the teachers
@@ -145,6 +157,46 @@ def rescore(records: dict, config, teachers, *, val_splits: list, test_splits: d
   return out
 
 
+def check_learner(learner, record: dict, split, path: str):
+  """Refuses a learner whose one-step PURER is not the record's on the record's first tasks
+  (one batch, config.eval.batch): it would pair a tuned column with another run's learner."""
+  if 'purer' not in record.get('per_task', {}):
+    raise utils.UserError(f'{path} has no per-task PURER to tune: --tuned needs a run of PURER')
+  base = ml_collections.ConfigDict(record['config'])
+  n = min(base.eval.batch, record['tasks'])
+  ours = evaluate.evaluate_params(learner, base, split, num_tasks=n)
+  theirs = np.asarray(record['per_task']['purer'][:n])
+  if abs(float(ours.mean() - theirs.mean())) > 1e-3:
+    raise utils.UserError(
+        f'the learner scores {ours.mean():.4f} on the first {n} tasks of {path}, the record\'s '
+        f'PURER {theirs.mean():.4f}: pass the learner.npz that this run wrote (--learner)')
+
+
+def add_tuned(records: dict, learner, teachers, *, val_splits: list, test_splits: dict,
+              path: str = 'R') -> dict:
+  """{dataset: its record with the `tuned` column and the `adaptation` chosen on meta-val}, as
+  a run with config.eval.tune_adapt writes them (`meta_test.tune_methods`, `tuned_column`), for
+  `records` ({dataset: record}, the run's dataset first) and the run's `learner`."""
+  t0 = time.time()
+  first = next(iter(records.values()))
+  if 'tuned' in first:
+    raise utils.UserError(f'{path} has its tuned column already (a re-score never replaces '
+                          'the run\'s own figures): drop --tuned')
+  base = ml_collections.ConfigDict(first['config'])
+  params = {m: evaluate.run_baseline(m, teachers, base) for m in first['methods']
+            if m in evaluate.BASELINES and m in base.eval.tune_methods}
+  params['purer'] = learner
+  tuned, configs = meta_test.tune_methods(params, base, val_splits)
+  out = {}
+  for name, rec in records.items():
+    accs = {m: np.asarray(a) for m, a in rec['per_task'].items()}
+    column = meta_test.tuned_column(params, configs, base, test_splits[name], accs, name=name)
+    out[name] = dict(rec, tuned=column, adaptation=tuned, rescored=dict(
+        rec.get('rescored') or {}, tuned=dict(utils.provenance(),
+                                              eval_s=round(time.time() - t0, 1))))
+  return out
+
+
 def record_paths(path: str, config) -> dict:
   """{dataset: results.json} of a run whose main record is `path`: an MH run keeps its second
   set's beside it, in <dataset>/results.json, as `meta_test` writes them."""
@@ -166,16 +218,34 @@ def main(argv):
       raise utils.UserError(f'{p} not found: an MH run keeps its {name} record there')
     with open(p) as f:
       records[name] = json.load(f)
-  methods = flags.FLAGS.methods
-  teachers = None if set(methods) <= set(NO_TEACHERS) else zoo.pool(config, workdir)
-  check_same_run(records[config.data.dataset], config, teachers, path)
-  check_methods(methods, records[config.data.dataset], teachers, path)
+  f = flags.FLAGS
+  methods = f.methods if f.methods is not None else ([] if f.tuned else ['pool'])
+  record = records[config.data.dataset]
+  need = set(methods) - set(NO_TEACHERS)
+  if f.tuned:
+    need |= {m for m in record['methods'] if m in evaluate.BASELINES} - set(NO_TEACHERS)
+  teachers = zoo.pool(config, workdir) if need else None
+  check_same_run(record, config, teachers, path)
+  if methods or not f.tuned:
+    check_methods(methods, record, teachers, path)
   sets = data_lib.run_datasets(config)
-  out = rescore(records, config, teachers, methods=methods,
-                val_splits=[data_lib.load(n, 'meta_val', d, s) for n, d, s in sets],
-                test_splits={n: data_lib.load(n, 'meta_test', d, s) for n, d, s in sets})
+  val_splits = [data_lib.load(n, 'meta_val', d, s) for n, d, s in sets]
+  test_splits = {n: data_lib.load(n, 'meta_test', d, s) for n, d, s in sets}
+  out = records
+  if methods:
+    out = rescore(records, config, teachers, methods=methods, val_splits=val_splits,
+                  test_splits=test_splits)
+  if f.tuned:
+    spec = f.learner or os.path.join(os.path.dirname(path), meta_test.LEARNER_FILE)
+    learner = tune_icfil.load_params(spec, ml_collections.ConfigDict(record['config']), workdir)
+    check_learner(learner, record, test_splits[config.data.dataset], path)
+    out = add_tuned(out, learner, teachers, val_splits=val_splits, test_splits=test_splits,
+                    path=path)
   for name, res in out.items():
     utils.write_json(paths[name], res)
+    if f.tuned:
+      print(f"{name}: tuned " + ', '.join(f"{m} {100 * v['acc']:.2f} ± {100 * v['ci95']:.2f}"
+                                          for m, v in res['tuned']['methods'].items()))
     for m in methods:
       got, d = res['methods'][m], res['paired'].get(f'purer-{m}')
       print(f"{name}: {m}: {100 * got['acc']:.2f} ± {100 * got['ci95']:.2f}" + (

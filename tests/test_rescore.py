@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from purer_jax import data as data_lib
-from purer_jax import evaluate, meta_test, rescore, utils, zoo
+from purer_jax import evaluate, meta_test, rescore, tune_icfil, utils, zoo
 
 
 def _record(config, teachers, name, per_task):
@@ -113,3 +113,54 @@ def test_refuses_methods_it_cannot_add_or_would_replace(mh_run):
                          ([], '--methods is empty')):
     with pytest.raises(utils.UserError, match=match):
       rescore.check_methods(methods, rec, teachers, 'R')
+
+
+@pytest.fixture(scope='module')
+def tuned_run(smoke_config, smoke_zoo, meta_val, tmp_path_factory):
+  """A run that tuned its test-time adaptation in-run, its learner file, and its record
+  without the tuned column."""
+  c = smoke_config.copy_and_resolve_references()
+  c.eval.tasks, c.eval.methods, c.eval.tune_adapt = 6, ('random', 'purer'), True
+  c.eval.tune_methods, c.eval.adapt_steps, c.eval.adapt_lrs = ('random', 'purer'), (1, 3), (
+      0.01, 0.1)
+  teachers = zoo.pool(c, smoke_zoo)
+  learner = evaluate.baseline_params('random', teachers, evaluate.meta_model(c),
+                                     jax.random.key(7))
+  workdir = tmp_path_factory.mktemp('tuned_run')
+  run = meta_test.final_evaluation(c, str(workdir), teachers, learner)['cifar_fs']
+  run['config'] = json.loads(c.to_json_best_effort())
+  utils.save_params(str(workdir / meta_test.LEARNER_FILE), learner)
+  without = {k: v for k, v in run.items() if k not in ('tuned', 'adaptation')}
+  split = data_lib.load('cifar_fs', 'meta_test', c.data.data_dir)
+  return c, run, without, split, str(workdir / meta_test.LEARNER_FILE)
+
+
+def test_tuned_column_from_the_learner_file_is_the_one_the_run_scored(tuned_run, meta_val):
+  """A run's tuned column, dropped and re-scored from its learner file alone (no teachers:
+  Random reads none), comes back task for task with the same adaptations chosen on meta-val."""
+  c, run, without, split, path = tuned_run
+  learner = tune_icfil.load_params(path, c, '')
+  rescore.check_learner(learner, without, split, 'R')
+  out = rescore.add_tuned({'cifar_fs': without}, learner, None, val_splits=[meta_val],
+                          test_splits={'cifar_fs': split})['cifar_fs']
+  assert out['adaptation'] == run['adaptation']
+  assert out['tuned']['per_task'] == run['tuned']['per_task']
+  assert out['tuned']['methods'].keys() == run['tuned']['methods'].keys() == {'random', 'purer'}
+  for k, v in run['tuned']['paired'].items():  # the record's per-task figures are rounded
+    assert out['tuned']['paired'][k] == pytest.approx(v, abs=1e-4)
+  assert out['per_task'] == run['per_task'] and set(out['rescored']) == {'tuned'}
+  with pytest.raises(utils.UserError, match='has its tuned column already'):
+    rescore.add_tuned({'cifar_fs': run}, learner, None, val_splits=[meta_val],
+                      test_splits={'cifar_fs': split})
+
+
+def test_refuses_a_learner_that_is_not_the_records(tuned_run):
+  c, _, without, split, _ = tuned_run
+  theirs = np.asarray(without['per_task']['purer'])
+  forged = dict(without, per_task=dict(without['per_task'], purer=list(
+      np.where(theirs > 0.5, theirs - 0.2, theirs + 0.2))))
+  learner = tune_icfil.load_params(tuned_run[4], c, '')
+  with pytest.raises(utils.UserError, match='pass the learner.npz that this run wrote'):
+    rescore.check_learner(learner, forged, split, 'R')
+  with pytest.raises(utils.UserError, match='no per-task PURER'):
+    rescore.check_learner(learner, dict(without, per_task={}), split, 'R')

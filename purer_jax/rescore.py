@@ -237,6 +237,10 @@ def main(argv):
                   test_splits=test_splits)
   if f.tuned:
     spec = f.learner or os.path.join(os.path.dirname(path), meta_test.LEARNER_FILE)
+    if not os.path.exists(spec):
+      raise utils.UserError(f'{spec} not found: --tuned needs the learner the run scored (its '
+                            f'workdir\'s {meta_test.LEARNER_FILE}, kept beside R or passed '
+                            'as --learner)')
     learner = tune_icfil.load_params(spec, ml_collections.ConfigDict(record['config']), workdir)
     check_learner(learner, record, test_splits[config.data.dataset], path)
     out = add_tuned(out, learner, teachers, val_splits=val_splits, test_splits=test_splits,

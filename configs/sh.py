@@ -46,6 +46,12 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            0.79, -0.55 +- 0.45 against seed 0 on the same tasks; 79 min: teachers 18, meta-training
            61 (3.64 s/iteration; 2026-12-07, matmul 220, AMD EPYC with AVX-512;
            docs/results/ablation/fast_arch_average_seed1_sh_1shot).
+  :fast,eci --config.meta.init=arch_average --config.seed=1  the seed twin's ECI twin (declared
+           before it ran; the same 13 teachers, retrained on the same CPU model): the prototype
+           read-out chosen on meta-val (32.71 against 32.59 off; MAML's head 28.80) 37.58 +-
+           0.81, ECI on - off +0.36 +- 0.40 on the same tasks (MAML's head -2.00 +- 0.55). 85
+           min: teachers 16, meta-training 68 (4.1 s/iteration; 2026-12-07, matmul 209;
+           docs/results/ablation/fast_eci_arch_average_seed1_sh_1shot).
   :fast,cell  the same from a random init, the cell until 2026-12-07
            (ablation/fast_sh_1shot_cell_until_1207): the prototype read-out chosen on meta-val
            (31.71; MAML's head 28.00): 36.54 +- 0.78; MAML's head 32.06 one step / 33.75 tuned;

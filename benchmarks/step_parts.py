@@ -1,0 +1,104 @@
+"""Where a recipe's meta-iteration spends its time: the whole step (`train.Trainer.step`), the
+same step without its distillation (config.distil.weight = 0), and the inversion step alone.
+
+  python benchmarks/step_parts.py --json OUT.json [--configs sh:fast,mini ss:fast,mini]
+      [--iters 4]
+
+Each config is `<scenario>:<variants>`, as `configs/<scenario>.py:<variants>`. Its teachers are
+randomly initialised from the pool plan a run would train (`pretrain.pool_plan`: archs, classes,
+datasets and image sizes): the step's cost does not depend on their weights. Reported per
+config: the median seconds of `--iters` steps after one warm-up step, the compile time, and two
+shares of the whole step measured in the same process minutes apart: `distil_share` = (step -
+step without distillation) / step, `inversion_share` = inversion alone / step. The matmul rate
+and load are recorded before and after (`inversion_throughput.write_after`).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _teachers(config):
+  import jax
+  from purer_jax import data as data_lib
+  from purer_jax import models, pretrain, zoo
+  classes = {name: 64 for name, _, _ in data_lib.run_datasets(config)}
+  out = []
+  for i, (ds, arch, cls) in enumerate(pretrain.pool_plan(config, classes)):
+    t = zoo.Teacher(index=i, arch=arch, num_classes=len(cls), image_size=data_lib.IMAGE_SIZE[ds],
+                    dataset=ds, classes=cls, class_names=[], heldout_acc=None, checkpoint='')
+    t.variables = models.init(t.model, jax.random.key(i))
+    out.append(t)
+  return out
+
+
+def _median(fn, iters: int) -> float:
+  fn()  # warm-up
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def time_step(config, teachers, iters: int) -> dict:
+  """{'step_s', 'compile_s', 'inversion_s'} of config's meta-iteration on `teachers`."""
+  import jax
+  from purer_jax import train
+  trainer = train.Trainer(config, teachers)
+  state = [trainer.init_state()]
+
+  def step():
+    state[0], m = trainer.step(state[0], trainer.teacher_vars, trainer.rng)
+    jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  step()
+  compile_s = time.perf_counter() - t0
+  step_s = _median(step, iters)
+  bank = [state[0]['images'], state[0]['bank_opt']]
+
+  def inversion():
+    bank[0], bank[1], m = trainer.inv(bank[0], bank[1], trainer.teacher_vars, trainer.rng)
+    jax.block_until_ready(m)
+  return {'step_s': round(step_s, 3), 'compile_s': round(compile_s, 1),
+          'inversion_s': round(_median(inversion, iters), 3)}
+
+
+def parts(spec: str, iters: int) -> dict:
+  import importlib
+  scenario, _, variants = spec.partition(':')
+  config = importlib.import_module(f'configs.{scenario}').get_config(variants)
+  teachers = _teachers(config)
+  whole = time_step(config, teachers, iters)
+  out = {'config': spec, 'distil': {k: config.distil[k] for k in ('weight', 'batch', 'layer')},
+         'teachers': [t.arch for t in teachers], **whole,
+         'inversion_share': round(whole['inversion_s'] / whole['step_s'], 3)}
+  if config.distil.weight:
+    config.distil.weight = 0.0
+    out['no_distil_step_s'] = time_step(config, teachers, iters)['step_s']
+    out['distil_share'] = round(1 - out['no_distil_step_s'] / whole['step_s'], 3)
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--json', required=True)
+  ap.add_argument('--configs', nargs='+', default=['sh:fast,mini', 'ss:fast,mini'])
+  ap.add_argument('--iters', type=int, default=4)
+  args = ap.parse_args()
+  from benchmarks.inversion_throughput import matmul_gflops, write_after
+  out = {'matmul_gflops_before': matmul_gflops(), 'iters': args.iters, 'results': []}
+  for spec in args.configs:
+    out['results'].append(parts(spec, args.iters))
+    print(json.dumps(out['results'][-1]), flush=True)
+  write_after(out, args.json)
+
+
+if __name__ == '__main__':
+  main()

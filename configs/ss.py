@@ -74,6 +74,11 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 average 24.96 / 34.29, ota 23.81 / 37.13; the pool read-out 48.43 +- 0.83. 28 min
                 from an empty workdir (teachers 1.4, meta-training 7, meta-test 19: tuning four
                 methods and ICFIL), 2026-12-05, matmul 332 GFLOP/s
+  :fast,eci --config.distil.batch=16 (or 4)  distilling 16 (or 4) bank images per iteration
+                instead of 64, declared before it ran, on one copy of this CPU's teachers: the
+                prototype read-out's meta-val 32.49 (31.23) against 33.73 at 64, meta-test +0.36
+                +- 0.40 (-1.92 +- 0.48) paired; 0.41 (0.37) s per iteration against 0.52
+                (2026-12-07, matmul 193-198; ablation/fast_eci_distil{64,16,4}_1shot)
   :fast,5shot   the same at 5-shot (a bank of 5 + 7 per class, 1,500 iterations), ECI off: the
                 prototype read-out chosen on meta-val (45.17; MAML's head 40.49), 54.21 +- 0.79
                 (paper 51.95; MAML's head 49.19) in 17 min from an empty workdir, 2026-12-06.

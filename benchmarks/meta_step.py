@@ -41,21 +41,24 @@ def _config():
   return c
 
 
-def _teachers(config):
+def random_pool(config):
+  """Randomly initialised teachers of the pool plan a run of `config` would train
+  (`pretrain.pool_plan`: archs, classes, datasets, image sizes): a step's cost does not depend on
+  their weights. For `_config()`, 13 Conv4s at 32 px over CIFAR-FS's 64 classes."""
   import jax
-  from purer_jax import models, zoo
+  from purer_jax import data as data_lib
+  from purer_jax import models, pretrain, zoo
+  classes = {name: 64 for name, _, _ in data_lib.run_datasets(config)}
   out = []
-  for i in range(13):
-    n = min(5, 64 - 5 * i)
-    t = zoo.Teacher(index=i, arch='conv4', num_classes=n, image_size=SIZE, dataset='cifar_fs',
-                    classes=list(range(5 * i, 5 * i + n)), class_names=[], heldout_acc=None,
-                    checkpoint='')
+  for i, (ds, arch, cls) in enumerate(pretrain.pool_plan(config, classes)):
+    t = zoo.Teacher(index=i, arch=arch, num_classes=len(cls), image_size=data_lib.IMAGE_SIZE[ds],
+                    dataset=ds, classes=cls, class_names=[], heldout_acc=None, checkpoint='')
     t.variables = models.init(t.model, jax.random.key(i))
     out.append(t)
   return out
 
 
-def _median_time(fn, iters, warmup=2):
+def median_time(fn, iters, warmup=2):
   for _ in range(warmup):
     fn()
   ts = []
@@ -72,7 +75,7 @@ def time_jax(iters):
   from purer_jax import eci, meta, train
   from purer_jax.meta import maml
   config = _config()
-  trainer = train.Trainer(config, _teachers(config))
+  trainer = train.Trainer(config, random_pool(config))
   state = [trainer.init_state()]
   t0 = time.perf_counter()
   jax.block_until_ready(trainer.step(trainer.init_state(), trainer.teacher_vars, trainer.rng))
@@ -81,7 +84,7 @@ def time_jax(iters):
   def step():
     state[0], m = trainer.step(state[0], trainer.teacher_vars, trainer.rng)
     jax.block_until_ready(m)
-  total = _median_time(step, iters)
+  total = median_time(step, iters)
 
   # The two halves alone: the inversion step, then the meta-batch's value, gradient and
   # outer Adam step on tasks from the bank.
@@ -90,7 +93,7 @@ def time_jax(iters):
   def inversion():
     bank[0], bank[1], m = trainer.inv(bank[0], bank[1], trainer.teacher_vars, trainer.rng)
     jax.block_until_ready(m)
-  inv_s = _median_time(inversion, iters)
+  inv_s = median_time(inversion, iters)
   tasks = eci.sample_tasks(bank[0], jax.random.key(2), num=META_BATCH,
                            **train.task_kw(config, trainer.layout))
 
@@ -117,8 +120,8 @@ def time_jax(iters):
 
   def plain():
     outer[0], outer[1] = jax.block_until_ready(plain_update(*outer))
-  return (total, compile_s, inv_s, _median_time(lambda: meta_half(trainer.learner), iters),
-          _median_time(lambda: meta_half(first_order), iters), _median_time(plain, iters))
+  return (total, compile_s, inv_s, median_time(lambda: meta_half(trainer.learner), iters),
+          median_time(lambda: meta_half(first_order), iters), median_time(plain, iters))
 
 
 def time_strategies(iters):
@@ -134,7 +137,7 @@ def time_strategies(iters):
   for s in meta.STRATEGIES:
     f = jax.jit(jax.value_and_grad(functools.partial(meta.batch_loss, learner=learner,
                                                      strategy=s), has_aux=True))
-    out[s] = _median_time(lambda f=f: jax.block_until_ready(f(params, tasks)), iters)
+    out[s] = median_time(lambda f=f: jax.block_until_ready(f(params, tasks)), iters)
   return out
 
 
@@ -218,9 +221,9 @@ def time_torch(iters):
     outer_opt.zero_grad()
     loss.backward()
     outer_opt.step()
-  return (_median_time(step, iters), _median_time(inversion_step, iters),
-          _median_time(meta_step, iters), _median_time(lambda: meta_step(False), iters),
-          _median_time(plain_step, iters))
+  return (median_time(step, iters), median_time(inversion_step, iters),
+          median_time(meta_step, iters), median_time(lambda: meta_step(False), iters),
+          median_time(plain_step, iters))
 
 
 def _side(name, iters, strategies):

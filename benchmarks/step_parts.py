@@ -5,12 +5,12 @@ same step without its distillation (config.distil.weight = 0), and the inversion
       [--iters 4]
 
 Each config is `<scenario>:<variants>`, as `configs/<scenario>.py:<variants>`. Its teachers are
-randomly initialised from the pool plan a run would train (`pretrain.pool_plan`: archs, classes,
-datasets and image sizes): the step's cost does not depend on their weights. Reported per
-config: the median seconds of `--iters` steps after one warm-up step, the compile time, and two
-shares of the whole step measured in the same process minutes apart: `distil_share` = (step -
-step without distillation) / step, `inversion_share` = inversion alone / step. The matmul rate
-and load are recorded before and after (`inversion_throughput.write_after`).
+randomly initialised from the pool plan a run would train (`meta_step.random_pool`): the step's
+cost does not depend on their weights. Reported per config: the median seconds of `--iters`
+steps after one warm-up step, the compile time, and two shares of the whole step measured in the
+same process minutes apart: `distil_share` = (step - step without distillation) / step,
+`inversion_share` = inversion alone / step. The matmul rate and load are recorded before and
+after (`inversion_throughput.write_after`).
 """
 import argparse
 import json
@@ -18,33 +18,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _teachers(config):
-  import jax
-  from purer_jax import data as data_lib
-  from purer_jax import models, pretrain, zoo
-  classes = {name: 64 for name, _, _ in data_lib.run_datasets(config)}
-  out = []
-  for i, (ds, arch, cls) in enumerate(pretrain.pool_plan(config, classes)):
-    t = zoo.Teacher(index=i, arch=arch, num_classes=len(cls), image_size=data_lib.IMAGE_SIZE[ds],
-                    dataset=ds, classes=cls, class_names=[], heldout_acc=None, checkpoint='')
-    t.variables = models.init(t.model, jax.random.key(i))
-    out.append(t)
-  return out
-
-
-def _median(fn, iters: int) -> float:
-  fn()  # warm-up
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+from benchmarks.meta_step import median_time, random_pool  # noqa: E402
 
 
 def time_step(config, teachers, iters: int) -> dict:
@@ -60,21 +36,21 @@ def time_step(config, teachers, iters: int) -> dict:
   t0 = time.perf_counter()
   step()
   compile_s = time.perf_counter() - t0
-  step_s = _median(step, iters)
+  step_s = median_time(step, iters, warmup=1)
   bank = [state[0]['images'], state[0]['bank_opt']]
 
   def inversion():
     bank[0], bank[1], m = trainer.inv(bank[0], bank[1], trainer.teacher_vars, trainer.rng)
     jax.block_until_ready(m)
   return {'step_s': round(step_s, 3), 'compile_s': round(compile_s, 1),
-          'inversion_s': round(_median(inversion, iters), 3)}
+          'inversion_s': round(median_time(inversion, iters, warmup=1), 3)}
 
 
 def parts(spec: str, iters: int) -> dict:
   import importlib
   scenario, _, variants = spec.partition(':')
   config = importlib.import_module(f'configs.{scenario}').get_config(variants)
-  teachers = _teachers(config)
+  teachers = random_pool(config)
   whole = time_step(config, teachers, iters)
   out = {'config': spec, 'distil': {k: config.distil[k] for k in ('weight', 'batch', 'layer')},
          'teachers': [t.arch for t in teachers], **whole,

@@ -176,6 +176,12 @@ def check_learner(learner, record: dict, split, path: str):
         'wrote (--learner)')
 
 
+def tuned_baselines(record: dict) -> list:
+  """The baselines of `record` that its tuned column tunes (its config.eval.tune_methods)."""
+  tune = ml_collections.ConfigDict(record['config']).eval.tune_methods
+  return [m for m in record['methods'] if m in evaluate.BASELINES and m in tune]
+
+
 def add_tuned(records: dict, learner, teachers, *, val_splits: list, test_splits: dict,
               path: str = 'R') -> dict:
   """{dataset: its record with the `tuned` column and the `adaptation` chosen on meta-val}, as
@@ -187,8 +193,7 @@ def add_tuned(records: dict, learner, teachers, *, val_splits: list, test_splits
     raise utils.UserError(f'{path} has its tuned column already (a re-score never replaces '
                           'the run\'s own figures): drop --tuned')
   base = ml_collections.ConfigDict(first['config'])
-  params = {m: evaluate.run_baseline(m, teachers, base) for m in first['methods']
-            if m in evaluate.BASELINES and m in base.eval.tune_methods}
+  params = {m: evaluate.run_baseline(m, teachers, base) for m in tuned_baselines(first)}
   params['purer'] = learner
   tuned, configs = meta_test.tune_methods(params, base, val_splits)
   out = {}
@@ -227,7 +232,7 @@ def main(argv):
   record = records[config.data.dataset]
   need = set(methods) - set(NO_TEACHERS)
   if f.tuned:
-    need |= {m for m in record['methods'] if m in evaluate.BASELINES} - set(NO_TEACHERS)
+    need |= set(tuned_baselines(record)) - set(NO_TEACHERS)
   teachers = zoo.pool(config, workdir) if need else None
   check_same_run(record, config, teachers, path)
   if methods or not f.tuned:

@@ -144,6 +144,9 @@ def base() -> ml_collections.ConfigDict:
   c.distil.weight = 0.0
   c.distil.batch = 64                        # bank images per meta-iteration
   c.distil.layer = 'both'
+  # Teachers whose blocks are each iteration's target, drawn at random and split over the
+  # pool's groups as teachers.per_iter is (0: all): the distilled images' forward passes.
+  c.distil.per_iter = 0
 
   c.icfil = ml_collections.ConfigDict()
   # Chosen on meta-val for the :quick checkpoints (README.md): larger lr or smaller tau made

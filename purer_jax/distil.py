@@ -7,15 +7,20 @@ concatenated: `pool.represent`); the learner's penultimate features go through a
 map to the target's size, and the loss is 1 - cosine (FitNets-style regression, scale-free).
 Training adds it, times `distil.weight`, to MAML's outer loss on `distil.batch` bank images per
 meta-iteration (randomly flipped), so the bank, the meta-batch and the distillation share one
-program.
+program. With `distil.per_iter`, each iteration's target is the blocks of that many teachers
+drawn at random (split over the pool's groups as `teachers.per_iter` splits the inversion's):
+the distilled images go through those teachers only, the most expensive part of an 84-px
+iteration (benchmarks/step_parts.py), and only their blocks of the map learn.
 """
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from purer_jax import meta, pool
+from purer_jax import bank as bank_lib
+from purer_jax import inversion, meta, pool
 
 
 def targets(teacher_vars, x, *, models: tuple, layer: str):
@@ -29,11 +34,38 @@ def init_map(rng, in_dim: int, out_dim: int) -> dict:
   return {'kernel': jax.random.normal(rng, (in_dim, out_dim)) / jnp.sqrt(in_dim)}
 
 
-def loss(params, proj: dict, x, target, *, model):
-  """Mean 1 - cosine between the mapped learner features of x and their targets. The learner
+class Draw(NamedTuple):
+  """One group's part in a per-iteration draw of teachers: the members' model and stacked
+  variables, each member's columns in the whole pool's target (members x width), and how many
+  of them an iteration draws."""
+  model: Any
+  variables: dict
+  columns: np.ndarray
+  k: int
+
+
+def drawn_targets(draws: tuple, x, key, *, layer: str):
+  """(target, columns): the representation of x by `k` teachers drawn from each group (its
+  blocks in draw order), and where those blocks sit in the whole pool's target."""
+  embeds, columns = [], []
+  for i, d in enumerate(draws):
+    pos = jax.random.choice(jax.random.fold_in(key, i), d.columns.shape[0], (d.k,),
+                            replace=False)
+    for j in range(d.k):
+      v = jax.tree.map(lambda a, j=j: a[pos[j]], d.variables)
+      embeds += pool.embed([v], x, models=(d.model,))
+    columns.append(jnp.asarray(d.columns)[pos].reshape(-1))
+  return (jax.lax.stop_gradient(pool.represent(embeds, layer=layer)),
+          jnp.concatenate(columns))
+
+
+def loss(params, proj: dict, x, target, *, model, columns=None):
+  """Mean 1 - cosine between the mapped learner features of x and their targets (whose
+  `columns` of the map they are, when the target is a draw of teachers). The learner
   normalises with the batch's statistics, as MAML's tasks do."""
   f = model.apply({'params': params}, x, train=True, features=True)
-  return jnp.mean(1.0 - jnp.sum(pool.unit(f @ proj['kernel']) * pool.unit(target), -1))
+  kernel = proj['kernel'] if columns is None else proj['kernel'][:, columns]
+  return jnp.mean(1.0 - jnp.sum(pool.unit(f @ kernel) * pool.unit(target), -1))
 
 
 def sample_images(images, key, *, batch: int):
@@ -49,21 +81,36 @@ def sample_images(images, key, *, batch: int):
 
 class Distiller(NamedTuple):
   """A run's distillation: its weight, batch and target layer, the teachers' modules and their
-  variables (closed over by the compiled step, which JAX passes as inputs, not literals)."""
+  variables (closed over by the compiled step, which JAX passes as inputs, not literals), and
+  per group a `Draw` when each iteration distils a draw of teachers (empty: all of them)."""
   weight: float
   batch: int
   layer: str
   models: tuple
   teacher_vars: list
+  draws: tuple = ()
 
 
-def from_config(config, teachers) -> Optional[Distiller]:
-  """config.distil's Distiller over the run's teachers, or None when its weight is 0."""
+def from_config(config, teachers, layout: bank_lib.Layout) -> Optional[Distiller]:
+  """config.distil's Distiller over the run's teachers (laid out in the bank as `layout`), or
+  None when its weight is 0."""
   d = config.distil
   if not d.weight:
     return None
-  return Distiller(float(d.weight), int(d.batch), d.layer, tuple(t.model for t in teachers),
-                   [jax.tree.map(jnp.asarray, t.variables) for t in teachers])
+  models = tuple(t.model for t in teachers)
+  variables = [jax.tree.map(jnp.asarray, t.variables) for t in teachers]
+  share = inversion.per_group(layout, int(d.per_iter))
+  draws = ()
+  if share != tuple(g.size for g in layout.groups):
+    widths = [jax.eval_shape(lambda v, m=m: targets(
+        [v], jnp.zeros((1, m.image_size, m.image_size, 3)), models=(m,), layer=d.layer),
+        v).shape[-1] for v, m in zip(variables, models)]
+    start = np.cumsum([0] + widths)
+    draws = tuple(Draw(models[g.members[0]], stacked,
+                       np.stack([np.arange(start[i], start[i + 1]) for i in g.members]), k)
+                  for g, stacked, k in zip(layout.groups,
+                                           bank_lib.stack_teachers(teachers, layout), share))
+  return Distiller(float(d.weight), int(d.batch), d.layer, models, variables, draws)
 
 
 def init_state(distiller: Distiller, model, tx, rng) -> dict:
@@ -83,14 +130,24 @@ def outer_grads(params, state: dict, tasks, bank, key, *, learner, distiller: Di
   `bank` images. Returns (meta loss, (per-task losses, accuracies)), the distillation loss,
   the gradient of the learner's params, and the distillation state after its step."""
   x = sample_images(bank, key, batch=distiller.batch)
-  target = targets(distiller.teacher_vars, x, models=distiller.models, layer=distiller.layer)
+  columns = None
+  if distiller.draws:  # a key of its own: the images are those of a run distilling every teacher
+    target, columns = drawn_targets(distiller.draws, x, jax.random.fold_in(key, 1),
+                                    layer=distiller.layer)
+  else:
+    target = targets(distiller.teacher_vars, x, models=distiller.models, layer=distiller.layer)
 
   def total(p, proj):
     meta_loss, aux = meta.batch_loss(p, tasks, learner=learner)
-    d = loss(p, proj, x, target, model=learner.model)
+    d = loss(p, proj, x, target, model=learner.model, columns=columns)
     return meta_loss + distiller.weight * d, (meta_loss, aux, d)
   (_, (meta_loss, aux, d)), (grads, g_proj) = jax.value_and_grad(
       total, argnums=(0, 1), has_aux=True)(params, state['proj'])
   updates, opt = tx.update(g_proj, state['opt'], state['proj'])
-  return (meta_loss, aux), d, grads, {'proj': optax.apply_updates(state['proj'], updates),
-                                      'opt': opt}
+  new = {'proj': optax.apply_updates(state['proj'], updates), 'opt': opt}
+  if columns is not None:  # the blocks of teachers not drawn keep their map and its moments
+    drawn = jnp.zeros(state['proj']['kernel'].shape[-1], bool).at[columns].set(True)
+    shape = state['proj']['kernel'].shape
+    new = jax.tree.map(lambda a, b: jnp.where(drawn, a, b) if a.shape == shape else a, new,
+                       {'proj': state['proj'], 'opt': state['opt']})
+  return (meta_loss, aux), d, grads, new

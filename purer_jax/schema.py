@@ -162,6 +162,8 @@ FIELDS = {
                         'train, distil', '>= 0'),
     'distil.batch': _F(int, 'Bank images distilled per meta-iteration (at most the bank)',
                        'train, distil', '>= 1'),
+    'distil.per_iter': _F(int, 'Teachers drawn per meta-iteration whose blocks are the target '
+                          '(0: all)', 'train, distil', '>= 0'),
     'distil.layer': _F(str, "The pool representation the learner regresses onto", 'distil',
                        choices=('features', 'logits', 'both')),
     'icfil.enabled': _F(bool, 'PURER also scored with ICFIL calibration', 'train, icfil'),

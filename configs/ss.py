@@ -79,6 +79,11 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 prototype read-out's meta-val 32.49 (31.23) against 33.73 at 64, meta-test +0.36
                 +- 0.40 (-1.92 +- 0.48) paired; 0.41 (0.37) s per iteration against 0.52
                 (2026-12-07, matmul 193-198; ablation/fast_eci_distil{64,16,4}_1shot)
+  :fast,eci --config.distil.per_iter=3  distilling a draw of 3 + 1 of the 13 teachers per
+                iteration (declared before it ran, the same teachers): the prototype read-out's
+                meta-val 32.76 against 33.73 (inside the declared point), meta-test +0.01 +- 0.53
+                paired (MAML's head +0.70 +- 0.54); 0.49 s per iteration against 0.55 (2026-12-07,
+                matmul 207; ablation/fast_eci_distil_draw4_1shot)
   :fast,5shot   the same at 5-shot (a bank of 5 + 7 per class, 1,500 iterations), ECI off: the
                 prototype read-out chosen on meta-val (45.17; MAML's head 40.49), 54.21 +- 0.79
                 (paper 51.95; MAML's head 49.19) in 17 min from an empty workdir, 2026-12-06.

@@ -2,15 +2,17 @@
 same step without its distillation (config.distil.weight = 0), and the inversion step alone.
 
   python benchmarks/step_parts.py --json OUT.json [--configs sh:fast,mini ss:fast,mini]
-      [--iters 4]
+      [--iters 4] [--draw]
 
 Each config is `<scenario>:<variants>`, as `configs/<scenario>.py:<variants>`. Its teachers are
 randomly initialised from the pool plan a run would train (`meta_step.random_pool`): the step's
 cost does not depend on their weights. Reported per config: the median seconds of `--iters`
 steps after one warm-up step, the compile time, and two shares of the whole step measured in the
 same process minutes apart: `distil_share` = (step - step without distillation) / step,
-`inversion_share` = inversion alone / step. The matmul rate and load are recorded before and
-after (`inversion_throughput.write_after`).
+`inversion_share` = inversion alone / step. With `--draw`, also the step distilling a draw of
+as many teachers as its inversion refines (config.distil.per_iter = teachers.per_iter):
+`draw_step_s`, and `draw_saving` = 1 - draw_step_s / step. The matmul rate and load are
+recorded before and after (`inversion_throughput.write_after`).
 """
 import argparse
 import json
@@ -46,15 +48,20 @@ def time_step(config, teachers, iters: int) -> dict:
           'inversion_s': round(median_time(inversion, iters, warmup=1), 3)}
 
 
-def parts(spec: str, iters: int) -> dict:
+def parts(spec: str, iters: int, draw: bool = False) -> dict:
   import importlib
   scenario, _, variants = spec.partition(':')
   config = importlib.import_module(f'configs.{scenario}').get_config(variants)
   teachers = random_pool(config)
   whole = time_step(config, teachers, iters)
-  out = {'config': spec, 'distil': {k: config.distil[k] for k in ('weight', 'batch', 'layer')},
+  out = {'config': spec,
+         'distil': {k: config.distil[k] for k in ('weight', 'batch', 'layer', 'per_iter')},
          'teachers': [t.arch for t in teachers], **whole,
          'inversion_share': round(whole['inversion_s'] / whole['step_s'], 3)}
+  if config.distil.weight and draw and config.teachers.per_iter:
+    config.distil.per_iter = config.teachers.per_iter
+    out['draw_step_s'] = time_step(config, teachers, iters)['step_s']
+    out['draw_saving'] = round(1 - out['draw_step_s'] / whole['step_s'], 3)
   if config.distil.weight:
     config.distil.weight = 0.0
     out['no_distil_step_s'] = time_step(config, teachers, iters)['step_s']
@@ -67,11 +74,13 @@ def main():
   ap.add_argument('--json', required=True)
   ap.add_argument('--configs', nargs='+', default=['sh:fast,mini', 'ss:fast,mini'])
   ap.add_argument('--iters', type=int, default=4)
+  ap.add_argument('--draw', action='store_true',
+                  help='also time the step distilling as many teachers as the inversion refines')
   args = ap.parse_args()
   from benchmarks.inversion_throughput import matmul_gflops, write_after
   out = {'matmul_gflops_before': matmul_gflops(), 'iters': args.iters, 'results': []}
   for spec in args.configs:
-    out['results'].append(parts(spec, args.iters))
+    out['results'].append(parts(spec, args.iters, args.draw))
     print(json.dumps(out['results'][-1]), flush=True)
   write_after(out, args.json)
 

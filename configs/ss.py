@@ -30,10 +30,20 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 step; the pool read-out 32.76 +- 0.64. 80 min from an empty workdir (teachers 15,
                 meta-training 47, read-outs 5, then `cell` without tuning or ICFIL 14), matmul
                 299-311 GFLOP/s, niced test runs sharing the cores (2026-12-06)
-  :fast,mini,eci  its ECI twin on the same teachers, the SS MiniImageNet 1-shot cell (meta-val
-                32.70 against 32.21): the prototype read-out 28.94 +- 0.59, 2.20 under the paper's
-                31.14, ECI on - off +0.04 +- 0.30; meta-training 43 min on quiet cores; then
-                `cell --config.eval.tune_adapt=False --config.icfil.enabled=False` on its workdir
+  :fast,mini,eci  its ECI twin on the same teachers, the SS MiniImageNet 1-shot cell until
+                2026-12-07 (meta-val 32.70 against 32.21): the prototype read-out 28.94 +- 0.59,
+                ECI on - off +0.04 +- 0.30; meta-training 43 min on quiet cores
+                (ablation/fast_eci_mini_1shot_cell_until_1207)
+  :fast,mini,eci --config.train.iterations=2000 --config.distil.per_iter=4  the SS MiniImageNet
+                1-shot cell (declared before it ran, docs/NOTES.md): twice the iterations,
+                distilling a draw of 4 + 1 teachers per iteration. The prototype read-out chosen
+                on meta-val (32.83 against 32.70; MAML's head 31.64 at 1,500 of 2,000): 28.85 +-
+                0.58, 2.29 under the paper's 31.14 and -0.09 +- 0.33 against the old cell on the
+                same tasks (MAML's head 28.42); random 21.95, average 22.76, ota 21.52, the pool
+                read-out 32.59 +- 0.65 at one test-time step (`cell --config.eval.tune_adapt=False
+                --config.icfil.enabled=False` on its workdir, 12 min). 95 min from an empty
+                workdir (teachers 10, meta-training 79 at 1.96-2.4 s/it, read-outs 5), matmul 207
+                (2026-12-07). Meta-val flat from 1,000 on: iterations are not what it lacks
   :quick,mini,5shot  5-shot PURER 34.97 +- 0.70, the cell until 2026-12-06 (random 22.70,
                 average 23.02, ota 21.25; paired +11.96 +- 0.79 over average); the 1-shot run's
                 teachers (16 min), meta-training 66 min (3.6 s/it), meta-test 10 min: 92 min.

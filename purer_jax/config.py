@@ -283,7 +283,7 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str) -> ml_collections.Con
     # teachers, four refined per iteration (~2.3 s per iteration here, probed 2026-12-06).
     # SH MiniImageNet, 1-shot (declared before it ran): `quick`'s 84-px SH teachers, bank
     # (shots + 3 per class) and 650 iterations, with `fast`'s distillation on 16 bank images per
-    # iteration (13 teachers' forward passes: 57% of the iteration, benchmarks/step_parts.py),
+    # iteration (13 teachers' forward passes: 54-57% of the iteration, benchmarks/step_parts.py),
     # its cosine lr and read-outs.
     # Measured: the prototype read-out 28.59, 0.17 under the paper (configs/sh.py). At 5-shot
     # (declared before it ran) the same on quick's 5-shot bank and 300 iterations.

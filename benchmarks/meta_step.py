@@ -47,8 +47,9 @@ def random_pool(config):
   their weights. For `_config()`, 13 Conv4s at 32 px over CIFAR-FS's 64 classes."""
   import jax
   from purer_jax import data as data_lib
-  from purer_jax import models, pretrain, zoo
-  classes = {name: 64 for name, _, _ in data_lib.run_datasets(config)}
+  from purer_jax import models, pretrain, schema, zoo
+  classes = {name: schema.SPLIT_CLASSES[name]['meta_train']
+             for name, _, _ in data_lib.run_datasets(config)}
   out = []
   for i, (ds, arch, cls) in enumerate(pretrain.pool_plan(config, classes)):
     t = zoo.Teacher(index=i, arch=arch, num_classes=len(cls), image_size=data_lib.IMAGE_SIZE[ds],

@@ -91,9 +91,11 @@ class Distiller(NamedTuple):
   draws: tuple = ()
 
 
-def from_config(config, teachers, layout: bank_lib.Layout) -> Optional[Distiller]:
-  """config.distil's Distiller over the run's teachers (laid out in the bank as `layout`), or
-  None when its weight is 0."""
+def from_config(config, teachers, *, layout: bank_lib.Layout, stacked: tuple
+                ) -> Optional[Distiller]:
+  """config.distil's Distiller over the run's teachers (laid out in the bank as `layout`, their
+  variables stacked per group as `stacked`, `bank.stack_teachers`), or None when its weight is
+  0."""
   d = config.distil
   if not d.weight:
     return None
@@ -106,10 +108,9 @@ def from_config(config, teachers, layout: bank_lib.Layout) -> Optional[Distiller
         [v], jnp.zeros((1, m.image_size, m.image_size, 3)), models=(m,), layer=d.layer),
         v).shape[-1] for v, m in zip(variables, models)]
     start = np.cumsum([0] + widths)
-    draws = tuple(Draw(models[g.members[0]], stacked,
+    draws = tuple(Draw(models[g.members[0]], v,
                        np.stack([np.arange(start[i], start[i + 1]) for i in g.members]), k)
-                  for g, stacked, k in zip(layout.groups,
-                                           bank_lib.stack_teachers(teachers, layout), share))
+                  for g, v, k in zip(layout.groups, stacked, share))
   return Distiller(float(d.weight), int(d.batch), d.layer, models, variables, draws)
 
 

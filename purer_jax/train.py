@@ -129,7 +129,7 @@ class Trainer:
     self.view = (functools.partial(bank_lib.as_seen, layout=self.layout)
                  if config.inversion.native_size else lambda x: x)
     self.tx = outer_optimizer(config.meta, iterations=config.train.iterations)
-    self.distiller = distil.from_config(config, teachers, self.layout)
+    self.distiller = distil.from_config(config, teachers, layout=self.layout, stacked=stacked)
     # Independent streams: training iterations (fold_in(rng, it)), the bank's init, PNGs.
     self.rng, self.bank_rng, self.png_rng = jax.random.split(jax.random.key(config.seed), 3)
     self.adv_start = eci.start_iteration(config.eci.start, config.train.iterations)

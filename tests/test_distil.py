@@ -51,15 +51,17 @@ def _pool(sizes=((5, 3), (4, 2))):
 
 
 def test_a_draw_of_teachers_is_their_columns_of_the_whole_pools_target():
+  from purer_jax import bank as bank_lib
   from purer_jax import config as config_lib
   teachers, layout = _pool()
+  stacked = bank_lib.stack_teachers(teachers, layout)
   c = config_lib.build('ss', 'smoke')
   c.distil.weight, c.distil.layer = 1.0, 'both'
   for per_iter in (0, 5, 9):  # all of them, or more: no draw
     c.distil.per_iter = per_iter
-    assert distil.from_config(c, teachers, layout).draws == ()
+    assert distil.from_config(c, teachers, layout=layout, stacked=stacked).draws == ()
   c.distil.per_iter = 2  # one of each group's (3 and 2 teachers)
-  d = distil.from_config(c, teachers, layout)
+  d = distil.from_config(c, teachers, layout=layout, stacked=stacked)
   assert [(g.k, g.columns.shape) for g in d.draws] == [(1, (3, 37)), (1, (2, 36))]
   x = jax.random.normal(jax.random.key(7), (6, 16, 16, 3))
   full = jax.jit(lambda v, x: distil.targets(v, x, models=d.models, layer='both'))(

@@ -50,6 +50,9 @@ def base() -> ml_collections.ConfigDict:
   # original ends up with; the teachers' recipe lever of issue 13).
   c.teachers.keep = 'best'
   c.teachers.max_per_class = 0               # 0: all images (smoke runs cap it)
+  # Flips / translations of a teacher's training images (the paper's teachers have none).
+  c.teachers.augment = ''                    # '' | 'flip' | 'shift' | 'flip,shift'
+  c.teachers.shift = 4
   # Teachers whose bank classes each meta-iteration refines, drawn at random (PURER-Plus);
   # the other classes stay as they are. 0: the whole pool, as the paper.
   c.teachers.per_iter = 0

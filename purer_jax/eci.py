@@ -3,7 +3,7 @@ switch I(Ω), and the adversarial term the inversion step adds while the switch 
 
 Pseudo tasks mix teachers: N classes drawn from all pseudo classes of the bank, K support +
 Q query images per class drawn without overlap from the class's `spc` images, optionally
-augmented (flips, translations). The switch is a small pytree updated by a pure function, so
+augmented (`augment`). The switch is a small pytree updated by a pure function, so
 the whole meta-iteration stays one program.
 """
 from typing import Optional
@@ -82,31 +82,6 @@ def adversarial_loss(images, params, key, *, learner, adv_scale: float, ways: in
   return -adv_scale * loss
 
 
-def augment(x, key, *, flip: bool, shift: int):
-  """Per image of x (N, H, W, C): a random horizontal flip and a random translation by up to
-  `shift` px, the uncovered border zero (the dataset mean in normalised space)."""
-  kf, ks = jax.random.split(key)
-  n, h, w, c = x.shape
-  if flip:
-    x = jnp.where(jax.random.bernoulli(kf, 0.5, (n, 1, 1, 1)), x[:, :, ::-1], x)
-  if shift:
-    padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
-    offsets = jax.random.randint(ks, (n, 2), 0, 2 * shift + 1)
-    x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
-        padded, offsets)
-  return x
-
-
-def augment_tasks(tasks: dict, key, *, flip: bool, shift: int) -> dict:
-  """`augment` on every support and query image of a stacked meta-batch."""
-  out = dict(tasks)
-  for name, k in zip(('support_x', 'query_x'), jax.random.split(key)):
-    x = tasks[name]
-    out[name] = augment(x.reshape((-1,) + x.shape[-3:]), k, flip=flip, shift=shift
-                        ).reshape(x.shape)
-  return out
-
-
 @flax.struct.dataclass
 class Switch:
   """I(Ω). `on`: this meta-iteration's inversion step adds the adversarial term."""
@@ -145,13 +120,3 @@ def switch_update(switch: Switch, it, acc, *, adv_start: int, patience: int,
                 best=jnp.where(fire, -jnp.inf, best).astype(jnp.float32),
                 stale=jnp.where(fire, 0, stale).astype(jnp.int32),
                 signal=signal.astype(jnp.float32))
-
-
-def augmentation(train_config) -> dict:
-  """The training step's flip / shift from config.train.augment: '', 'flip', 'shift' or
-  'flip,shift'."""
-  kinds = {k for k in train_config.augment.split(',') if k}
-  if kinds - {'flip', 'shift'}:
-    raise ValueError(f"config.train.augment must list 'flip' and/or 'shift', got "
-                     f'{train_config.augment!r}')
-  return {'flip': 'flip' in kinds, 'shift': int(train_config.shift) if 'shift' in kinds else 0}

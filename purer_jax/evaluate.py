@@ -255,14 +255,14 @@ def tune_adaptation(params, config, splits, *, num_tasks=None, log=print) -> dic
   return dict(best, trials=trials, tasks=n)
 
 
-def pool_choice(teachers, config, val_splits, *, log=print) -> dict:
+def pool_choice(teachers, config, val_splits, *, log=print, per_task=False) -> dict:
   """The pool read-out's variant (`purer_jax.pool`), chosen on config.train.val_tasks meta-val
   tasks (config.eval.val_seed; `val_splits`: one per dataset of the run, averaged)."""
   return pool.choose_variant(
       teachers, val_splits, ways=config.meta.ways, shots=config.meta.shots,
       queries=config.meta.queries, num_tasks=config.train.val_tasks, seed=config.eval.val_seed,
       variant_list=pool.variants(config.eval.pool_layers, config.eval.pool_norms),
-      image_size=meta_model(config).image_size, log=log)
+      image_size=meta_model(config).image_size, log=log, per_task=per_task)
 
 
 def pool_accuracies(teachers, choice: dict, config, split, desc=None) -> np.ndarray:

@@ -137,18 +137,20 @@ def accuracies(teachers, split, *, ways, shots, queries, num_tasks, seed, varian
 
 
 def choose_variant(teachers, val_splits, *, ways, shots, queries, num_tasks, seed,
-                   variant_list, image_size=None, log=print) -> dict:
+                   variant_list, image_size=None, log=print, per_task=False) -> dict:
   """The variant with the best mean accuracy on meta-val tasks (`val_splits`: one meta-val
   split per dataset of the run, averaged). Returns {'layer', 'norm', 'metric', 'val_acc',
-  'tasks', 'trials'}."""
-  means = np.mean([accuracies(teachers, s, ways=ways, shots=shots, queries=queries,
-                              num_tasks=num_tasks, seed=seed, variant_list=variant_list,
-                              image_size=image_size).mean(0) for s in val_splits], 0)
+  'tasks', 'trials'}, and with per_task its accuracy on each task ('per_task'), to pair it."""
+  accs = np.mean([accuracies(teachers, s, ways=ways, shots=shots, queries=queries,
+                             num_tasks=num_tasks, seed=seed, variant_list=variant_list,
+                             image_size=image_size) for s in val_splits], 0)
+  means = accs.mean(0)
   trials = [dict(v._asdict(), val_acc=float(a)) for v, a in zip(variant_list, means)]
   for t in trials:
     log(f"  pool {t['layer']}/{t['norm']}/{t['metric']}: meta-val {t['val_acc']:.4f}")
-  best = trials[int(np.argmax(means))]  # first of equals: the grid's order
-  return dict(best, tasks=int(num_tasks), trials=trials)
+  pick = int(np.argmax(means))  # first of equals: the grid's order
+  extra = {'per_task': accs[:, pick].tolist()} if per_task else {}
+  return dict(trials[pick], tasks=int(num_tasks), trials=trials, **extra)
 
 
 def variant_of(choice: dict) -> Variant:

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from purer_jax import data as data_lib
-from purer_jax import cli, models, utils, zoo
+from purer_jax import augment, cli, models, utils, zoo
 from purer_jax import workdir as workdir_lib
 
 
@@ -91,7 +91,10 @@ def _optimizer(adam: bool, schedule: str, lr: float, milestones: tuple, gamma: f
   return optax.chain(optax.clip_by_global_norm(clip), opt)
 
 
-def _step(variables, opt_state, x, y, *, model, tx, smoothing):
+def _step(variables, opt_state, x, y, key=None, *, model, tx, smoothing, flip=False, shift=0):
+  if flip or shift:
+    x = augment.augment(x, key, flip=flip, shift=shift)
+
   def loss_fn(params):
     logits, new = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
                               train=True, mutable=['batch_stats'])
@@ -105,13 +108,15 @@ def _step(variables, opt_state, x, y, *, model, tx, smoothing):
   return {'params': params, 'batch_stats': new['batch_stats']}, opt_state, loss
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tx', 'smoothing'), donate_argnums=(0, 1))
-def train_step(variables, opt_state, x, y, *, model, tx, smoothing=0.0):
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'smoothing', 'flip', 'shift'),
+                   donate_argnums=(0, 1))
+def train_step(variables, opt_state, x, y, keys=None, *, model, tx, smoothing=0.0, flip=False,
+               shift=0):
   """One step of every teacher in the lists, in one program: XLA:CPU keeps each teacher's
   convolutions as they are and overlaps them (a vmap would turn them into grouped convolutions,
   3x slower here: docs/results/bench/pretrain_throughput.json)."""
-  outs = [_step(*a, model=model, tx=tx, smoothing=smoothing)
-          for a in zip(variables, opt_state, x, y)]
+  outs = [_step(*a, model=model, tx=tx, smoothing=smoothing, flip=flip, shift=shift)
+          for a in zip(variables, opt_state, x, y, keys or [None] * len(x))]
   return [o[0] for o in outs], [o[1] for o in outs], jnp.stack([o[2] for o in outs])
 
 
@@ -150,12 +155,14 @@ def train_teachers(model, trains, heldouts, tc, rngs, log=None):
   bs = min(tc.batch_size, n)
   steps = n // bs
   tx = make_optimizer(model, tc, steps)
-  variables, opt_state, np_rngs = [], [], []
+  aug = augment.settings(tc, 'teachers')
+  variables, opt_state, np_rngs, aug_keys = [], [], [], []
   for rng in rngs:
     key, rng = jax.random.split(rng)
     variables.append(models.init(model, key))
     opt_state.append(tx.init(variables[-1]['params']))
     np_rngs.append(np.random.default_rng(np.asarray(jax.random.key_data(rng))))
+    aug_keys.append(jax.random.fold_in(rng, 1))  # its own stream: the others as without it
   kept = [(None, -1.0)] * len(trains)
   for epoch in range(tc.epochs):
     perms = [r.permutation(n) for r in np_rngs]
@@ -163,8 +170,9 @@ def train_teachers(model, trains, heldouts, tc, rngs, log=None):
       b = [p[s * bs:(s + 1) * bs] for p in perms]
       variables, opt_state, loss = train_step(
           variables, opt_state, [x[i] for (x, _), i in zip(trains, b)],
-          [y[i] for (_, y), i in zip(trains, b)], model=model, tx=tx,
-          smoothing=float(tc.label_smoothing))
+          [y[i] for (_, y), i in zip(trains, b)],
+          [jax.random.fold_in(k, epoch * steps + s) for k in aug_keys] if any(aug.values())
+          else None, model=model, tx=tx, smoothing=float(tc.label_smoothing), **aug)
     losses = np.asarray(loss, np.float64)
     if not np.all(np.isfinite(losses)):
       raise FloatingPointError(f'teacher training diverged at epoch {epoch} (losses {losses})')

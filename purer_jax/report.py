@@ -43,6 +43,7 @@ PROTOCOL = {
     'teachers.max_per_class': 0,               # all images
     'teachers.keep': 'best',                   # the best held-out epoch
     'teachers.per_iter': 0,                    # every teacher refined every meta-iteration
+    'teachers.augment': '',
     'inversion.spc': lambda run, shots: 20 if shots == 5 else 16,
     'inversion.lr': 0.25,
     'inversion.ce': 1.0,
@@ -81,7 +82,8 @@ PAPER_LABEL = {'teachers.max_per_class': 'all images', 'teachers.per_iter': 'all
                'meta.test_inner_lr': 'the inner lr',
                'meta.train_queries': 'as meta.queries',
                'inversion.native_size': "the bank's pixels, False",
-               'eci.ema': 'raw accuracy, 0', 'train.augment': 'none'}  # values needing words
+               'eci.ema': 'raw accuracy, 0', 'train.augment': 'none',
+               'teachers.augment': 'none'}  # values needing words
 MINI_NOTE = ('Our MiniImageNet copy has 100 images per class where the paper\'s has 600, so '
              'its teachers see a sixth of the data')
 

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 
 from purer_jax import bank as bank_lib
 from purer_jax import data as data_lib
-from purer_jax import distil, eci, evaluate, inversion, meta, parallel, utils, viz
+from purer_jax import augment, distil, eci, evaluate, inversion, meta, parallel, utils, viz
 from purer_jax import workdir as workdir_lib
 
 # Checked every iteration, in this order, so the error names the first term that broke.
@@ -61,7 +61,7 @@ def train_step(state, teachers, rng, *, learner, inv, tx, meta_batch, task_kw, a
   tasks = eci.sample_tasks(jax.lax.stop_gradient(view(images)), k_tasks, num=meta_batch,
                            **task_kw)
   if flip or shift:
-    tasks = eci.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
+    tasks = augment.augment_tasks(tasks, k_aug, flip=flip, shift=shift)
   extra = {}
   if distiller is None:
     (loss, (_, accs)), grads = jax.value_and_grad(meta.batch_loss, has_aux=True)(
@@ -137,7 +137,7 @@ class Trainer:
         train_step, learner=self.learner, inv=self.inv, tx=self.tx, view=self.view,
         meta_batch=config.meta.meta_batch, task_kw=task_kw(config, self.layout),
         adv_start=self.adv_start, patience=int(config.eci.patience), ema=float(config.eci.ema),
-        distiller=self.distiller, **eci.augmentation(config.train)), donate_argnums=0)
+        distiller=self.distiller, **augment.settings(config.train)), donate_argnums=0)
     # ECI's scale is an argument, not a constant: one compiled program serves every scale.
     adv_scale = np.float32(config.eci.adv_scale)  # numpy: replicated over processes too
     self.step = lambda state, teachers, rng: step(state, teachers, rng, adv_scale=adv_scale)

@@ -22,8 +22,10 @@ import time
 from purer_jax import utils
 
 # The pretraining recipe, irrelevant to teachers imported from PyTorch.
-RECIPE = ('teachers.epochs', 'teachers.batch_size', 'teachers.milestones', 'teachers.gamma',
-          'teachers.clip', 'teachers.heldout_frac', 'teachers.max_per_class', 'teachers.keep')
+RECIPE = ('teachers.epochs', 'teachers.batch_size', 'teachers.lr', 'teachers.schedule',
+          'teachers.label_smoothing', 'teachers.milestones', 'teachers.gamma', 'teachers.clip',
+          'teachers.heldout_frac', 'teachers.max_per_class', 'teachers.keep', 'teachers.augment',
+          'teachers.shift')
 # Config fields that define the teacher pool. Not `teachers.num`: a pool is teachers
 # 0..num-1 of a zoo, so a bigger zoo serves a smaller pool and a bigger pool extends the zoo.
 # Not data folders or torch_dir: a moved dataset is the same data.

@@ -325,3 +325,22 @@ def test_prototype_read_out_of_the_learner_is_scored_and_chosen_on_meta_val(smok
   metrics = tmp_path / 'metrics.jsonl'
   metrics.write_text('{"it": 9, "it_per_s": 2.0}\n' + json.dumps({'it': 9, **val}) + '\n')
   assert meta_test.val_curve(str(metrics)) == [{'it': 10, **val, 'minutes': 0.08}]
+
+
+def test_teacher_augmentation_moves_the_training_only_when_set(meta_train, smoke_config):
+  tc = smoke_config.teachers.copy_and_resolve_references()
+  tc.epochs, tc.milestones = 1, (1,)
+  train, heldout = pretrain.split_heldout(meta_train, [0, 1], 0.2)
+  model = models.create('conv4', 2, 32)
+  run = lambda: pretrain.train_teacher(model, train, heldout, tc, jax.random.key(0))[0]
+  plain = run()
+  tc.augment, tc.shift = '', 6  # the shift is read only when 'shift' is listed
+  chex.assert_trees_all_equal(run(), plain)
+  tc.augment = 'flip,shift'
+  augmented = run()
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(augmented),
+                                                      jax.tree.leaves(plain)))
+  chex.assert_trees_all_equal(run(), augmented)  # the same key, the same flips and shifts
+  tc.augment = 'crop'
+  with pytest.raises(ValueError, match=r"config\.teachers\.augment must list"):
+    run()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purer_jax import eci, meta_test, models, train, utils, viz, zoo
+from purer_jax import meta_test, models, train, utils, viz, zoo
 from tests.conftest import command_env, once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +117,7 @@ def test_pseudo_tasks_take_train_queries(smoke_zoo, smoke_config):
     train.Trainer(c, zoo.load(smoke_zoo)).pseudo_episode(trainer.init_state()['images'], 0)
 
 
-def test_init_and_augmentation_settings(smoke_zoo):
+def test_init_settings(smoke_zoo):
   teachers = zoo.load(smoke_zoo)
   conv4 = models.create('conv4', 5, 32)
   assert train.resolve_init('auto', teachers, conv4) == 'average'
@@ -125,13 +125,6 @@ def test_init_and_augmentation_settings(smoke_zoo):
   assert train.resolve_init('random', teachers, conv4) == 'random'
   with pytest.raises(ValueError, match='meta.init'):
     train.resolve_init('avg', teachers, conv4)
-  cfg = ml_collections.ConfigDict({'augment': 'flip,shift', 'shift': 3})
-  assert eci.augmentation(cfg) == {'flip': True, 'shift': 3}
-  cfg.augment = ''
-  assert eci.augmentation(cfg) == {'flip': False, 'shift': 0}
-  cfg.augment = 'crop'
-  with pytest.raises(ValueError, match="'flip' and/or 'shift'"):
-    eci.augmentation(cfg)
 
 
 def test_val_curve_sums_logged_windows(tmp_path):

@@ -112,9 +112,12 @@ def test_changed_pool_is_refused_before_any_work(zoo_dir, config, tmp_path):
   before = open(os.path.join(w, 'config.json')).read()
   sh = config.copy_and_resolve_references()
   sh.teachers.archs, sh.teachers.epochs = ('conv4', 'resnet10', 'resnet18'), 3
+  sh.teachers.augment, sh.teachers.lr = 'flip', 0.005
   msg = _refused(sh, w)
   assert "teachers.archs: ['conv4'] (workdir) != ['conv4', 'resnet10', 'resnet18'] (now)" in msg
-  assert 'teachers.epochs: 1 (workdir) != 3 (now)' in msg
+  for line in ('teachers.epochs: 1 (workdir) != 3 (now)', "teachers.augment: '' (workdir) != "
+               "'flip' (now)", 'teachers.lr: 0.01 (workdir) != 0.005 (now)'):
+    assert line in msg, msg
   assert 'new --workdir' in msg and '--allow_config_change' in msg
   assert open(os.path.join(w, 'config.json')).read() == before  # nothing written
   # A smaller pool of the same zoo (teachers 0..num-1) and a bigger one (extends it) are

@@ -44,6 +44,12 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 --config.icfil.enabled=False` on its workdir, 12 min). 95 min from an empty
                 workdir (teachers 10, meta-training 79 at 1.96-2.4 s/it, read-outs 5), matmul 207
                 (2026-12-07). Meta-val flat from 1,000 on: iterations are not what it lacks
+  :fast,mini --config.train.iterations=2000 --config.distil.per_iter=4  its ECI-off twin on the
+                same teachers (declared before it ran): the prototype read-out's meta-val 32.49
+                against the cell's 32.83, so ECI stays on; meta-test 28.57 +- 0.57, ECI on - off
+                +0.28 +- 0.31 on the same tasks (MAML's head 28.70). 91 min from an empty
+                workdir (teachers 10, meta-training 75 at 2.24 s/it, read-outs 6), matmul 196
+                (2026-12-07; ablation/fast_mini_draw_1shot)
   :quick,mini,5shot  5-shot PURER 34.97 +- 0.70, the cell until 2026-12-06 (random 22.70,
                 average 23.02, ota 21.25; paired +11.96 +- 0.79 over average); the 1-shot run's
                 teachers (16 min), meta-training 66 min (3.6 s/it), meta-test 10 min: 92 min.

@@ -21,6 +21,8 @@ SPLIT_CLASSES = {'cifar_fs': {s: len(c) for s, c in data.CIFAR_FS_CLASSES.items(
                  'mini_imagenet': {'meta_train': 64, 'meta_val': 16, 'meta_test': 20}}
 IMAGES_PER_CLASS = {'cifar_fs': 600, 'mini_imagenet': 100}
 ARCHS = ('conv4', 'resnet10', 'resnet18', 'resnet34', 'resnet50')
+# What `augment.settings` reads from a section's `augment` (teachers' and the meta-batch's).
+AUGMENT = ('', 'flip', 'shift', 'flip,shift', 'shift,flip')
 
 
 class Field(NamedTuple):
@@ -80,7 +82,7 @@ FIELDS = {
     'teachers.max_per_class': _F(int, 'Images per class a teacher trains on (0: all)', 'pretrain',
                                  '>= 0'),
     'teachers.augment': _F(str, "Augmentation of a teacher's training images", 'pretrain',
-                           choices=('', 'flip', 'shift', 'flip,shift', 'shift,flip')),
+                           choices=AUGMENT),
     'teachers.shift': _F(int, "Largest translation (px) of a teacher's shift augmentation",
                          'pretrain', '>= 0'),
     'teachers.per_iter': _F(int, "Teachers whose bank classes a meta-iteration refines (0: all)",
@@ -139,7 +141,7 @@ FIELDS = {
     'train.val_tasks': _F(int, 'Meta-val tasks per evaluation or tuning trial', 'evaluate', '>= 1'),
     'train.warmup': _F(int, 'Inversion-only bank steps before meta-training', 'train', '>= 0'),
     'train.augment': _F(str, 'Augmentation of the pseudo meta-batch', 'train',
-                        choices=('', 'flip', 'shift', 'flip,shift', 'shift,flip')),
+                        choices=AUGMENT),
     'train.shift': _F(int, 'Largest translation (px) of the shift augmentation', 'train', '>= 0'),
     'eval.tasks': _F(int, 'Meta-test tasks per method', 'evaluate', '>= 1'),
     'eval.seed': _F(int, 'Seed of the meta-test tasks (the same for every method)', 'evaluate',

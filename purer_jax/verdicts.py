@@ -77,8 +77,8 @@ def shortfall(cell: dict, paper: str):
   """A sentence for a cell whose learner (the read-out chosen on meta-val) is below `paper`
   (the paper's figure, e.g. '39.15 ± 0.70'): the gap, and the iterations and hours of
   meta-training that would close it if meta-val kept rising as it did, a line in log(iteration)
-  fitted to the run's meta-val curve with a meta-test point taken as a meta-val point; None at
-  or above the paper."""
+  fitted to the run's meta-val curve (MAML's head's, said so, where a prototype read-out chosen at
+  the end was not tracked in training); None at or above the paper."""
   res = cell['res']
   mine = 100 * records.learner_view(cell)['methods']['purer']['acc']
   gap = float(paper.split()[0]) - mine
@@ -88,19 +88,23 @@ def shortfall(cell: dict, paper: str):
   key = 'val_acc_proto' if records.learner_choice(res) == 'purer_proto' else 'val_acc'
   points = [p for p in res.get('val_curve') or [] if p['it'] > 0]
   curve = [(p['it'], 100 * p[key]) for p in points if key in p]
+  where = f'a line fitted to its {len(curve)} meta-val points'
   if key == 'val_acc_proto' and not curve:  # a run before the read-out was tracked in training
+    head += ' The chosen prototype read-out is scored once, at the end'
     curve = [(p['it'], 100 * p['val_acc']) for p in points]
-    head += ' No extrapolation: the chosen prototype read-out is scored once, at the end'
-    return head + ("; MAML's head's meta-val went " + ' → '.join(f'{v:.2f}' for _, v in curve)
-                   + ' over iterations ' + ', '.join(f'{it:,}' for it, _ in curve) + '.'
-                   if curve else '.')
+    if not curve:
+      return head + '.'
+    # MAML's head's slope stands in for the prototype read-out's, and the page says so.
+    head += (", so its rise is taken as MAML's head's (meta-val "
+             + ' → '.join(f'{v:.2f}' for _, v in curve) + ' over iterations '
+             + ', '.join(f'{it:,}' for it, _ in curve) + ').')
+    where = f"a line fitted to MAML's head's {len(curve)} meta-val points"
   if len(curve) < 2:
     return head + ' Its meta-val curve has fewer than two points: no extrapolation.'
   x = [math.log(it) for it, _ in curve]
   y = [v for _, v in curve]
   mx, my = sum(x) / len(x), sum(y) / len(y)
   slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
-  where = f'a line fitted to its {len(curve)} meta-val points'
   if slope <= 0:
     return head + (f' Meta-val did not rise with iterations ({where}): more of them would '
                    'not close it.')

@@ -31,13 +31,15 @@ def test_shortfall_extrapolates_the_meta_val_curve_to_the_paper():
   assert 'fewer than two points' in verdicts.shortfall(_cell(0.30, [(500, 0.3)]), '39.15')
 
 
-def test_shortfall_does_not_extrapolate_a_read_out_it_did_not_track():
-  cell = _cell(0.30, [(500, 0.25), (1000, 0.26)])
+def test_shortfall_of_an_untracked_read_out_borrows_maml_heads_slope_and_says_so():
+  cell = _cell(0.3715, [(500, 0.25), (1000, 0.26)])
   cell['res']['readout_val'] = {'purer': 0.26, 'purer_proto': 0.30}
   cell['res']['per_task'].update({'purer': [0.3], 'purer_proto': [0.3]})
-  cell['res']['methods']['purer_proto'] = {'acc': 0.30, 'ci95': 0.01}
+  cell['res']['methods']['purer_proto'] = {'acc': 0.3715, 'ci95': 0.01}
   line = verdicts.shortfall(cell, '39.15')
-  assert 'No extrapolation' in line and "25.00 → 26.00 over iterations 500, 1,000" in line, line
+  assert "taken as MAML's head's (meta-val 25.00 → 26.00 over iterations 500, 1,000)" in line
+  assert "fitted to MAML's head's 2 meta-val points" in line, line
+  assert 'about 4,000 iterations against the run\'s 1,000: about 4.0 h' in line, line
 
 
 def test_shortfall_without_a_curve_still_reads_as_a_sentence():

@@ -41,6 +41,19 @@ def _config():
   return c
 
 
+def build_config(spec: str, sets=()):
+  """The config `<scenario>:<variants>` (as `configs/<scenario>.py:<variants>`) with each
+  (FIELD, VALUE) of `sets` applied (VALUE a Python literal), checked against the schema."""
+  import ast
+  from purer_jax import config as config_lib
+  from purer_jax import schema
+  scenario, _, variants = spec.partition(':')
+  c = config_lib.build(scenario, variants)
+  c.update_from_flattened_dict({key: ast.literal_eval(value) for key, value in sets})
+  schema.check(c)
+  return c
+
+
 def random_pool(config):
   """Randomly initialised teachers of the pool plan a run of `config` would train
   (`pretrain.pool_plan`: archs, classes, datasets, image sizes): a step's cost does not depend on

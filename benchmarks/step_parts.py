@@ -2,14 +2,15 @@
 same step without its distillation (config.distil.weight = 0), and the inversion step alone.
 
   python benchmarks/step_parts.py --json OUT.json [--configs sh:fast,mini ss:fast,mini]
-      [--iters 4] [--draw]
+      [--iters 4] [--draw] [--set distil.batch=16 ...]
 
 Each config is `<scenario>:<variants>`, as `configs/<scenario>.py:<variants>`. Its teachers are
 randomly initialised from the pool plan a run would train (`meta_step.random_pool`): the step's
 cost does not depend on their weights. Reported per config: the median seconds of `--iters`
 steps after one warm-up step, the compile time, and two shares of the whole step measured in the
 same process minutes apart: `distil_share` = (step - step without distillation) / step,
-`inversion_share` = inversion alone / step. With `--draw`, also the step distilling a draw of
+`inversion_share` = inversion alone / step. `--set FIELD=VALUE` (a Python literal) changes a
+field of every config. With `--draw`, also the step distilling a draw of
 as many teachers as its inversion refines (config.distil.per_iter = teachers.per_iter):
 `draw_step_s`, and `draw_saving` = 1 - draw_step_s / step. The matmul rate and load are
 recorded before and after (`inversion_throughput.write_after`).
@@ -22,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.meta_step import median_time, random_pool  # noqa: E402
+from benchmarks.meta_step import build_config, median_time, random_pool  # noqa: E402
 
 
 def time_step(config, teachers, iters: int) -> dict:
@@ -48,13 +49,11 @@ def time_step(config, teachers, iters: int) -> dict:
           'inversion_s': round(median_time(inversion, iters, warmup=1), 3)}
 
 
-def parts(spec: str, iters: int, draw: bool = False) -> dict:
-  import importlib
-  scenario, _, variants = spec.partition(':')
-  config = importlib.import_module(f'configs.{scenario}').get_config(variants)
+def parts(spec: str, iters: int, draw: bool = False, sets=()) -> dict:
+  config = build_config(spec, sets)
   teachers = random_pool(config)
   whole = time_step(config, teachers, iters)
-  out = {'config': spec,
+  out = {'config': spec, 'sets': dict(sets),
          'distil': {k: config.distil[k] for k in ('weight', 'batch', 'layer', 'per_iter')},
          'teachers': [t.arch for t in teachers], **whole,
          'inversion_share': round(whole['inversion_s'] / whole['step_s'], 3)}
@@ -76,11 +75,13 @@ def main():
   ap.add_argument('--iters', type=int, default=4)
   ap.add_argument('--draw', action='store_true',
                   help='also time the step distilling as many teachers as the inversion refines')
+  ap.add_argument('--set', action='append', default=[], help='FIELD=VALUE, for every config')
   args = ap.parse_args()
   from benchmarks.inversion_throughput import matmul_gflops, write_after
   out = {'matmul_gflops_before': matmul_gflops(), 'iters': args.iters, 'results': []}
   for spec in args.configs:
-    out['results'].append(parts(spec, args.iters, args.draw))
+    out['results'].append(parts(spec, args.iters, args.draw,
+                                [tuple(kv.split('=', 1)) for kv in args.set]))
     print(json.dumps(out['results'][-1]), flush=True)
   write_after(out, args.json)
 

@@ -15,7 +15,6 @@ meta-val tasks of the run's config (eval.val_seed), paired task by task with the
 Meta-test is never read. The workdirs are deleted.
 """
 import argparse
-import ast
 import json
 import os
 import shutil
@@ -28,17 +27,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.inversion_throughput import matmul_gflops  # noqa: E402
-from purer_jax import config as config_lib  # noqa: E402
+from benchmarks.meta_step import build_config  # noqa: E402
 from purer_jax import data as data_lib  # noqa: E402
-from purer_jax import evaluate, pretrain, records, schema, utils, zoo  # noqa: E402
-
-
-def build(spec: str, sets: list):
-  scenario, _, variants = spec.partition(':')
-  c = config_lib.build(scenario, variants)
-  c.update_from_flattened_dict({key: ast.literal_eval(value) for key, value in sets})
-  schema.check(c)
-  return c
+from purer_jax import evaluate, pretrain, records, utils, zoo  # noqa: E402
 
 
 def pool_val(config, workdir: str, tasks: int) -> dict:
@@ -65,7 +56,7 @@ def main():
   for s in args.set:
     name, _, kv = s.partition(':')
     sets[name].append(tuple(kv.split('=', 1)))
-  configs = {name: build(spec, sets[name]) for name, spec in recipes.items()}
+  configs = {name: build_config(spec, sets[name]) for name, spec in recipes.items()}
   rate = matmul_gflops()
   print(f'matmul (2048^2 float32, XLA): {rate:.0f} GFLOP/s', flush=True)
   rec = {'matmul_gflops': rate, 'provenance': utils.provenance(), 'recipes': {}}

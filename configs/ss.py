@@ -50,6 +50,13 @@ Measured here, 600 meta-test tasks, checkpoint chosen on meta-val (docs/RESULTS.
                 +0.28 +- 0.31 on the same tasks (MAML's head 28.70). 91 min from an empty
                 workdir (teachers 10, meta-training 75 at 2.24 s/it, read-outs 6), matmul 196
                 (2026-12-07; ablation/fast_mini_draw_1shot)
+  :fast,mini,eci --config.train.iterations=2000 --config.distil.per_iter=4
+    --config.teachers.augment=flip,shift --config.teachers.shift=8 --config.teachers.epochs=30
+    --config.teachers.milestones="(18, 24)"  the cell's recipe on augmented teachers (held-out
+                66.9 against 60.8; declared before it ran): meta-val 32.71 against the cell's
+                32.83, so the cell stays; meta-test 28.73 +- 0.58, -0.12 +- 0.35 against the
+                cell. 97 min from an empty workdir (teachers 15, meta-training 77 at 2.31 s/it,
+                read-outs 5), matmul 193 (2026-12-07; ablation/fast_eci_mini_draw_aug30_1shot)
   :quick,mini,5shot  5-shot PURER 34.97 +- 0.70, the cell until 2026-12-06 (random 22.70,
                 average 23.02, ota 21.25; paired +11.96 +- 0.79 over average); the 1-shot run's
                 teachers (16 min), meta-training 66 min (3.6 s/it), meta-test 10 min: 92 min.

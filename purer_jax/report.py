@@ -272,7 +272,7 @@ def _cell_section(slot, cell, out_dir) -> list:
   if facts:
     lines += ['; '.join(facts) + '.', '']
   for line in (verdicts.eci_comparison(cell), verdicts.seed_spread(cell), verdicts.shortfall(
-      cell, PAPER[slot[:2]]['purer'][records.SHOTS.index(slot[2])])):
+      cell, PAPER[slot[:2]]['purer'][records.SHOTS.index(slot[2])]), verdicts.tried(cell)):
     lines += [line, ''] if line else []
   if len(cell['datasets']) > 1:
     order = list(records.METHODS)

@@ -1,13 +1,14 @@
 """The sentences a cell's section of the results page prints under its table: ECI against
-its twin (`eci_comparison`), the seed spread (`seed_spread`) and the shortfall to the paper with
-what would close it (`shortfall`). A twin is named in the cell's results.json from the results
-folder, and refused when it is not the run it claims to be.
+its twin (`eci_comparison`), the seed spread (`seed_spread`), the shortfall to the paper with
+what would close it (`shortfall`) and the recipes tried for the cell that meta-val did not choose
+(`tried`). A twin or tried run is named in the cell's results.json from the results folder, and
+refused when it is not the run it claims to be.
 """
 import json
 import math
 import os
 
-from purer_jax import records
+from purer_jax import ablation, records
 
 
 def eci_comparison(cell: dict) -> str:
@@ -42,11 +43,18 @@ def _eci_pair(cell: dict) -> tuple:
   if (records.eci_on(twin) == records.eci_on(res)
       or twin.get('teachers_heldout') != res.get('teachers_heldout')):
     raise ValueError(f"{path} is not {cell['path']}'s run with ECI the other way on its teachers")
-  chosen = lambda r: r['per_task'][records.learner_choice(r)]
-  val = lambda r: 100 * (r.get('readout_val') or {}).get(records.learner_choice(r),
-                                                         r.get('best_val'))
   on, off = (res, twin) if records.eci_on(res) else (twin, res)
-  return val(res), val(twin), records.fmt_diff(records.paired_diff(chosen(on), chosen(off)))
+  return _val(res), _val(twin), records.fmt_diff(records.paired_diff(_chosen(on), _chosen(off)))
+
+
+def _chosen(res: dict) -> list:
+  """Per-task meta-test accuracy of the run's read-out chosen on meta-val."""
+  return res['per_task'][records.learner_choice(res)]
+
+
+def _val(res: dict) -> float:
+  """Meta-val accuracy (%) of the run's read-out chosen on meta-val."""
+  return 100 * (res.get('readout_val') or {}).get(records.learner_choice(res), res.get('best_val'))
 
 
 def seed_spread(cell: dict):
@@ -118,11 +126,44 @@ def shortfall(cell: dict, paper: str):
           f'the run\'s {ran:,}{hours}.')
 
 
+def tried(cell: dict):
+  """A sentence listing the runs of results.json's `tried` (folders under the same results
+  folder: recipes tried for this cell on its meta-test tasks that meta-val did not choose), each
+  with what it changes from this run, its meta-val against this run's, its meta-test paired
+  difference and its wall time; None without any. Refused if meta-val would have chosen one."""
+  res = cell['res']
+  if not res.get('tried'):
+    return None
+  mine, out = _val(res), []
+  for name in res['tried']:
+    other, path = _load(cell, name, 'tried')
+    same_tasks = records.same(*(records.flatten(r.get('config') or {}).get('eval.seed')
+                                for r in (res, other)))
+    if (records.slot_of(other, path) != records.slot_of(res, cell['path'])
+        or other.get('tasks') != res.get('tasks') or not same_tasks):
+      raise ValueError(f"{path} is not a run of {cell['path']}'s cell on its meta-test tasks")
+    if _val(other) > mine:
+      raise ValueError(f"{path}: meta-val prefers it ({_val(other):.2f}) to {cell['path']} "
+                       f'({mine:.2f}); it is the cell, not a run tried for it')
+    what = '; '.join(ablation.changes(other, res)) or 'the same recipe'
+    # Two decimals would print a near-tie as a tie; three show which way meta-val went.
+    val = (f'{_val(other):.2f}' if f'{_val(other):.2f}' != f'{mine:.2f}' else
+           f'{_val(other):.3f} against {mine:.3f}')
+    out.append(f"- `{name}` ({what}): meta-val {val}, meta-test "
+               f"{records.fmt_diff(records.paired_diff(_chosen(other), _chosen(res)))} "
+               f"against this run; {records.wall_time(other)}.")
+  return '\n'.join([f"Tried for this cell and not chosen on meta-val (this run's {mine:.2f}); "
+                    'each run\'s changes from this run:'] + out)
+
+
 def _twin(cell: dict, field: str):
   """(record, path) of the run a cell's results.json names in `field`, under the same folder."""
-  path = os.path.join(os.path.dirname(cell['dir']), cell['res'][field], 'results.json')
+  return _load(cell, cell['res'][field], field)
+
+
+def _load(cell: dict, name: str, field: str):
+  path = os.path.join(os.path.dirname(cell['dir']), name, 'results.json')
   if not os.path.isfile(path):
-    raise ValueError(f"{cell['path']} names {field} {cell['res'][field]!r}, but {path} is "
-                     'missing')
+    raise ValueError(f"{cell['path']} names {field} {name!r}, but {path} is missing")
   with open(path) as f:
     return json.load(f), path

@@ -138,3 +138,37 @@ def test_cell_without_an_eci_twin_shows_its_seed_twins_pair(tmp_path):
                    record(on1, [0.3, 0.4, 0.3, 0.4], 0.31, [0.8, 0.9]))
   with pytest.raises(ValueError, match='ablation/eci1.*ECI the other way on its teachers'):
     verdicts.eci_comparison(cell)
+
+
+def test_cell_lists_the_runs_tried_for_it_that_meta_val_did_not_choose(tmp_path):
+  """`tried` names runs of the cell's slot on its tasks: each with its changes, meta-val and
+  paired meta-test; one meta-val prefers, or of another cell or other tasks, is refused."""
+  c0 = config_lib.build('ss', 'fast').to_dict()
+  c1 = dict(c0, teachers=dict(c0['teachers'], augment='flip'))
+  rec = lambda config, per, val, **kw: dict(dict(
+      scenario='ss', dataset='cifar_fs', ways=5, shots=1, tasks=4, config=config,
+      methods=_methods(purer=sum(per) / 4), per_task={'purer': per}, best_val=val), **kw)
+  results = tmp_path / 'results'
+  utils.write_json(str(results / 'cell' / 'results.json'),
+                   rec(c0, [0.4, 0.5, 0.3, 0.6], 0.33, tried=['ablation/aug']))
+  tried = lambda config, val, **kw: utils.write_json(
+      str(results / 'ablation' / 'aug' / 'results.json'),
+      rec(config, [0.3, 0.5, 0.3, 0.4], val, **kw))
+  tried(c1, 0.32)
+  cell = records.load_cells(str(results))['ss', 'cifar_fs', 1]
+  assert verdicts.tried(dict(cell, res=dict(cell['res'], tried=None))) is None
+  line = verdicts.tried(cell)
+  assert line.startswith("Tried for this cell and not chosen on meta-val (this run's 33.00)")
+  assert ("- `ablation/aug` (`teachers.augment` '' → 'flip'): meta-val 32.00, meta-test "
+          '-7.50 ± ') in line, line
+  tried(c1, 0.32996)
+  assert 'meta-val 32.996 against 33.000,' in verdicts.tried(cell)
+  tried(c1, 0.34)
+  with pytest.raises(ValueError, match='meta-val prefers it'):
+    verdicts.tried(cell)
+  tried(dict(c1, eval=dict(c1['eval'], seed=7)), 0.32)
+  with pytest.raises(ValueError, match='not a run of .* on its meta-test tasks'):
+    verdicts.tried(cell)
+  tried(c1, 0.32, shots=5)
+  with pytest.raises(ValueError, match='not a run of'):
+    verdicts.tried(cell)

@@ -127,7 +127,7 @@ def shortfall(cell: dict, paper: str):
 
 
 def tried(cell: dict):
-  """A sentence listing the runs of results.json's `tried` (folders under the same results
+  """Lines listing the runs of results.json's `tried` (folders under the same results
   folder: recipes tried for this cell on its meta-test tasks that meta-val did not choose), each
   with what it changes from this run, its meta-val against this run's, its meta-test paired
   difference and its wall time; None without any. Refused if meta-val would have chosen one."""

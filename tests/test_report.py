@@ -114,7 +114,6 @@ def test_icfil_score_kept_beside_a_cell(tmp_path):
   """A `tune_icfil --test` score of the cell's checkpoint fills its PURER+ICFIL, paired with
   PURER; one of another checkpoint, or beside a run that scored ICFIL itself, is refused."""
   results = _results_dir(tmp_path)
-  mh = json.load(open(results / 'mh_5shot' / 'results.json'))
   icf = {'scenario': 'mh', 'dataset': 'cifar_fs', 'ways': 5, 'shots': 5, 'tasks': 100,
          'methods': _methods(purer=0.31, **{'purer+icfil': 0.33}),
          'paired': {'purer+icfil': {'mean_diff': 0.02, 'ci95': 0.004}},

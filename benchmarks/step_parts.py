@@ -79,9 +79,9 @@ def main():
   args = ap.parse_args()
   from benchmarks.inversion_throughput import matmul_gflops, write_after
   out = {'matmul_gflops_before': matmul_gflops(), 'iters': args.iters, 'results': []}
+  sets = [tuple(kv.split('=', 1)) for kv in args.set]
   for spec in args.configs:
-    out['results'].append(parts(spec, args.iters, args.draw,
-                                [tuple(kv.split('=', 1)) for kv in args.set]))
+    out['results'].append(parts(spec, args.iters, args.draw, sets))
     print(json.dumps(out['results'][-1]), flush=True)
   write_after(out, args.json)
 

@@ -69,12 +69,11 @@ def seed_spread(cell: dict):
   flat, other = (records.flatten(r.get('config') or {}) for r in (res, twin))
   # What else is scored does not change the learner: the twin may skip the baselines.
   ignored = records.NOT_PROTOCOL + ('eval.tune_adapt',)
-  if flat.get('seed') == other.get('seed') or twin.get('tasks') != res.get('tasks') or not (
-      records.same(flat.get('eval.seed'), other.get('eval.seed'))) or any(
+  if flat.get('seed') == other.get('seed') or not _same_tasks(res, twin) or any(
       not records.same(flat.get(k), other.get(k)) for k in set(flat) | set(other)
       if not any(k == p or (p.endswith('.') and k.startswith(p)) for p in ignored)):
     raise ValueError(f"{path} is not {cell['path']}'s config with another seed")
-  mine, theirs = (r['per_task'][records.learner_choice(r)] for r in (res, twin))
+  mine, theirs = _chosen(res), _chosen(twin)
   return (f"Seed spread: seed {other.get('seed')} (new teachers and inversion, "
           f"`{res['seed_twin']}`) scores {100 * records.summary(theirs)[0]:.2f} against this "
           f"run's {records.fmt_acc(dict(zip(('acc', 'ci95'), records.summary(mine))))}: "
@@ -134,26 +133,30 @@ def tried(cell: dict):
   res = cell['res']
   if not res.get('tried'):
     return None
-  mine, out = _val(res), []
+  mine, slot, out = _val(res), records.slot_of(res, cell['path']), []
   for name in res['tried']:
     other, path = _load(cell, name, 'tried')
-    same_tasks = records.same(*(records.flatten(r.get('config') or {}).get('eval.seed')
-                                for r in (res, other)))
-    if (records.slot_of(other, path) != records.slot_of(res, cell['path'])
-        or other.get('tasks') != res.get('tasks') or not same_tasks):
+    if records.slot_of(other, path) != slot or not _same_tasks(res, other):
       raise ValueError(f"{path} is not a run of {cell['path']}'s cell on its meta-test tasks")
-    if _val(other) > mine:
-      raise ValueError(f"{path}: meta-val prefers it ({_val(other):.2f}) to {cell['path']} "
+    theirs = _val(other)
+    if theirs > mine:
+      raise ValueError(f"{path}: meta-val prefers it ({theirs:.2f}) to {cell['path']} "
                        f'({mine:.2f}); it is the cell, not a run tried for it')
     what = '; '.join(ablation.changes(other, res)) or 'the same recipe'
     # Two decimals would print a near-tie as a tie; three show which way meta-val went.
-    val = (f'{_val(other):.2f}' if f'{_val(other):.2f}' != f'{mine:.2f}' else
-           f'{_val(other):.3f} against {mine:.3f}')
+    val = (f'{theirs:.2f}' if f'{theirs:.2f}' != f'{mine:.2f}' else
+           f'{theirs:.3f} against {mine:.3f}')
     out.append(f"- `{name}` ({what}): meta-val {val}, meta-test "
                f"{records.fmt_diff(records.paired_diff(_chosen(other), _chosen(res)))} "
                f"against this run; {records.wall_time(other)}.")
   return '\n'.join([f"Tried for this cell and not chosen on meta-val (this run's {mine:.2f}); "
                     'each run\'s changes from this run:'] + out)
+
+
+def _same_tasks(a: dict, b: dict) -> bool:
+  """Whether two records scored the same meta-test tasks (their count and eval.seed)."""
+  return a.get('tasks') == b.get('tasks') and records.same(
+      *(records.flatten(r.get('config') or {}).get('eval.seed') for r in (a, b)))
 
 
 def _twin(cell: dict, field: str):

@@ -64,20 +64,24 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            as the cell before either ran and replaced when meta-val preferred ECI off: the
            prototype read-out 35.34 +- 0.78 (meta-val 30.49), ECI on - off -1.19 +- 0.42 paired
            on the same tasks (docs/results/ablation/fast_eci_sh_1shot).
-  :fast,5shot --config.train.iterations=1000 --config.distil.batch=16   the SH CIFAR-FS 5-shot
+  :fast,5shot --config.train.iterations=2000 --config.distil.batch=16   the SH CIFAR-FS 5-shot
            cell (declared before it ran, docs/NOTES.md): `fast` at 5-shot (a bank of 5 + 7 per
-           class) on the 1-shot cell's teachers, 1,000 iterations, distillation on 16 bank images
-           per iteration. The prototype read-out chosen on meta-val (39.07; MAML's head 34.13):
-           47.27 +- 0.75, 1.81 under the paper's 49.08 and 6.81 over :quick,5shot; MAML's head
-           40.01; random 21.70 and the pool read-out 56.36 +- 0.81 at one test-time step (`cell
-           --config.eval.tune_adapt=False --config.icfil.enabled=False` on its workdir). 81 min:
-           teachers 19, meta-training 42, read-outs 1, that protocol 19 (2026-12-06, matmul 312).
-           Its ECI twin `:fast,5shot,eci` (same flags, same teachers): prototype read-out 46.10
-           (meta-val 38.82), ECI on - off -1.17 +- 0.38 (ablation/fast_eci_sh_5shot).
-           With `--config.meta.init=arch_average` (declared to replace it if its meta-val beat
-           39.07): meta-val 39.067, so not the cell; prototype read-out 47.76 (+0.50 +- 0.41 on
-           the same tasks, but other teachers: this AVX-512 machine trains another pool from the
-           same seed). 57 min (2026-12-07, matmul 220; ablation/fast_arch_average_sh_5shot).
+           class), 2,000 iterations, distillation on 16 bank images per iteration. The prototype
+           read-out chosen on meta-val (40.64; MAML's head 35.25): 49.74 +- 0.80, 0.66 above the
+           paper's 49.08; +1.98 +- 0.39 over the arch_average run below on the same teachers.
+           MAML's head 42.56 one step / 48.09 tuned; random 21.70 / 46.49; PURER+ICFIL 48.26 /
+           49.46; the pool read-out 55.92 +- 0.84 (`:fast,5shot,cell`, same flags, on its
+           workdir). 102 min: teachers 18, meta-training 83 (2.48 s/iteration), read-outs 1;
+           then that protocol 44 (2026-12-07, matmul 208, AMD EPYC with AVX-512, quiet
+           cores). No ECI twin on its teachers yet.
+  :fast,5shot --config.train.iterations=1000 --config.distil.batch=16   the cell until
+           2026-12-07 (ablation/fast_sh_5shot_cell_until_1207), on another machine's pool from the
+           same seed: the prototype read-out (meta-val 39.07) 47.27 +- 0.75; 81 min with its
+           one-step protocol (2026-12-06, matmul 312). Its ECI twin `:fast,5shot,eci` (same
+           flags, same teachers): 46.10 (meta-val 38.82), ECI on - off -1.17 +- 0.38
+           (ablation/fast_eci_sh_5shot). With `--config.meta.init=arch_average` on this CPU's
+           pool: meta-val 39.067, not chosen; 47.76. 57 min (2026-12-07, matmul 220;
+           ablation/fast_arch_average_sh_5shot).
   :fast,mini  the SH MiniImageNet 1-shot cell (declared before it ran, docs/NOTES.md):
            :quick,mini's teachers, bank and 650 iterations with `fast`'s distillation (16 bank
            images per iteration), cosine lr and prototype read-out. The prototype read-out

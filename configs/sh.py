@@ -41,8 +41,14 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            43.38 +- 0.85 (`:fast,cell`, same flags, on its workdir; tuned column in RESULTS.md).
            97 min: teachers 17, meta-training 79 (1.89 s/iteration with meta-val), read-outs 1
            (2026-12-08, matmul 187, AMD EPYC with AVX-512, quiet cores); then that protocol
-           46 min. The 13 teachers are the 5-shot cell's (this CPU model's seed-0 pool). No ECI
-           or seed twin of this recipe yet.
+           46 min. The 13 teachers are the 5-shot cell's (this CPU model's seed-0 pool).
+  :fast,eci --config.meta.init=arch_average --config.distil.batch=16
+  --config.train.iterations=2500  its ECI twin (declared before it ran, the same teachers):
+           meta-val 32.53 (prototype read-out, 2,500; still rising) against the cell's 33.06, so
+           ECI stays off in the cell; meta-test 38.98 +- 0.79, ECI on - off -0.04 +- 0.38 on the
+           same tasks. 93 min: teachers 16, meta-training 76 (1.83 s/iteration), read-outs 1
+           (2026-12-08, matmul 196; docs/results/ablation/fast_eci_sh_1shot_2500). No seed twin
+           of this recipe yet.
   :fast --config.meta.init=arch_average  the cell until 2026-12-08
            (ablation/fast_arch_average_sh_1shot_cell_until_1208, declared before it ran): `fast`
            with the learner started from the mean of the pool's five Conv4 teachers, as SS

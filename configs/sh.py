@@ -33,10 +33,11 @@ Measured here (600 meta-test tasks, checkpoint chosen on meta-val, docs/RESULTS.
            / 32.3 at 250 / 300, still rising. The cell until 2026-12-07
            (ablation/quick_sh_mini_5shot_cell_until_1207).
   :fast --config.meta.init=arch_average --config.distil.batch=16 --config.train.iterations=2500
-           the SH CIFAR-FS 1-shot cell (declared before it ran, docs/NOTES.md): the recipe below
-           at 2.5 times its iterations, with the 5-shot cell's distillation batch. The prototype
-           read-out chosen on meta-val (33.06 at 2,000; MAML's head 31.81): 39.02 +- 0.79, 0.13
-           under the paper's 39.15; +1.24 +- 0.44 over the recipe below (other teachers).
+           the SH CIFAR-FS 1-shot cell (declared before it ran, docs/NOTES.md): the old cell's
+           recipe (`:fast --config.meta.init=arch_average`, below its ECI twin) at 2.5 times its
+           iterations, with the 5-shot cell's distillation batch. The prototype read-out chosen
+           on meta-val (33.06 at 2,000; MAML's head 31.81): 39.02 +- 0.79, 0.13 under the
+           paper's 39.15; +1.24 +- 0.44 over the old cell (other teachers).
            MAML's head 36.44 one step; random 22.13; PURER+ICFIL 36.85; the pool read-out
            43.38 +- 0.85 (`:fast,cell`, same flags, on its workdir; tuned column in RESULTS.md).
            97 min: teachers 17, meta-training 79 (1.89 s/iteration with meta-val), read-outs 1
